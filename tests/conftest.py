@@ -1,0 +1,15 @@
+import os, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+@pytest.fixture
+def root(): return ROOT
+
+def tool(name):
+    "Path of a console script installed beside the running interpreter."
+    p = BIN / name
+    if not p.exists(): raise FileNotFoundError(f"{p} not found: run `make install` (or `make test`) to create the virtual environment")
+    return str(p)

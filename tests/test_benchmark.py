@@ -1,0 +1,20 @@
+"The sampler benchmark (the main job until the training demo exists) runs and writes its table, data and plot."
+import json, subprocess, sys
+from conftest import ROOT
+
+def test_sampler_benchmark_small(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'samplers.py'), '--out', str(tmp_path), '--n', '500', '--nfe', '5', '10'],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads((tmp_path / 'samplers.json').read_text())
+    libs = {row['library'] for row in data['rows']}
+    assert libs == {'medsynth', 'diffusers'}
+    assert all(row['nfe'] <= row['nfe_target'] for row in data['rows'])
+    md = (tmp_path / 'samplers.md').read_text()
+    assert 'Goal: at 10 NFE' in md and '| medsynth | dpm++(2m) |' in md
+    assert (tmp_path / 'samplers.png').stat().st_size > 10_000
+    assert f"table: {tmp_path / 'samplers.md'}" in r.stdout
+
+def test_bad_arguments_exit_nonzero(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'samplers.py'), '--out', str(tmp_path), '--nfe', '0'], capture_output=True, text=True)
+    assert r.returncode == 2 and '--nfe values must be >= 1' in r.stderr

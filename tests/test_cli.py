@@ -1,0 +1,31 @@
+"The `medsynth` console script, end to end."
+import subprocess, sys
+import medsynth
+from conftest import tool
+
+def run(*args):
+    return subprocess.run([tool('medsynth'), *args], capture_output=True, text=True, timeout=120)
+
+def test_version():
+    r = run('--version')
+    assert r.returncode == 0 and r.stdout.strip() == f"medsynth {medsynth.__version__}"
+
+def test_help_lists_commands():
+    r = run('--help')
+    assert r.returncode == 0 and 'usage: medsynth' in r.stdout and 'info' in r.stdout
+
+def test_no_command_prints_help():
+    r = run()
+    assert r.returncode == 0 and 'usage: medsynth' in r.stdout
+
+def test_info():
+    r = run('info')
+    assert r.returncode == 0 and 'dpmpp_2m' in r.stdout and 'rflow' in r.stdout and 'min_snr' in r.stdout
+
+def test_unknown_command_is_one_line_error():
+    r = run('trian')
+    assert r.returncode == 2 and "invalid choice: 'trian'" in r.stderr and 'Traceback' not in r.stderr
+
+def test_import_has_no_side_effects():
+    r = subprocess.run([sys.executable, '-c', 'import medsynth, medsynth.samplers, medsynth.objectives; print(medsynth.__version__)'], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == medsynth.__version__
