@@ -32,7 +32,8 @@ class Counter:
 # medsynth configurations: (label, sampler, options, NFE per step; heun's last step is one evaluation)
 MEDSYNTH = [('ddpm', 'ddpm', {}, 1), ('ddpm (large var.)', 'ddpm', {'variance': 'large'}, 1), ('ddim', 'ddim', {}, 1),
             ('ddim eta=1', 'ddim', {'eta': 1.}, 1), ('euler', 'euler', {}, 1), ('heun', 'heun', {}, 2), ('dpm++(2m)', 'dpmpp_2m', {}, 1),
-            ('dpm++(2m) logsnr', 'dpmpp_2m', {'spacing': 'logsnr'}, 1)]
+            ('dpm++(2m) logsnr', 'dpmpp_2m', {'spacing': 'logsnr'}, 1), ('dpm++(3m)', 'dpmpp_3m', {}, 1),
+            ('dpm++(3m) logsnr', 'dpmpp_3m', {'spacing': 'logsnr'}, 1)]
 
 def run_medsynth(gm, sch, noise, nfe, sampler, opts, per_step):
     steps = max(1, (nfe + 1) // 2) if per_step == 2 else nfe
@@ -49,6 +50,9 @@ def diffusers_schedulers():
             ('EulerDiscreteScheduler', lambda: d.EulerDiscreteScheduler(**common, timestep_spacing='trailing'), 1, False),
             ('HeunDiscreteScheduler', lambda: d.HeunDiscreteScheduler(**common, timestep_spacing='trailing'), 2, False),
             ('DPMSolverMultistepScheduler', lambda: d.DPMSolverMultistepScheduler(**common, algorithm_type='dpmsolver++', solver_order=2), 1, False),
+            ('DPMSolverMultistep order 3', lambda: d.DPMSolverMultistepScheduler(**common, algorithm_type='dpmsolver++', solver_order=3), 1, False),
+            ('DPMSolverMultistep 2M lu_lambdas', lambda: d.DPMSolverMultistepScheduler(**common, algorithm_type='dpmsolver++', solver_order=2, use_lu_lambdas=True), 1, False),
+            ('DPMSolverMultistep 3M lu_lambdas', lambda: d.DPMSolverMultistepScheduler(**common, algorithm_type='dpmsolver++', solver_order=3, use_lu_lambdas=True), 1, False),
             ('UniPCMultistepScheduler', lambda: d.UniPCMultistepScheduler(**common), 1, False),
             ('DEISMultistepScheduler', lambda: d.DEISMultistepScheduler(**common), 1, False)]
 
