@@ -1,12 +1,8 @@
-import os, sys
+import sys
 from pathlib import Path
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-@pytest.fixture
-def root(): return ROOT
 
 def tool(name):
     "Path of a console script installed beside the running interpreter."

@@ -2,7 +2,7 @@
 
 Runs nbdev-export and nbdev-clean on a copy of the repository (so the working tree is never touched) and fails,
 naming the files, if either would change anything."""
-import shutil, subprocess
+import json, re, shutil, subprocess
 from pathlib import Path
 from conftest import ROOT, tool
 
@@ -36,6 +36,6 @@ def test_notebooks_are_clean(tmp_path):
 
 def test_every_module_has_a_notebook():
     exported = {p.stem for p in (ROOT / 'medsynth').glob('*.py') if not p.stem.startswith('_')}
-    sources = {line.split()[-1] for nb in (ROOT / 'nbs').glob('*.ipynb') for line in nb.read_text().splitlines() if '#| default_exp' in line}
-    sources = {s.strip('",\\n').replace('\\n', '') for s in sources}
+    cells = [c for nb in (ROOT / 'nbs').glob('*.ipynb') for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
+    sources = {m for c in cells for m in re.findall(r'^#\| default_exp (\S+)', ''.join(c['source']), re.M)}
     assert exported <= sources, f"modules without a notebook: {sorted(exported - sources)}"
