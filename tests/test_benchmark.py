@@ -18,3 +18,12 @@ def test_sampler_benchmark_small(tmp_path):
 def test_bad_arguments_exit_nonzero(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'samplers.py'), '--out', str(tmp_path), '--nfe', '0'], capture_output=True, text=True)
     assert r.returncode == 2 and '--nfe values must be >= 1' in r.stderr
+
+def test_loader_benchmark_small(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'loader.py'), '--out', str(tmp_path), '--subjects', '2', '--size', '32', '32', '24',
+                        '--steps', '1', '--batches', '3'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / 'loader.json').read_text())
+    assert set(res['loader_slices_per_s']) == {'no_cache', 'memory', 'disk'} and res['slices'] > 0
+    for k, v in res['loader_slices_per_s'].items(): assert abs(res['ratio'][k] - v / res['train_images_per_s']) < 1e-9 * v
+    assert 'Goal: cached loaders >= 10x training consumption' in (tmp_path / 'loader.md').read_text()
