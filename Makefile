@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch/torchvision pinned to the builds this machine carries on disk; pyproject.toml states the supported ranges.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test docs readme clean-venv
+.PHONY: install demo test bench docs readme clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python benchmarks/samplers.py --out runs/benchmarks
+	$(BIN)/medsynth demo
 
 test: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/pytest tests/
+
+# The benchmarks: sampler accuracy vs NFE, loader throughput, Learner overhead and sampling speed.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/samplers.py --out runs/benchmarks
+	$(BIN)/python benchmarks/loader.py --out runs/benchmarks
+	$(BIN)/python benchmarks/training.py --out runs/benchmarks
 
 docs: $(STAMP)
 	$(BIN)/nbdev-docs

@@ -1,4 +1,4 @@
-"The sampler benchmark (the main job until the training demo exists) runs and writes its table, data and plot."
+"The benchmarks run at small sizes and write what they promise."
 import json, subprocess, sys
 from conftest import ROOT
 
@@ -27,3 +27,12 @@ def test_loader_benchmark_small(tmp_path):
     assert set(res['loader_slices_per_s']) == {'no_cache', 'memory', 'disk'} and res['slices'] > 0
     for k, v in res['loader_slices_per_s'].items(): assert abs(res['ratio'][k] - v / res['train_images_per_s']) < 1e-9 * v
     assert 'Goal: cached loaders >= 10x training consumption' in (tmp_path / 'loader.md').read_text()
+
+def test_training_benchmark_small(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'training.py'), '--out', str(tmp_path), '--steps', '3', '--repeats', '1', '--size', '16',
+                        '--batch', '4', '--n-sample', '2', '--sample-steps', '2'], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / 'training.json').read_text())
+    assert abs(res['overhead'] - (min(res['learner_s_per_step']) / min(res['bare_s_per_step']) - 1)) < 1e-12
+    assert set(res['sampling_images_per_s']) == {'ddim', 'euler', 'heun', 'dpmpp_2m', 'dpmpp_3m', 'ddpm'}
+    assert 'Learner overhead' in (tmp_path / 'training.md').read_text()
