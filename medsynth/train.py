@@ -36,8 +36,8 @@ from .models import DiffusionUNet
 __all__ = ['CONFIG_HELP', 'CHOICES', 'RESUMABLE_CHANGES', 'TrainConfig', 'config_help', 'make_config', 'load_config', 'mode_of',
            'build_datasets', 'init_distributed', 'build_dataloaders', 'DiffusionLoss', 'DiffusionCB', 'PrecisionCB',
            'StepCB', 'EMACB', 'GuardCB', 'save_checkpoint', 'load_checkpoint', 'file_hash', 'CheckpointCB',
-           'schedule_of', 'generate', 'SampleGridCB', 'RunLog', 'build_model', 'build_learner', 'train', 'lr_find',
-           'NoisyLabelCB', 'train_classifier']
+           'schedule_of', 'generate', 'SampleGridCB', 'TensorBoardCB', 'RunLog', 'build_model', 'build_learner',
+           'train', 'lr_find', 'NoisyLabelCB', 'train_classifier']
 
 # %% ../nbs/12_train.ipynb #7a343368
 @dataclass
@@ -94,7 +94,7 @@ def config_help() -> str:
 CHOICES = dict(mode=MODES, strategy=('ddpm', 'rflow'), prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
                lr_schedule=('one_cycle', 'cosine', 'constant'), precision=('fp32', 'bf16', 'fp16'), sampler=tuple(SAMPLERS), dims=(2, 3))
 
-# %% ../nbs/12_train.ipynb #9b530a99
+# %% ../nbs/12_train.ipynb #21fd6adf
 def _fields(): return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConfig:
@@ -110,6 +110,8 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
     cfg = TrainConfig(**d)
     for k, allowed in CHOICES.items(): check_choice(k, getattr(cfg, k), allowed)
     if cfg.strategy == 'rflow': cfg.schedule, cfg.prediction = 'rflow', 'flow'
+    import importlib.util
+    if cfg.wandb and importlib.util.find_spec('wandb') is None: raise ValueError(f"{where}: wandb=true needs the wandb package: pip install wandb (medsynth runs it in offline mode)")
     if len(cfg.size) != cfg.dims: raise ValueError(f"{where}: size={cfg.size} has {len(cfg.size)} axes but dims={cfg.dims}")
     f = 2 ** (len(cfg.channels) - 1)
     if any(s % f for s in cfg.size):
@@ -388,7 +390,24 @@ class SampleGridCB(Callback):
         rows = [[*(cond[i].split(1) if cond is not None else []), *x0[i].split(1), *x[i].split(1)] for i in range(len(x0))]
         _grid(rows, self.run/'samples'/f'epoch-{self.epoch + 1:03d}.png')
 
-# %% ../nbs/12_train.ipynb #9efe8f05
+# %% ../nbs/12_train.ipynb #f2506dde
+class TensorBoardCB(Callback):
+    "TensorBoard scalars: training loss and learning rate per step, validation loss per epoch; steps count across resumes."
+    order = 70
+    def __init__(self, log_dir): self.log_dir = Path(log_dir)
+    def before_fit(self):
+        from torch.utils.tensorboard import SummaryWriter
+        self.w = SummaryWriter(str(self.log_dir))
+    def _step(self): return self.epoch * len(self.dls.train) + self.iter
+    def after_batch(self):
+        if self.training and not _finding_lr(self.learn):
+            self.w.add_scalar('train/loss', float(self.loss), self._step()); self.w.add_scalar('train/lr', float(self.opt.hypers[-1]['lr']), self._step())
+    def after_epoch(self):
+        for n, v in zip(self.recorder.metric_names[1:-1], self.recorder.log[1:-1]):
+            if v is not None: self.w.add_scalar(f'epoch/{n}', float(v), self.epoch + 1)
+    def after_fit(self): self.w.close()
+
+# %% ../nbs/12_train.ipynb #f109b225
 class RunLog(CSVLogger):
     "fastai's CSV logger for runs that resume: one header, and no lines for the epochs a resumed fit skips."
     def __init__(self, fname): super().__init__(fname, append=True)
@@ -401,7 +420,7 @@ class RunLog(CSVLogger):
         if len(log) == len(self.recorder.metric_names): super()._write_line(log)
         else: self.old_logger(log)
 
-# %% ../nbs/12_train.ipynb #46a4610b
+# %% ../nbs/12_train.ipynb #b711aec2
 def build_model(cfg:TrainConfig, mode, num_classes=None) -> DiffusionUNet:
     torch.manual_seed(cfg.seed)
     return DiffusionUNet(cfg.dims, channels_out=mode.channels_out, cond_channels=mode.cond_channels, num_classes=num_classes if mode.label else None,
@@ -425,9 +444,7 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
     if _dist()[1] == 0:
         cbs.append(RunLog('logs/history.csv'))
         if cfg.sample_every: cbs.append(SampleGridCB(run, cfg, mode, ema_cb, next(iter(dls.valid))[0] if len(dls.valid) else None, cfg.sample_every))
-        if cfg.tensorboard:
-            from fastai.callback.tensorboard import TensorBoardCallback
-            cbs.append(TensorBoardCallback(str(run/'tensorboard'), trace_model=False))
+        if cfg.tensorboard: cbs.append(TensorBoardCB(run/'tensorboard'))
         if cfg.wandb:
             os.environ.setdefault('WANDB_MODE', 'offline'); os.environ.setdefault('WANDB_DIR', str(run))
             from fastai.callback.wandb import WandbCallback
@@ -438,7 +455,7 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
     learn.net, learn.ema, learn.dcb, learn.mode_, learn.cfg = net, ema_cb.ema, dcb, mode, cfg
     return learn
 
-# %% ../nbs/12_train.ipynb #6b3e3a03
+# %% ../nbs/12_train.ipynb #1552e208
 RESUMABLE_CHANGES = ('epochs', 'max_minutes', 'sample_every', 'save_every', 'tensorboard', 'wandb')
 
 def _fit(learn, cfg, start_epoch):
@@ -507,7 +524,7 @@ class _LoadScaler(Callback):
     def before_fit(self):
         if getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(self.sd)
 
-# %% ../nbs/12_train.ipynb #e53b0f31
+# %% ../nbs/12_train.ipynb #3ad8f471
 class NoisyLabelCB(Callback):
     "Noise a class batch to random times: `xb = (x_t, t_model)`, `yb = (label,)`."
     order = -5

@@ -149,3 +149,16 @@ def test_demo_short(tmp_path):
     assert m['closer_than_untrained']['intensity_w1'] and m['closer_than_untrained']['background_error'], m
     assert '[1/4]' in r.stdout and '[4/4]' in r.stdout
     assert cli('demo', '--out', tmp_path/'demo').returncode == 2        # an existing folder is refused
+
+def test_lr_find(data, tmp_path):
+    r = cli('train', f'data={data/"sub"}', 'epochs=1', 'size=[16,16]', 'channels=[16,32]', 'attention_levels=[false,true]', 'num_head_channels=16',
+            'batch_size=4', '--run', tmp_path/'lr', '--lr-find')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])['valley'] > 0 and (tmp_path/'lr/lr_find.png').stat().st_size > 5_000
+    assert not (tmp_path/'lr/checkpoints/last.pt').exists()          # the finder trains nothing that could be resumed
+
+def test_wandb_without_the_package_is_a_clear_error(data, tmp_path):
+    import importlib.util
+    if importlib.util.find_spec('wandb') is not None: pytest.skip('wandb is installed here: the offline run is then possible')
+    r = cli('train', f'data={data/"sub"}', 'wandb=true', 'size=[16,16]', '--run', tmp_path/'w')
+    assert r.returncode == 2 and 'wandb=true needs the wandb package' in r.stderr and not (tmp_path/'w').exists()
