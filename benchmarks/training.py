@@ -15,7 +15,6 @@ from ema_pytorch import EMA
 from medsynth.phantoms import BrainPhantom, write_subjects
 from medsynth.train import make_config, build_datasets, build_dataloaders, build_learner, build_model, mode_of, schedule_of, generate, CheckpointCB, RunLog
 from medsynth.objectives import get_timestep_sampler, diffusion_loss
-from medsynth.core import bcast
 
 def bare_loop(cfg, dls, steps):
     "The hand-written loop: same model, data, noising, loss, clipping, AdamW and EMA as the Learner."
@@ -28,8 +27,7 @@ def bare_loop(cfg, dls, steps):
         for (b,) in dls.train:
             if n == 1: t0 = time.perf_counter()                 # the first step is warm-up, as for the Learner
             x0, cond, _ = mode.split(b); t, w = ts.sample(len(x0), generator=g); eps = torch.randn(x0.shape, generator=g)
-            a, s = sch.alpha_sigma(t); xt = bcast(a, x0) * x0 + bcast(s, x0) * eps
-            loss, per = diffusion_loss(net(xt, sch.model_t(t), cond=cond), x0, eps, t, sch, cfg.prediction, cfg.weighting, cfg.gamma, w)
+            loss, per = diffusion_loss(net(sch.add_noise(x0, eps, t), sch.model_t(t), cond=cond), x0, eps, t, sch, cfg.prediction, cfg.weighting, cfg.gamma, w)
             opt.zero_grad(); loss.backward(); nn.utils.clip_grad_norm_(net.parameters(), cfg.clip); opt.step(); ema.update(); ts.update(t, per)
             n += 1
             if n == steps + 1: break

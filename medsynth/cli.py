@@ -72,7 +72,7 @@ def _data_phantom(args):
     print(f"wrote {args.n} {'images' if dims == 2 else 'subjects'} to {args.out} ({ph})")
     return 0
 
-# %% ../nbs/90_cli.ipynb #cfd3a6ff
+# %% ../nbs/90_cli.ipynb #eace6de3
 def _train_parsers(sub):
     from medsynth.train import config_help
     from medsynth.samplers import SAMPLERS
@@ -92,6 +92,7 @@ def _train_parsers(sub):
     s.add_argument('run'); s.add_argument('--n', type=int, default=16); s.add_argument('--sampler', choices=list(SAMPLERS)); s.add_argument('--steps', type=int)
     s.add_argument('--seed', type=int, default=0); s.add_argument('--label', type=int, help="class index (class-conditional runs)")
     s.add_argument('--out', help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)"); s.add_argument('--batch-size', type=int, default=16)
+    s.add_argument('--cond-data', help="take conditioning images (masks, source modality) from this data instead of the run's validation split")
     s.add_argument('--overwrite', action='store_true'); s.add_argument('--no-progress', action='store_true')
     s.set_defaults(func=_sample)
     d = sub.add_parser('demo', help="the main job: phantom data -> train a mask-conditioned model on the CPU -> sample -> compare with ground truth")
@@ -111,7 +112,7 @@ def _train(args):
 
 def _sample(args):
     from medsynth.runs import sample_run
-    out = sample_run(args.run, args.n, args.sampler, args.steps, args.seed, args.label, args.out, args.batch_size, args.overwrite, progress=not args.no_progress)
+    out = sample_run(args.run, args.n, args.sampler, args.steps, args.seed, args.label, args.out, args.batch_size, args.overwrite, args.cond_data, progress=not args.no_progress)
     print(f"wrote {args.n} samples and manifest.csv to {out}"); return 0
 
 def _demo(args):

@@ -15,8 +15,9 @@ from .core import check_choice
 from .io import (DataError, IMAGE_EXTS, atomic_path, read_image, read_volume, fit, FITS, percentile_normalise, is_nifti, spacing_size)
 
 # %% auto #0
-__all__ = ['DEFAULT_PATTERNS', 'scan_class_folders', 'ClassFolderDataset', 'match_modality', 'find_subjects', 'read_manifest',
-           'subjects_from', 'load_subject', 'VolumeDataset', 'SliceDataset', 'class_weights', 'balanced_sampler']
+__all__ = ['DEFAULT_PATTERNS', 'scan_class_folders', 'is_class_folders', 'ClassFolderDataset', 'match_modality', 'find_subjects',
+           'read_manifest', 'subjects_from', 'load_subject', 'VolumeDataset', 'SliceDataset', 'class_weights',
+           'balanced_sampler']
 
 # %% ../nbs/08_datasets.ipynb #938858a1
 def _raise_or_collect(err:DataError, errors:list|None):
@@ -51,7 +52,13 @@ def scan_class_folders(root, errors:list|None=None):
     if skipped: warnings.warn(f"{root}: skipped {len(skipped)} non-image files: {', '.join(str(p.relative_to(root)) for p in skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     return files, np.array(labels), classes, skipped
 
-# %% ../nbs/08_datasets.ipynb #5f8acb3f
+# %% ../nbs/08_datasets.ipynb #5f8c3038
+def is_class_folders(path) -> bool:
+    "Whether `path` is laid out as class folders: sub-folders that hold images (at any depth)."
+    p = Path(path)
+    return p.is_dir() and any(q.suffix.lower() in IMAGE_EXTS for d in p.iterdir() if d.is_dir() and not d.name.startswith('.') for q in d.rglob('*'))
+
+# %% ../nbs/08_datasets.ipynb #d37d3cdd
 class ClassFolderDataset(Dataset):
     "Images from `root/<class>/<image>` as `{'image': (C, H, W) in [-1, 1], 'label': int}`."
     def __init__(self, root, size=None, fit_mode:str='resize', channels:int|None=None, cache:bool=True):
@@ -82,7 +89,7 @@ class ClassFolderDataset(Dataset):
         return dict(image=x * 2 - 1, label=int(self.labels[i]))
     def __repr__(self): return f"ClassFolderDataset({self.root}, {len(self)} images, counts={self.counts})"
 
-# %% ../nbs/08_datasets.ipynb #da989154
+# %% ../nbs/08_datasets.ipynb #3f164483
 DEFAULT_PATTERNS = dict(
     t1=('*[_-]t1.nii*', '*[_-]t1n.nii*', 't1.nii*'), t1ce=('*[_-]t1ce.nii*', '*[_-]t1gd.nii*', '*[_-]t1c.nii*', 't1ce.nii*'),
     t2=('*[_-]t2.nii*', '*[_-]t2w.nii*', 't2.nii*'), flair=('*[_-]flair.nii*', '*[_-]t2f.nii*', 'flair.nii*'),
@@ -118,7 +125,7 @@ def find_subjects(root, modalities=('t1', 't1ce', 'seg'), patterns:dict|None=Non
         if ok: subjects.append(sub)
     return subjects
 
-# %% ../nbs/08_datasets.ipynb #e0abf2fc
+# %% ../nbs/08_datasets.ipynb #267cb2ab
 def read_manifest(path, modalities=None, errors:list|None=None) -> list[dict]:
     "Subjects from a CSV with a `subject` column and one path column per modality (relative paths are relative to the CSV)."
     path = Path(path)
@@ -143,7 +150,7 @@ def subjects_from(path, modalities=('t1', 't1ce', 'seg'), patterns=None, errors=
     "Subjects from a folder of subject folders or a CSV manifest."
     return read_manifest(path, modalities, errors) if str(path).lower().endswith('.csv') else find_subjects(path, modalities, patterns, errors)
 
-# %% ../nbs/08_datasets.ipynb #9c93d283
+# %% ../nbs/08_datasets.ipynb #c81af695
 def load_subject(sub:dict, modalities, mask:str|None='seg', size=None, fit_mode:str='resize', mask_of:str|None=None,
                  mask_labels:str='binary', spacing=None, lower:float=0.5, upper:float=99.5) -> dict:
     "Read, check and normalise one subject: `{modality: (1, *spatial) float32, 'mask': (1, *spatial) uint8/int16}`."
@@ -168,7 +175,7 @@ def load_subject(sub:dict, modalities, mask:str|None='seg', size=None, fit_mode:
             if s is not None: out[k] = fit(out[k], s, fit_mode, mask=(k == 'mask'), path=sub[mask if k == 'mask' else k])
     return out
 
-# %% ../nbs/08_datasets.ipynb #ccefbf56
+# %% ../nbs/08_datasets.ipynb #763ef7cc
 def _as_subjects(data, modalities, patterns):
     return list(data) if isinstance(data, (list, tuple)) else subjects_from(data, modalities, patterns)
 
@@ -183,7 +190,7 @@ class VolumeDataset(Dataset):
     def __len__(self): return len(self.subjects)
     def __getitem__(self, i): return dict(self._cache[i] if self._cache is not None else self._load(i), subject=self.subjects[i]['subject'])
 
-# %% ../nbs/08_datasets.ipynb #2a50f9b4
+# %% ../nbs/08_datasets.ipynb #b11e4ca3
 def _slices(vol:dict, axis:int, first:str, min_content:float, foreground_only:bool) -> list[int]:
     x = np.moveaxis(vol[first][0], axis, 0)
     keep = (x > -0.8).reshape(len(x), -1).mean(1) >= min_content
@@ -196,7 +203,7 @@ def _take(vol:dict, axis:int, k:int, size, fit_mode, path) -> dict:
     return {key: fit(np.ascontiguousarray(v[ix]), size, fit_mode, mask=(key == 'mask'), path=path) if size else np.ascontiguousarray(v[ix])
             for key, v in vol.items()}
 
-# %% ../nbs/08_datasets.ipynb #ab386e04
+# %% ../nbs/08_datasets.ipynb #a7b1cf22
 class SliceDataset(Dataset):
     "2D slices of 3D subjects as `{modality: (1, H, W), 'mask': (1, H, W), 'subject', 'slice'}`, cached."
     def __init__(self, data, modalities=('t1', 't1ce', 'seg'), mask:str|None='seg', axis:int=2, size=(64, 64), fit_mode='resize',
@@ -227,7 +234,7 @@ class SliceDataset(Dataset):
         self.arrays = {k: torch.from_numpy(np.stack(v)) for k, v in arrays.items()} if self.cache else None
         if self.cache == 'disk': self._write_cache()
 
-# %% ../nbs/08_datasets.ipynb #510483a5
+# %% ../nbs/08_datasets.ipynb #75a9f45d
 @torch.no_grad()
 def _fingerprint(self:SliceDataset) -> str:
     files = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for s in self.subjects for k, p in sorted(s.items()) if k != 'subject']
@@ -247,7 +254,7 @@ def _read_cache(self:SliceDataset):
 
 SliceDataset._write_cache, SliceDataset._read_cache = _write_cache, _read_cache
 
-# %% ../nbs/08_datasets.ipynb #6ac28ea1
+# %% ../nbs/08_datasets.ipynb #a74b6c89
 def _getitem(self:SliceDataset, j):
     i, k = self.index[j]
     if self.arrays is not None: item = {key: v[j] for key, v in self.arrays.items()}
@@ -258,7 +265,7 @@ SliceDataset.__getitem__ = _getitem
 SliceDataset.__len__ = lambda self: len(self.index)
 SliceDataset.__repr__ = lambda self: f"SliceDataset({len(self.subjects)} subjects, {len(self)} slices, axis={self.axis}, size={self.size}, cache={self.cache!r})"
 
-# %% ../nbs/08_datasets.ipynb #339b8af6
+# %% ../nbs/08_datasets.ipynb #74fe3030
 def class_weights(labels, n_classes:int|None=None, scheme:str='inverse', beta:float=0.999) -> torch.Tensor:
     "Per-class loss weights: `'inverse'` n / (K * count), or `'effective'` (Cui et al. 2019) normalised to mean 1."
     check_choice('scheme', scheme, ('inverse', 'effective'))

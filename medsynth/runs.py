@@ -31,9 +31,9 @@ def load_run(run, weights:str='ema'):
     else: net.load_state_dict(state['model'])
     return cfg, net.eval(), file_hash(ck), classes
 
-# %% ../nbs/13_runs.ipynb #d4580f71
+# %% ../nbs/13_runs.ipynb #333618ab
 def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:int=0, label:int|None=None, out=None,
-               batch_size:int=16, overwrite:bool=False, progress:bool=True) -> Path:
+               batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True) -> Path:
     "Write `n` samples of a run and their `manifest.csv` into `out` (default `run/samples/<sampler>-<steps>-seed<seed>`)."
     from medsynth.samplers import SAMPLERS
     from medsynth.core import check_choice
@@ -45,7 +45,13 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
         check_int('label', label, 0, len(classes) - 1, f" ({', '.join(classes)})")
     out = Path(out) if out else Path(run)/'samples'/f'{sampler}-{steps}-seed{seed}'
     if out.exists() and not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
-    valid = build_datasets(cfg)[1] if mode.conds else None
+    valid = None
+    if mode.conds:
+        if cond_data is None: valid = build_datasets(cfg)[1]
+        else:                                           # every sample of other data, read with the run's settings
+            from torch.utils.data import ConcatDataset
+            from dataclasses import replace
+            valid = ConcatDataset(build_datasets(replace(cfg, data=str(cond_data)))[:2])
     rows = []
     with atomic_path(out, is_dir=True) as tmp:
         for b0 in range(0, n, batch_size):

@@ -36,8 +36,8 @@ from .models import DiffusionUNet
 __all__ = ['CONFIG_HELP', 'CHOICES', 'RESUMABLE_CHANGES', 'TrainConfig', 'config_help', 'make_config', 'load_config', 'mode_of',
            'build_datasets', 'init_distributed', 'build_dataloaders', 'DiffusionLoss', 'DiffusionCB', 'PrecisionCB',
            'StepCB', 'EMACB', 'GuardCB', 'save_checkpoint', 'load_checkpoint', 'file_hash', 'CheckpointCB',
-           'schedule_of', 'generate', 'SampleGridCB', 'TensorBoardCB', 'RunLog', 'build_model', 'build_learner',
-           'train', 'lr_find', 'NoisyLabelCB', 'train_classifier']
+           'schedule_of', 'generate', 'SampleGridCB', 'ScalarLogCB', 'TensorBoardCB', 'WandbCB', 'RunLog',
+           'build_model', 'build_learner', 'train', 'lr_find', 'NoisyLabelCB', 'train_classifier']
 
 # %% ../nbs/12_train.ipynb #7a343368
 @dataclass
@@ -128,22 +128,19 @@ def load_config(path=None, overrides=()) -> TrainConfig:
         except yaml.YAMLError as e: raise DataError(p, f'not valid YAML ({str(e).splitlines()[0]})') from None
     return make_config(d, overrides, where=str(path or 'config'))
 
-# %% ../nbs/12_train.ipynb #ee30a5c4
+# %% ../nbs/12_train.ipynb #823898ac
 def mode_of(cfg:TrainConfig):
-    image = 'image' if cfg.mode in ('uncond', 'class') and _is_class_folders(cfg.data) else cfg.image
+    "The `Mode` of `cfg`, its keys matched to the data (class folders yield 'image')."
+    from medsynth.datasets import is_class_folders
+    image = 'image' if cfg.mode in ('uncond', 'class') and is_class_folders(cfg.data) else cfg.image
     return get_mode(cfg.mode, image=image, images=tuple(cfg.images), source=cfg.source, target=cfg.target)
-
-def _is_class_folders(path) -> bool:
-    from medsynth.io import IMAGE_EXTS
-    p = Path(path)
-    return p.is_dir() and any(q.suffix.lower() in IMAGE_EXTS for d in p.iterdir() if d.is_dir() for q in d.iterdir())
 
 def build_datasets(cfg:TrainConfig):
     "`(train, valid, classes)` for `cfg` (classes is None for subject data)."
-    from medsynth.datasets import ClassFolderDataset, SliceDataset, VolumeDataset, subjects_from
+    from medsynth.datasets import ClassFolderDataset, SliceDataset, VolumeDataset, subjects_from, is_class_folders
     if not cfg.data: raise ValueError("config: data is empty; set data=PATH (class folders, subject folders or a CSV manifest)")
     rng = np.random.default_rng(cfg.seed)
-    if _is_class_folders(cfg.data):
+    if is_class_folders(cfg.data):
         if cfg.dims != 2: raise ValueError(f"{cfg.data}: class folders hold 2D images; set dims=2")
         ds = ClassFolderDataset(cfg.data, size=tuple(cfg.size)); classes = ds.classes
         perm = rng.permutation(len(ds)); nv = max(1, int(round(cfg.valid_frac * len(ds))))
@@ -198,7 +195,7 @@ def build_dataloaders(train_ds, valid_ds, cfg:TrainConfig, device=None) -> DataL
     dl = partial(DataLoader, batch_size=cfg.batch_size, collate_fn=_collate, num_workers=0)
     return DataLoaders(dl(train_ds, sampler=tr_s, drop_last=True), dl(valid_ds, sampler=va_s), device=device)
 
-# %% ../nbs/12_train.ipynb #bb7f8174
+# %% ../nbs/12_train.ipynb #a09081e8
 class DiffusionLoss:
     "The weighted diffusion objective; keeps the per-sample (unweighted) losses for the importance sampler."
     def __init__(self, schedule, prediction, weighting, gamma): self.schedule, self.prediction, self.weighting, self.gamma = schedule, prediction, weighting, gamma
@@ -228,10 +225,7 @@ class DiffusionCB(Callback):
         drop = torch.rand(B * world, generator=g) < self.cfg.cfg_dropout
         t, w, eps, drop = t[rank::world], w[rank::world], eps[rank::world].to(dev), drop[rank::world].to(dev)
         if label is not None and self.training: label = torch.where(drop, torch.full_like(label, self.num_classes), label)
-        a, s = self.schedule.alpha_sigma(t)
-        from medsynth.core import bcast
-        x_t = bcast(a.to(dev), x0) * x0 + bcast(s.to(dev), x0) * eps
-        self.learn.xb = (x_t, self.schedule.model_t(t).to(dev), cond, label)
+        self.learn.xb = (self.schedule.add_noise(x0, eps, t), self.schedule.model_t(t).to(dev), cond, label)
         self.learn.yb = (x0, eps, t, w.to(dev))
         self._t = t
     def after_loss(self):
@@ -390,22 +384,35 @@ class SampleGridCB(Callback):
         rows = [[*(cond[i].split(1) if cond is not None else []), *x0[i].split(1), *x[i].split(1)] for i in range(len(x0))]
         _grid(rows, self.run/'samples'/f'epoch-{self.epoch + 1:03d}.png')
 
-# %% ../nbs/12_train.ipynb #f2506dde
-class TensorBoardCB(Callback):
-    "TensorBoard scalars: training loss and learning rate per step, validation loss per epoch; steps count across resumes."
+# %% ../nbs/12_train.ipynb #13af67ed
+class ScalarLogCB(Callback):
+    "Training loss and learning rate per step, epoch metrics per epoch, to `log(name, value, step)`; steps count across resumes."
     order = 70
+    def _step(self): return self.epoch * len(self.dls.train) + self.iter
+    def after_batch(self):
+        if self.training and not _finding_lr(self.learn):
+            self.log('train/loss', float(self.loss), self._step()); self.log('train/lr', float(self.opt.hypers[-1]['lr']), self._step())
+    def after_epoch(self):
+        for n, v in zip(self.recorder.metric_names[1:-1], self.recorder.log[1:-1]):
+            if v is not None: self.log(f'epoch/{n}', float(v), (self.epoch + 1) * len(self.dls.train))
+
+class TensorBoardCB(ScalarLogCB):
+    "Scalars to TensorBoard event files in `log_dir`."
     def __init__(self, log_dir): self.log_dir = Path(log_dir)
     def before_fit(self):
         from torch.utils.tensorboard import SummaryWriter
         self.w = SummaryWriter(str(self.log_dir))
-    def _step(self): return self.epoch * len(self.dls.train) + self.iter
-    def after_batch(self):
-        if self.training and not _finding_lr(self.learn):
-            self.w.add_scalar('train/loss', float(self.loss), self._step()); self.w.add_scalar('train/lr', float(self.opt.hypers[-1]['lr']), self._step())
-    def after_epoch(self):
-        for n, v in zip(self.recorder.metric_names[1:-1], self.recorder.log[1:-1]):
-            if v is not None: self.w.add_scalar(f'epoch/{n}', float(v), self.epoch + 1)
+    def log(self, name, value, step): self.w.add_scalar(name, value, step)
     def after_fit(self): self.w.close()
+
+class WandbCB(ScalarLogCB):
+    "Scalars to Weights & Biases, offline by default (`wandb sync run/wandb/offline-run-*` uploads later)."
+    def __init__(self, run, cfg): self.run, self.cfg = Path(run), cfg
+    def before_fit(self):
+        import wandb
+        self.wb = wandb.init(project='medsynth', name=self.run.name, dir=str(self.run), mode=os.environ.get('WANDB_MODE', 'offline'), config=asdict(self.cfg))
+    def log(self, name, value, step): self.wb.log({name: value}, step=step)
+    def after_fit(self): self.wb.finish()
 
 # %% ../nbs/12_train.ipynb #f109b225
 class RunLog(CSVLogger):
@@ -420,7 +427,7 @@ class RunLog(CSVLogger):
         if len(log) == len(self.recorder.metric_names): super()._write_line(log)
         else: self.old_logger(log)
 
-# %% ../nbs/12_train.ipynb #b711aec2
+# %% ../nbs/12_train.ipynb #196a2e79
 def build_model(cfg:TrainConfig, mode, num_classes=None) -> DiffusionUNet:
     torch.manual_seed(cfg.seed)
     return DiffusionUNet(cfg.dims, channels_out=mode.channels_out, cond_channels=mode.cond_channels, num_classes=num_classes if mode.label else None,
@@ -445,10 +452,7 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
         cbs.append(RunLog('logs/history.csv'))
         if cfg.sample_every: cbs.append(SampleGridCB(run, cfg, mode, ema_cb, next(iter(dls.valid))[0] if len(dls.valid) else None, cfg.sample_every))
         if cfg.tensorboard: cbs.append(TensorBoardCB(run/'tensorboard'))
-        if cfg.wandb:
-            os.environ.setdefault('WANDB_MODE', 'offline'); os.environ.setdefault('WANDB_DIR', str(run))
-            from fastai.callback.wandb import WandbCallback
-            cbs.append(WandbCallback(log_preds=False, log_model=False))
+        if cfg.wandb: cbs.append(WandbCB(run, cfg))
     learn = Learner(dls, model, loss_func=DiffusionLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma),
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run, model_dir='checkpoints')
     if not progress: learn.remove_cb(ProgressCallback); learn.logger = lambda *a: None
@@ -524,7 +528,7 @@ class _LoadScaler(Callback):
     def before_fit(self):
         if getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(self.sd)
 
-# %% ../nbs/12_train.ipynb #3ad8f471
+# %% ../nbs/12_train.ipynb #87838dda
 class NoisyLabelCB(Callback):
     "Noise a class batch to random times: `xb = (x_t, t_model)`, `yb = (label,)`."
     order = -5
@@ -532,9 +536,7 @@ class NoisyLabelCB(Callback):
     def before_batch(self):
         b = self.xb[0]; x0 = b['image'].float(); dev = x0.device
         t, _ = self.tsampler.sample(len(x0), generator=self.gen); eps = torch.randn(x0.shape, generator=self.gen).to(dev)
-        a, s = self.schedule.alpha_sigma(t)
-        from medsynth.core import bcast
-        self.learn.xb = (bcast(a.to(dev), x0) * x0 + bcast(s.to(dev), x0) * eps, self.schedule.model_t(t).to(dev))
+        self.learn.xb = (self.schedule.add_noise(x0, eps, t), self.schedule.model_t(t).to(dev))
         self.learn.yb = (b['label'].long(),)
 
 def train_classifier(cfg:TrainConfig, run, progress:bool=True) -> dict:
