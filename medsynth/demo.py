@@ -37,15 +37,13 @@ def _loss_plot(history, path):
     ax.set_xlabel('epoch'); ax.set_ylabel('loss (Min-SNR weighted)'); ax.set_yscale('log'); ax.legend(); fig.tight_layout()
     fig.savefig(path, dpi=110); plt.close(fig)
 
-# %% ../nbs/14_demo.ipynb #011cd059
-def _step_seconds(cfg, run) -> float:
+# %% ../nbs/14_demo.ipynb #43a2e7cf
+def _step_seconds(cfg) -> float:
     "Seconds per training step of `cfg`'s model on this machine (a few timed steps)."
-    from medsynth.train import build_dataloaders, build_learner
-    tr, va, cl = build_datasets(cfg)
-    learn = build_learner(cfg, run, build_dataloaders(tr, va, cfg), cl, progress=False)
-    x = torch.randn(cfg.batch_size, mode_of(cfg).channels_out, *cfg.size); c = torch.randn(cfg.batch_size, mode_of(cfg).cond_channels, *cfg.size)
-    opt = torch.optim.AdamW(learn.net.parameters()); t = torch.randint(0, 1000, (cfg.batch_size,))
-    def step(): opt.zero_grad(); learn.net(x, t, cond=c).pow(2).mean().backward(); opt.step()
+    mode = mode_of(cfg); net = build_model(cfg, mode)                 # the model alone: no need to read the data again
+    x = torch.randn(cfg.batch_size, mode.channels_out, *cfg.size); c = torch.randn(cfg.batch_size, mode.cond_channels, *cfg.size)
+    opt = torch.optim.AdamW(net.parameters()); t = torch.randint(0, 1000, (cfg.batch_size,))
+    def step(): opt.zero_grad(); net(x, t, cond=c).pow(2).mean().backward(); opt.step()
     step(); t0 = time.perf_counter()
     for _ in range(3): step()
     return (time.perf_counter() - t0) / 3
@@ -63,7 +61,7 @@ def demo(out=None, minutes:float=8., subjects:int=24, size:int=32, n_eval:int=64
                 valid_frac=0.15, seed=seed, sample_every=0)
     cfg0 = make_config(dict(base, epochs=1))
     tr, va, _ = build_datasets(cfg0)
-    sec = _step_seconds(cfg0, out/'run'); per_epoch = max(1, len(tr) // cfg0.batch_size)
+    sec = _step_seconds(cfg0); per_epoch = max(1, len(tr) // cfg0.batch_size)
     epochs = max(1, int(minutes * 60 / (sec * per_epoch * 1.15)))
     cfg = make_config(dict(base, epochs=epochs, max_minutes=minutes * 1.25, sample_every=max(1, epochs // 4)))
     say(f"[2/4] training bravo (mask -> t1ce) at {size}x{size}: {len(tr)} slices, {epochs} epochs x {per_epoch} steps (~{sec:.2f} s/step) in {out/'run'}")

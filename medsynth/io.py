@@ -115,7 +115,7 @@ def _slice_position(ds):
         return float(np.dot(np.cross(np.array(iop[:3], float), np.array(iop[3:], float)), np.array(ipp, float)))
     return float(getattr(ds, 'InstanceNumber', 0) or 0)
 
-# %% ../nbs/06_io.ipynb #2cee94fd
+# %% ../nbs/06_io.ipynb #c31dba2f
 def read_dicom(path) -> Volume:
     "A DICOM series folder (or one DICOM file) as a volume in modality units (rescale slope / intercept applied)."
     import pydicom
@@ -142,7 +142,8 @@ def read_dicom(path) -> Volume:
         dz = float(np.median(np.diff(pos))) or float(getattr(ds, 'SliceThickness', 1.) or 1.)
     else: dz = float(getattr(ds, 'SliceThickness', 1.) or 1.)
     vol = np.stack(slices, -1).transpose(1, 0, 2)   # (rows, cols, slices) -> (i = column, j = row, k = slice)
-    return Volume(*_dicom_to_ras(vol, pydicom.dcmread(heads[0][0], stop_before_pixels=True), px, abs(dz)), str(path))
+    first = heads[0][1] if heads[0][1] is not None else ds   # the first slice's header: origin of the affine
+    return Volume(*_dicom_to_ras(vol, first, px, abs(dz)), str(path))
 
 def _dicom_to_ras(vol, ds0, px, dz):
     "Reorient a DICOM volume to RAS+ through its patient-space affine (DICOM is LPS+), as NIfTI volumes are."

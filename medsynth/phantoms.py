@@ -195,7 +195,7 @@ def lesion_stats(images, masks, ring:int=3, threshold:float=0.05) -> dict:
     contrast = torch.where(has & (around.sum(dims) > 0), inside / outside.clamp(min=1e-6), torch.nan)
     return dict(n=len(x), prevalence=has.float().mean().item(), area=m.flatten(1).float().mean(1).numpy(), contrast=contrast.numpy())
 
-# %% ../nbs/07_phantoms.ipynb #85e8a3b0
+# %% ../nbs/07_phantoms.ipynb #9a0d9e5d
 def _summary(v) -> dict:
     v = np.asarray(v, float); v = v[np.isfinite(v)]
     if not v.size: return dict(n=0)
@@ -214,10 +214,9 @@ def stats(self:BrainPhantom, n:int=200, start:int=0) -> dict:
     rs = [self.render(i) for i in range(start, start + n)]
     labels = np.array([r['label'] for r in rs]); m = np.stack([r['mask'] for r in rs])
     out = dict(n=n, class_freq=(np.bincount(labels, minlength=len(self.names)) / n).tolist())
-    for key in ('t1', 't1ce'):
-        st = lesion_stats(np.stack([r[key] for r in rs]), m)
-        out['prevalence'] = st['prevalence']; out['area'] = _summary(st['area'][st['area'] > 0])
-        out[f'contrast_{key}'] = _summary(st['contrast'])
+    st = {key: lesion_stats(np.stack([r[key] for r in rs]), m) for key in ('t1', 't1ce')}
+    out.update(prevalence=st['t1']['prevalence'], area=_summary(st['t1']['area'][st['t1']['area'] > 0]))   # from the masks: the same for both contrasts
+    out.update({f'contrast_{key}': _summary(v['contrast']) for key, v in st.items()})
     return out
 
 # %% ../nbs/07_phantoms.ipynb #24ef14a1
