@@ -168,7 +168,7 @@ def read_grid(path, name:str, declared:dict, base:dict|None=None) -> list[dict]:
     if not tasks: raise ValueError(f"{path}: the sweep has no tasks; give at least one value per parameter")
     return [check_parameters(name, {**(base or {}), **t}, declared, where=f"{path}: ") for t in tasks]
 
-# %% ../nbs/19_experiments.ipynb #ffb5eb0a
+# %% ../nbs/19_experiments.ipynb #cdd50cee
 SLURM_DIR = REPO/'slurm'
 
 def slurm_template(kind:str='paper') -> string.Template:
@@ -182,10 +182,14 @@ def _extra(partition, gpus, array, extra):
             ([f"#SBATCH --array={array}"] if array else []) + [f"#SBATCH {e}" for e in (extra or [])]
     return '\n'.join(lines)
 
-def sbatch(script:Path) -> str:
-    "Submit `script` with `sbatch --parsable`; the job id, or a one-line error (no sbatch: run locally)."
+def _sbatch_exe() -> str:
     exe = shutil.which('sbatch')
     if exe is None: raise RuntimeError("sbatch not found: this machine is not a SLURM login node; run locally without --slurm (or install SLURM)")
+    return exe
+
+def sbatch(script:Path) -> str:
+    "Submit `script` with `sbatch --parsable`; the job id, or a one-line error (no sbatch: run locally)."
+    exe = _sbatch_exe()
     r = subprocess.run([exe, '--parsable', str(script)], capture_output=True, text=True)
     if r.returncode: raise RuntimeError(f"sbatch refused {script}: {(r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout).strip() else 'exit ' + str(r.returncode)}")
     return r.stdout.strip().split(';')[0]
@@ -196,6 +200,7 @@ def submit_paper(name:str, params:dict|None=None, grid=None, runs='runs', papers
     path = paper_path(name, papers); declared = paper_parameters(path)
     base = check_parameters(name, dict(params or {}), declared)
     tasks = read_grid(grid, name, declared, base) if grid else [base]
+    if submit: _sbatch_exe()                                   # before any folder is made
     sweep = new_run_dir(runs, name).resolve()
     array = len(tasks) > 1 or grid is not None
     dirs = [sweep/f'task-{i}' for i in range(len(tasks))] if array else [sweep]
@@ -207,7 +212,8 @@ def submit_paper(name:str, params:dict|None=None, grid=None, runs='runs', papers
         run_dir=shlex.quote(str(sweep)) + ('/task-$TASK' if array else ''), workdir=shlex.quote(os.getcwd()), python=shlex.quote(sys.executable),
         name=shlex.quote(name), sweep=shlex.quote(str(sweep/'sweep.json')), papers_opt=f"--papers {shlex.quote(str(papers_dir(papers).resolve()))}")
     (sweep/'job.sbatch').write_text(script)
-    job = sbatch(sweep/'job.sbatch') if submit else None
+    try: job = sbatch(sweep/'job.sbatch') if submit else None
+    except RuntimeError: shutil.rmtree(sweep); raise             # nothing half-made is left behind
     for i, d in enumerate(dirs):
         write_json(d/'job.json', dict(job_id=job, array_task=i if array else None, slurm_id=f"{job}_{i}" if array else job, sbatch=str(sweep/'job.sbatch'),
                                       submitted=datetime.now().isoformat(timespec='seconds')))
@@ -217,6 +223,7 @@ def submit_paper(name:str, params:dict|None=None, grid=None, runs='runs', papers
 def submit_train(train_args, run, partition:str|None=None, gpus:int=0, time_limit:str='04:00:00', cpus:int=4, mem:str='16G',
                  signal_s:int=300, extra=(), submit:bool=True) -> dict:
     "Render and submit `medsynth train TRAIN_ARGS --run RUN` as a SLURM job (torchrun over `gpus` > 1); returns the job id."
+    if submit: _sbatch_exe()
     run = Path(run).resolve(); run.mkdir(parents=True, exist_ok=True)
     script = slurm_template('train').substitute(
         job_name=f'medsynth-train-{run.name}', log=run/'slurm-%j.log', time=time_limit, cpus=cpus, mem=mem, signal_s=signal_s,

@@ -106,6 +106,7 @@ def test_sbatch_missing_points_to_running_locally(tmp_path):
     env = dict(os.environ, PATH=str(Path(tool('medsynth')).parent))
     r = medsynth('paper', 'tiny', '--slurm', '--papers', tmp_path/'papers', '--runs', tmp_path/'runs', env=env)
     assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'sbatch not found' in r.stderr and 'run locally without --slurm' in r.stderr, r.stderr
+    assert not (tmp_path/'runs').exists()
 
 def test_paper_bad_input(tmp_path):
     write_paper(tmp_path/'papers'/'tiny.ipynb')
