@@ -11,7 +11,8 @@ import torch
 from .core import check_choice
 
 # %% auto #0
-__all__ = ['MEASURES', 'shift_score', 'classifier_free', 'measure_of', 'classifier_guidance', 'load_classifier']
+__all__ = ['MEASURES', 'shift_score', 'classifier_free', 'measure_of', 'guidance_grad', 'classifier_guidance', 'load_classifier',
+           'mean_guidance']
 
 # %% ../nbs/20_guidance.ipynb #114c6dea
 def _alpha_sigma(schedule, t, x):
@@ -36,7 +37,7 @@ def classifier_free(den, w:float, key:str='label', null=None):
         return x0u + w * (x0c - x0u), eu + w * (ec - eu)
     return guided
 
-# %% ../nbs/20_guidance.ipynb #86e70bad
+# %% ../nbs/20_guidance.ipynb #8f7ac8fa
 MEASURES = ('log_prob', 'entropy', 'margin', 'least_confidence')
 
 def measure_of(logits:torch.Tensor, measure:str, y=None) -> torch.Tensor:
@@ -54,18 +55,21 @@ def measure_of(logits:torch.Tensor, measure:str, y=None) -> torch.Tensor:
     if measure == 'least_confidence': return -p.max(-1).values
     check_choice('measure', measure, MEASURES)
 
+def guidance_grad(classifier, x, t, measure:str='log_prob', y=None) -> torch.Tensor:
+    "Per-sample gradient of `measure(classifier(x_t, t))` with respect to `x_t`."
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        g, = torch.autograd.grad(measure_of(classifier(xg, t), measure, y).sum(), xg)
+    return g.to(x)
+
 def classifier_guidance(den, schedule, classifier, scale:float, measure:str='log_prob', key:str='label', keep:bool=False):
     "The denoiser `den` guided by `scale * grad measure(classifier(x_t, t))`; the target class is the condition `key` (passed on to `den` too if `keep`)."
     check_choice('measure', measure, MEASURES)
     def guided(x, t, **cond):
         x0, eps = den(x, t, **(cond if keep else {k: v for k, v in cond.items() if k != key}))
         if scale == 0: return x0, eps
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            f = measure_of(classifier(xg, t), measure, cond.get(key))
-            g, = torch.autograd.grad(f.sum(), xg)
         a, s = _alpha_sigma(schedule, t, x)
-        return shift_score(x0, eps, x, a, s, scale * g.to(x))
+        return shift_score(x0, eps, x, a, s, scale * guidance_grad(classifier, x, t, measure, cond.get(key)))
     return guided
 
 # %% ../nbs/20_guidance.ipynb #4cdeb422
@@ -88,3 +92,20 @@ def load_classifier(path, schedule=None, classes:int|None=None, size=None):
         return net(x, sched.model_t(t.expand(len(x)) if t.ndim == 0 else t).to(x.device))
     classifier.classes, classifier.net, classifier.schedule = names, net, sched
     return classifier
+
+# %% ../nbs/20_guidance.ipynb #ca2d563c
+def mean_guidance(den, schedule, classifier, scale:float, ts, measure:str='log_prob', key:str='label', keep:bool=False, variance:str='small'):
+    "Ancestral-mean classifier guidance (`mu' = mu + Sigma * scale * grad`) for `sampler='ddpm'` on the grid `ts`."
+    check_choice('measure', measure, MEASURES); check_choice('variance', variance, ('small', 'large'))
+    nxt = {float(a): float(b) for a, b in zip(list(ts)[:-1], list(ts)[1:])}
+    def guided(x, t, **cond):
+        x0, eps = den(x, t, **(cond if keep else {k: v for k, v in cond.items() if k != key}))
+        tf = float(torch.as_tensor(t).reshape(-1)[0])
+        if scale == 0 or tf not in nxt: return x0, eps
+        (a_t, s_t), (a_s, s_s) = (tuple(float(v) for v in schedule.alpha_sigma(torch.as_tensor(u))) for u in (tf, nxt[tf]))
+        if s_s == 0: return x0, eps                                  # the last step has no variance to move the mean by
+        var_ts = s_t ** 2 - (a_t / a_s) ** 2 * s_s ** 2
+        sigma2 = var_ts * s_s ** 2 / s_t ** 2 if variance == 'small' else var_ts
+        x0 = x0 + sigma2 * scale * guidance_grad(classifier, x, t, measure, cond.get(key)) / (a_s * var_ts / s_t ** 2)
+        return x0, (x - a_t * x0) / s_t
+    return guided
