@@ -241,7 +241,7 @@ def task_params(sweep_file, task:int) -> dict:
     if not 0 <= task < len(s['tasks']): raise ValueError(f"{sweep_file}: task {task} is out of range (the sweep has {len(s['tasks'])} tasks)")
     return s['tasks'][task]
 
-# %% ../nbs/19_experiments.ipynb #214c4b56
+# %% ../nbs/19_experiments.ipynb #bfb13c05
 def slurm_state(job_id:str|None) -> dict|None:
     "SLURM's view of a job (`state`, `exit_code`, `reason`) from scontrol, else sacct; None when unknown or no SLURM."
     if not job_id or not shutil.which('scontrol'): return None
@@ -271,7 +271,7 @@ def run_info(d:Path, slurm:bool=True) -> dict:
     state = st.get('state', 'unknown')
     if sl and sl['state'] and (state in ('submitted', 'running', 'preempted') or sl['state'] not in ('COMPLETED', 'RUNNING', 'PENDING')): state = sl['state'].lower()
     logs = sorted(d.glob('slurm-*.log'))
-    return dict(run=str(d), paper=cfg.get('paper') or d.parent.name.split('/')[-1], given=cfg.get('given', {}), state=state, error=st.get('error'),
+    return dict(run=str(d), paper=cfg.get('paper') or (d.parent.parent if d.name.startswith('task-') else d.parent).name, given=cfg.get('given', {}), state=state, error=st.get('error'),
                 job=job.get('slurm_id'), slurm=sl, attempts=cfg.get('attempts', 0), metrics=read_json(d/'metrics.json'), log=str(logs[-1]) if logs else None)
 
 def list_runs(runs='runs', name:str|None=None, slurm:bool=True) -> list[dict]:
