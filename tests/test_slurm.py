@@ -132,3 +132,15 @@ def test_mri_synth_paper_runs_with_tiny_parameters(tmp_path):
     assert man.count('\n') == 1 + 12 * 3 and '_t1.png' in man and '_mask.png' in man     # dual: t1, t1ce and the mask per sample
     assert (run/'eval'/'report.md').exists() and (run/'mri_synth.ipynb').exists()
     assert json.loads((run/'config.json').read_text())['parameters']['mode'] == 'dual'
+
+def test_mgdm_paper_runs_with_tiny_parameters(tmp_path):
+    r = medsynth('paper', 'mgdm', '--runs', tmp_path/'runs', '--no-progress', '-p', 'n_train', 32, '-p', 'size', 16, '-p', 'channels', '[8,8,8]',
+                 '-p', 'attention', '[false,false,false]', '-p', 'epochs', 1, '-p', 'classifier_epochs', 1, '-p', 'batch_size', 8, '-p', 'n_stage1', 8,
+                 '-p', 'n_stage2', 8, '-p', 'steps', 5, '-p', 'utility_steps', 5, '-p', 'stage1', 'classifier')
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = next((tmp_path/'runs'/'mgdm').iterdir())
+    m = json.loads((run/'metrics.json').read_text())
+    assert set(m['utility']) == {'real', 'real + stage 1', 'real + stage 2'} and set(m['utility']['real']) == {'accuracy', 'balanced_accuracy', 'auroc'}
+    assert m['stage1'] == 'classifier' and set(m['classifier_entropy']) == {'real', 'stage2'}
+    bad = medsynth('paper', 'mgdm', '--runs', tmp_path/'runs', '--no-progress', '-p', 'data', tmp_path/'x')
+    assert bad.returncode == 2 and 'give test_data too' in bad.stderr, bad.stderr[-500:]
