@@ -72,7 +72,7 @@ def classifier_guidance(den, schedule, classifier, scale:float, measure:str='log
         return shift_score(x0, eps, x, a, s, scale * guidance_grad(classifier, x, t, measure, cond.get(key)))
     return guided
 
-# %% ../nbs/20_guidance.ipynb #4cdeb422
+# %% ../nbs/20_guidance.ipynb #2080d9b5
 def load_classifier(path, schedule=None, classes:int|None=None, size=None):
     "The noisy classifier in `path` (a run folder or `classifier.pt`) as `classifier(x, t)` at `schedule`'s times; checks class count and size."
     from medsynth.train import load_checkpoint, make_config, schedule_of
@@ -93,7 +93,7 @@ def load_classifier(path, schedule=None, classes:int|None=None, size=None):
     classifier.classes, classifier.net, classifier.schedule = names, net, sched
     return classifier
 
-# %% ../nbs/20_guidance.ipynb #ca2d563c
+# %% ../nbs/20_guidance.ipynb #4f3253e0
 def mean_guidance(den, schedule, classifier, scale:float, ts, measure:str='log_prob', key:str='label', keep:bool=False, variance:str='small'):
     "Ancestral-mean classifier guidance (`mu' = mu + Sigma * scale * grad`) for `sampler='ddpm'` on the grid `ts`."
     check_choice('measure', measure, MEASURES); check_choice('variance', variance, ('small', 'large'))
