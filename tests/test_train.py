@@ -104,7 +104,9 @@ def test_sample_writes_files_and_manifest(run, tmp_path):
     r = cli('sample', run, '--n', 3, '--steps', 4, '--out', tmp_path/'s', '--no-progress')
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path/'s/manifest.csv')))
-    assert len(rows) == 3 and {'file', 'checkpoint', 'seed', 'sampler', 'steps', 'conditioning'} <= set(rows[0])
+    # per sample: the generated image, the mask it was generated from and the real image of that mask (for paired metrics)
+    assert len(rows) == 9 and {'file', 'key', 'checkpoint', 'seed', 'sampler', 'steps', 'conditioning'} <= set(rows[0])
+    assert sorted(r['key'] for r in rows) == sorted(['t1ce', 'cond-mask', 'real-t1ce'] * 3), [r['key'] for r in rows]
     assert all((tmp_path/'s'/row['file']).exists() for row in rows) and rows[0]['sampler'] == 'dpmpp_2m' and rows[0]['steps'] == '4'
 
 def test_malicious_checkpoint_is_refused(run, tmp_path):
