@@ -14,13 +14,13 @@ from .core import check_choice
 __all__ = ['MEASURES', 'shift_score', 'classifier_free', 'measure_of', 'guidance_grad', 'classifier_guidance', 'load_classifier',
            'mean_guidance']
 
-# %% ../nbs/20_guidance.ipynb #114c6dea
+# %% ../nbs/20_guidance.ipynb #ce373843
 def _alpha_sigma(schedule, t, x):
     a, s = schedule.alpha_sigma(torch.as_tensor(t))
     shape = (-1,) + (1,) * (x.ndim - 1)
     return a.to(x).reshape(shape) if a.ndim else a.to(x), s.to(x).reshape(shape) if s.ndim else s.to(x)
 
-def shift_score(x0, eps, x, alpha, sigma, g):
+def shift_score(x0, eps, alpha, sigma, g):
     "The view after adding `g` to the score: `eps - sigma g`, `x0 + sigma^2 g / alpha`."
     return x0 + sigma ** 2 * g / alpha, eps - sigma * g
 
@@ -37,7 +37,7 @@ def classifier_free(den, w:float, key:str='label', null=None):
         return x0u + w * (x0c - x0u), eu + w * (ec - eu)
     return guided
 
-# %% ../nbs/20_guidance.ipynb #8f7ac8fa
+# %% ../nbs/20_guidance.ipynb #6cbee381
 MEASURES = ('log_prob', 'entropy', 'margin', 'least_confidence')
 
 def measure_of(logits:torch.Tensor, measure:str, y=None) -> torch.Tensor:
@@ -69,7 +69,7 @@ def classifier_guidance(den, schedule, classifier, scale:float, measure:str='log
         x0, eps = den(x, t, **(cond if keep else {k: v for k, v in cond.items() if k != key}))
         if scale == 0: return x0, eps
         a, s = _alpha_sigma(schedule, t, x)
-        return shift_score(x0, eps, x, a, s, scale * guidance_grad(classifier, x, t, measure, cond.get(key)))
+        return shift_score(x0, eps, a, s, scale * guidance_grad(classifier, x, t, measure, cond.get(key)))
     return guided
 
 # %% ../nbs/20_guidance.ipynb #2080d9b5
