@@ -24,11 +24,12 @@ test: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2 --timing
 	$(BIN)/pytest tests/
 
-# The benchmarks: sampler accuracy vs NFE, loader throughput, Learner overhead and sampling speed.
+# The benchmarks: sampler accuracy vs NFE, loader throughput, Learner overhead and sampling speed, single scale vs pyramid.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/samplers.py --out runs/benchmarks
 	$(BIN)/python benchmarks/loader.py --out runs/benchmarks
 	$(BIN)/python benchmarks/training.py --out runs/benchmarks
+	$(BIN)/python benchmarks/multiscale.py --out runs/benchmarks
 
 docs: $(STAMP)
 	$(BIN)/nbdev-docs

@@ -140,11 +140,15 @@ def run_paper(name:str, params:dict|None=None, runs='runs', run_dir=None, papers
 
 def _version(): return medsynth.__version__
 
-# %% ../nbs/19_experiments.ipynb #baaa891c
+# %% ../nbs/19_experiments.ipynb #c18de5c8
 def train_stage(cfg:dict, run, progress:bool=False) -> dict:
     "Train `cfg` into `run`; resume it if it has a checkpoint; return at once if it has finished."
     from medsynth.train import make_config, train, load_checkpoint
+    from medsynth.train import is_cascade
     c = make_config(cfg); run = Path(run); ck = run/'checkpoints'/'last.pt'
+    if is_cascade(c):                                   # levels in run/level-K: finished ones are skipped, a checkpointed one resumed
+        again = (run/'config.yaml').exists()
+        return {**train(c, run, resume=again, overwrite=True, progress=progress), 'resumed': again}
     if ck.exists():
         done = load_checkpoint(ck)['epoch']
         if done >= c.epochs: return dict(run=str(run), epochs_done=done, resumed=False, finished_before=True)
