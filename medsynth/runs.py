@@ -42,7 +42,7 @@ def _load_cascade(run, weights):
         _, nets[str(lv)], h, classes = load_run(sub, weights); hs.append(h)
     return cfg, torch.nn.ModuleDict(nets).eval(), hashlib.sha256('+'.join(hs).encode()).hexdigest()[:16], classes
 
-# %% ../nbs/13_runs.ipynb #b3d4fde6
+# %% ../nbs/13_runs.ipynb #9f728d54
 def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:int=0, label:int|None=None, out=None,
                batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True) -> Path:
     "Write `n` samples of a run and their `manifest.csv` into `out` (default `run/samples/<sampler>-<steps>-seed<seed>`)."
@@ -50,7 +50,8 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
     from medsynth.core import check_choice
     cfg, net, h, classes = load_run(run); given = steps
     sampler, steps = check_choice('sampler', sampler or cfg.sampler, list(SAMPLERS)), check_int('steps', steps or cfg.sample_steps)
-    if cfg.levels > 1: steps = '+'.join(map(str, cfg.level_steps if given is None and cfg.level_steps else [steps] * cfg.levels))   # per level, finest first
+    per_level = (cfg.level_steps if given is None and cfg.level_steps else [steps] * cfg.levels) if cfg.levels > 1 else steps   # a cascade: per level, finest first
+    if cfg.levels > 1: steps = '+'.join(map(str, per_level))                             # as the manifest and folder name record it
     n = check_int('n', n); mode = mode_of(cfg); mode = getattr(mode, 'base', mode)     # a pyramid generates the base mode's images at full size
     if mode.label:
         if label is None: raise ValueError(f"run {run} is class-conditional: pass a label (0-{len(classes) - 1}: {', '.join(classes)})")
@@ -76,7 +77,7 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
             if mode.label: lab = torch.full((nb,), label); desc = [f"label={label} ({classes[label]})"] * nb
             shape = (nb, mode.channels_out, *cfg.size)
             gen = generate_cascade if cfg.levels > 1 else generate
-            x = gen(net, cfg, shape, cond, lab, sampler, [int(s) for s in steps.split('+')] if cfg.levels > 1 else steps, torch.Generator().manual_seed(seed + b0), progress=progress)
+            x = gen(net, cfg, shape, cond, lab, sampler, per_level, torch.Generator().manual_seed(seed + b0), progress=progress)
             for i in range(nb):
                 outs = {k: v for k, v in mode.unsplit(x[i:i+1]).items()}
                 if valid is not None:                           # what it was generated from, and the real image of the same conditioning

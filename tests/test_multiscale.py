@@ -72,4 +72,7 @@ def test_multiscale_benchmark_small(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'multiscale.py'), '--out', str(tmp_path), '--small'], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path/'multiscale.json').read_text())
-    assert [t['method'] for t in res['table']] == ['single', 'pyramid (2 levels)'] and res['table'][0]['sample_time_ratio'] == 1.
+    single, pyr = res['table']
+    assert (single['method'], pyr['method']) == ('single', 'pyramid (2 levels)') and single['train_epochs'] == pyr['train_epochs'] == 2   # equal training compute
+    assert pyr['sample_steps'] == '3+4' and all(t['fid'] >= 0 and t['sample_seconds_per_image'] > 0 for t in res['table'])
+    assert '| pyramid (2 levels) | 2 |' in (tmp_path/'multiscale.md').read_text()
