@@ -6,12 +6,13 @@ Docs: https://medsynth.github.io/medsynth/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #d5693ef9
 from __future__ import annotations
-import difflib, random
+import difflib, random, sys, time
 import numpy as np
 import torch
+from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 
 # %% auto #0
-__all__ = ['check_choice', 'check_int', 'bcast', 'seed_everything']
+__all__ = ['check_choice', 'check_int', 'bcast', 'seed_everything', 'interactive', 'track']
 
 # %% ../nbs/00_core.ipynb #e7879d05
 def check_choice(arg:str, value, allowed):
@@ -40,3 +41,22 @@ def seed_everything(seed:int):
     "Seed python's, numpy's and torch's global generators; returns a `torch.Generator` seeded the same way."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #5fc1b325
+def interactive() -> bool:
+    "True in a notebook or when stdout is a terminal: the only places progress bars are drawn."
+    return bool(IN_NOTEBOOK) or sys.stdout.isatty()
+
+def track(items, what:str='', total:int|None=None, leave:bool=False, lines:int=10, bar:bool|None=None):
+    "Iterate `items` with a progress bar labelled `what` where one can be seen (`bar=None`), else print about `lines` plain lines."
+    if interactive() if bar is None else bar:
+        bar = progress_bar(items, total=total, leave=leave)
+        bar.comment = bar.prefix = what
+        yield from bar
+        return
+    n = total if total is not None else len(items) if hasattr(items, '__len__') else None
+    every, t0 = max(1, (n or lines) // lines), time.time()
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % every == 0 or i == n:
+            print(f"{what or 'progress'} {i}/{n if n else '?'} ({time.time() - t0:.0f} s)", flush=True)

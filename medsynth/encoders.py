@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import check_choice
+from .core import check_choice, track
 from .io import DataError, atomic_path, file_sha256, read_weights, load_backbone, _torch_load   # weight files: see medsynth.io
 
 # %% auto #0
@@ -128,8 +128,7 @@ def train_encoder(images, labels=None, steps:int=300, batch_size:int=64, lr:floa
     bs, order, pos = min(batch_size, len(x)), torch.randperm(len(x), generator=g), 0
     it = range(steps)
     if progress:
-        from fastprogress.fastprogress import progress_bar
-        it = progress_bar(it, leave=False, comment='domain encoder')
+        it = track(it, 'domain encoder')
     enc.train(); head.train()
     for _ in it:
         if pos + bs > len(x): order, pos = torch.randperm(len(x), generator=g), 0

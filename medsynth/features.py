@@ -8,7 +8,7 @@ Docs: https://medsynth.github.io/medsynth/features.html.md"""
 from __future__ import annotations
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
-from .core import check_choice
+from .core import check_choice, track
 from .io import DataError, file_sha256, read_weights, load_backbone   # weight files: see medsynth.io
 from .encoders import (_check_images, _device, IMAGENET_MEAN, IMAGENET_STD, drop_head, _imagenet_prep, _close, load_timm,   # shared with the
     _gn, DomainEncoder, augment, nt_xent, MIN_ENCODER_IMAGES, train_encoder, ENCODER_FORMAT, save_encoder, load_encoder)  # models layer
@@ -43,8 +43,7 @@ class FeatureExtractor:
         self.model.eval(); out = []
         steps = range(0, len(x), batch_size)
         if progress:
-            from fastprogress.fastprogress import progress_bar
-            steps = progress_bar(steps, leave=False)
+            steps = track(steps, 'features')
         try:
             with torch.no_grad():
                 for i in steps:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn.functional as F
 from scipy import ndimage
-from .core import check_choice, check_int
+from .core import check_choice, check_int, track
 from .io import atomic_path, write_png, write_nifti
 
 # %% auto #0
@@ -221,8 +221,7 @@ def stats(self:BrainPhantom, n:int=200, start:int=0) -> dict:
 
 # %% ../nbs/07_phantoms.ipynb #24ef14a1
 def _steps(n, progress):
-    from fastprogress.fastprogress import progress_bar
-    return progress_bar(range(n)) if progress else range(n)
+    return track(range(n), 'phantoms') if progress else range(n)
 
 def _meta(ph, n, **kw): return dict(generator=repr(ph), seed=ph.seed, n=n, size=ph.size, second_size=ph.second_size, truth=ph.truth(), **kw)
 

@@ -8,8 +8,7 @@ Docs: https://medsynth.github.io/medsynth/samplers.html.md"""
 from __future__ import annotations
 import math
 import torch
-from fastprogress.fastprogress import progress_bar
-from .core import check_choice, check_int
+from .core import check_choice, check_int, track
 
 # %% auto #0
 __all__ = ['VARIANCES', 'SAMPLERS', 'ddpm_step', 'ddim_step', 'euler_step', 'heun_step', 'dpmpp_2m_step', 'dpmpp_3m_step',
@@ -154,7 +153,7 @@ def sample(den, schedule, x, steps:int=50, sampler:str='dpmpp_2m', spacing:str='
     den = threshold_denoiser(_checked(den), schedule, clip_x0, dynamic_threshold)
     state = {}
     pairs = list(zip(ts[:-1], ts[1:]))
-    for i, (t, s) in enumerate(progress_bar(pairs, leave=False) if progress else pairs):
+    for i, (t, s) in enumerate(track(pairs, 'sampling') if progress else pairs):
         x = step(den, schedule, x, t, s, state, generator, **options)
         if callback is not None: callback(i, s, x)
     return x
@@ -164,6 +163,6 @@ def invert(den, schedule, x0, steps:int=50, spacing:str="uniform", ts=None, fixe
     ts = list(reversed(_times(schedule, steps, spacing, ts)))
     den, state = _checked(den), {}
     pairs = list(zip(ts[:-1], ts[1:]))
-    for t, s in (progress_bar(pairs, leave=False) if progress else pairs):
+    for t, s in (track(pairs, 'inverting') if progress else pairs):
         x0 = ddim_invert_step(den, schedule, x0, t, s, state, fixed_point=fixed_point)
     return x0

@@ -13,7 +13,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets import UNet
 from monai.losses import DiceCELoss
 from monai.metrics import compute_roc_auc, DiceMetric
-from .core import check_choice, check_int
+from .core import check_choice, check_int, track
 
 # %% auto #0
 __all__ = ['MIN_SEEDS', 'SETS', 'classification_metrics', 'segmentation_metrics', 'classifier', 'segmenter', 'check_sets',
@@ -163,8 +163,7 @@ def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str
     k = len(classes) if classes else 2
     runs = [(name, seed) for name in SETS for seed in seeds]
     if progress:
-        from fastprogress.fastprogress import progress_bar
-        runs = progress_bar(runs)
+        runs = track(runs, 'downstream models', leave=True)
     t0, vals = time.time(), {name: {} for name in SETS}
     for name, seed in runs:
         net = fit_downstream(task, *train[name], k, seed, steps, batch_size, lr)

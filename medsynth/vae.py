@@ -10,7 +10,7 @@ import math, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch, torch.nn as nn
-from .core import check_choice, check_int
+from .core import check_choice, check_int, track
 from .io import DataError, atomic_path
 from .io import load_backbone
 
@@ -195,8 +195,7 @@ def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discr
     hist = {k: [] for k in TERMS}
     it = range(steps)
     if progress:
-        from fastprogress.fastprogress import progress_bar
-        it = progress_bar(it, leave=False, comment='autoencoder')
+        it = track(it, 'autoencoder')
     for step in it:
         if pos + bs > len(x): order, pos = torch.randperm(len(x), generator=g), 0
         xb = x[order[pos:pos + bs]].to(dev); pos += bs
