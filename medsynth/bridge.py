@@ -7,6 +7,7 @@ Docs: https://medsynth.github.io/medsynth/bridge.html.md"""
 # %% ../nbs/21_bridge.ipynb #e7c5ac0a
 from __future__ import annotations
 import torch
+from .core import randn
 from .samplers import sample, invert
 
 # %% auto #0
@@ -30,5 +31,5 @@ def sdedit(den, schedule, x0, strength:float, steps:int=50, sampler:str='ddim', 
     ts = [t for t in grid if t <= strength * grid[0]]
     if strength == 0 or len(ts) < 2: return x0.clone()
     a, s = schedule.alpha_sigma(torch.as_tensor(ts[0]))
-    xt = a.to(x0) * x0 + s.to(x0) * torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    xt = a.to(x0) * x0 + s.to(x0) * randn(x0.shape, generator, x0.dtype, x0.device)
     return sample(den, schedule, xt, ts=ts, sampler=sampler, generator=generator, progress=progress, **options)

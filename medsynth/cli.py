@@ -11,14 +11,39 @@ import medsynth
 warnings.filterwarnings('ignore', message=r'`torch.jit.script` is deprecated')   # raised by a dependency at import; not actionable for users
 
 # %% auto #0
-__all__ = ['parser', 'main']
+__all__ = ['count', 'fraction', 'positive', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #2e719f4a
+def count(lo:int=1):
+    "An argparse type: an integer >= `lo` (`--steps 0` is an error, not a silent default)."
+    def parse(s):
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+        if v < lo: raise argparse.ArgumentTypeError(f"{v} is not allowed: give an integer >= {lo}")
+        return v
+    parse.__name__ = f'integer >= {lo}'
+    return parse
+
+def fraction(s):
+    "An argparse type: a number in [0, 1]."
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not 0 <= v <= 1: raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number in [0, 1]")
+    return v
+
+def positive(s):
+    "An argparse type: a number > 0."
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0: raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number > 0")
+    return v
+
 def parser() -> argparse.ArgumentParser:
     "The `medsynth` argument parser."
     p = argparse.ArgumentParser(prog='medsynth', description="Diffusion models for medical image synthesis: schedules, samplers, training, evaluation and paper experiments.",
                                 epilog="Start with `medsynth demo` (the README's main job).")
     p.add_argument('--version', action='version', version=f"medsynth {medsynth.__version__}")
+    p.add_argument('--debug', action='store_true', help="show the full traceback of an error (for reporting bugs)")
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     info = sub.add_parser('info', help="print the schedules, parameterisations and samplers this install provides")
     info.set_defaults(func=_info)
@@ -43,14 +68,14 @@ def _data_parser(sub):
     c = d.add_parser('check', help="report counts, shapes, spacing, intensities, classes, modalities and every problem")
     c.add_argument('path'); c.add_argument('--modalities', help="comma-separated modalities for subject folders / manifests (default: every one found)")
     c.add_argument('--json', dest='json_out', help="also write the report as JSON to this file")
-    c.add_argument('--size', type=int, nargs='+', help="the training size: with --fit crop or pad, report images that cannot be fitted")
+    c.add_argument('--size', type=count(1), nargs='+', help="the training size: with --fit crop or pad, report images that cannot be fitted")
     c.add_argument('--fit', dest='fit_mode', choices=('resize', 'crop', 'pad', 'crop_or_pad'), default='resize')
     c.set_defaults(func=_data_check)
     ph = d.add_parser('phantom', help="write phantom data: PNG class folders (2D) or NIfTI subject folders (3D)")
     ph.add_argument('out'); ph.add_argument('--layout', choices=('classes', 'subjects'), default='classes')
-    ph.add_argument('--n', type=int, default=64); ph.add_argument('--size', type=int, nargs='+', default=[64], help="one size, or one per axis")
-    ph.add_argument('--classes', choices=('binary', 'kinds'), default='binary'); ph.add_argument('--k', type=int, default=7)
-    ph.add_argument('--prevalence', type=float, default=0.5); ph.add_argument('--seed', type=int, default=0)
+    ph.add_argument('--n', type=count(1), default=64); ph.add_argument('--size', type=count(1), nargs='+', default=[64], help="one size, or one per axis")
+    ph.add_argument('--classes', choices=('binary', 'kinds'), default='binary'); ph.add_argument('--k', type=count(2), default=7)
+    ph.add_argument('--prevalence', type=fraction, default=0.5); ph.add_argument('--seed', type=count(0), default=0)
     ph.set_defaults(func=_data_phantom)
 
 def _data_check(args):
@@ -92,19 +117,19 @@ def _train_parsers(sub):
     _slurm_args(t)
     t.set_defaults(func=_train)
     s = sub.add_parser('sample', help="sample a trained run into PNG/NIfTI files with a provenance manifest")
-    s.add_argument('run'); s.add_argument('--n', type=int, default=16); s.add_argument('--sampler', choices=list(SAMPLERS)); s.add_argument('--steps', type=int)
-    s.add_argument('--seed', type=int, default=0); s.add_argument('--label', type=int, help="class index (class-conditional runs)")
-    s.add_argument('--out', help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)"); s.add_argument('--batch-size', type=int, default=16)
+    s.add_argument('run'); s.add_argument('--n', type=count(1), default=16); s.add_argument('--sampler', choices=list(SAMPLERS)); s.add_argument('--steps', type=count(1))
+    s.add_argument('--seed', type=count(0), default=0); s.add_argument('--label', type=count(0), help="class index (class-conditional runs)")
+    s.add_argument('--out', help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)"); s.add_argument('--batch-size', type=count(1), default=16)
     s.add_argument('--cond-data', help="take conditioning images (masks, source modality) from this data instead of the run's validation split")
     s.add_argument('--overwrite', action='store_true'); s.add_argument('--no-progress', action='store_true')
     s.add_argument('--references', help="M2D: condition each sample on the encoder features of an image in this folder (cycled)")
     s.add_argument('--init', help="M2D: image to image from the images in this folder (see --strength)")
-    s.add_argument('--strength', type=float, default=0.5, help="with --init: how far to noise the input, in [0, 1] (0 returns it, 1 ignores it)")
+    s.add_argument('--strength', type=fraction, default=0.5, help="with --init: how far to noise the input, in [0, 1] (0 returns it, 1 ignores it)")
     s.add_argument('--between', nargs=2, metavar=('DIR_A', 'DIR_B'), help="M2D: --n images interpolating between two reference folders")
     s.set_defaults(func=_sample)
     d = sub.add_parser('demo', help="the main job: phantom data -> train a mask-conditioned model on the CPU -> sample -> compare with ground truth")
-    d.add_argument('--out', help="run folder (default runs/demo-<time>)"); d.add_argument('--minutes', type=float, default=8., help="training budget")
-    d.add_argument('--seed', type=int, default=0)
+    d.add_argument('--out', help="run folder (default runs/demo-<time>)"); d.add_argument('--minutes', type=positive, default=8., help="training budget")
+    d.add_argument('--seed', type=count(0), default=0)
     d.set_defaults(func=_demo)
 
 def _train(args):
@@ -152,13 +177,13 @@ def _eval_parser(sub):
     e.add_argument('--encoder', help="a domain encoder.pt from an earlier evaluation (keeps numbers comparable)")
     e.add_argument('--lpips-weights', help="torchvision AlexNet weights for LPIPS (default: torchvision's cache file if present)")
     e.add_argument('--modality', help="which image of subject folders / sample folders to evaluate (e.g. t1ce)")
-    e.add_argument('--size', type=int, nargs='+', help="evaluate at this size (default: the synthetic images' size)")
+    e.add_argument('--size', type=count(1), nargs='+', help="evaluate at this size (default: the synthetic images' size)")
     e.add_argument('--channels', type=int, choices=(1, 3), help="convert every image to 1 or 3 channels on reading")
-    e.add_argument('--max-images', type=int, help="use at most this many images per set (random, seeded)")
-    e.add_argument('--seeds', type=int, default=3, help="seeds for the downstream utility models (at least 3)")
-    e.add_argument('--utility-steps', type=int, default=300, help="optimiser steps per downstream model")
-    e.add_argument('--encoder-steps', type=int, default=300, help="training steps of the domain encoder")
-    e.add_argument('--seed', type=int, default=0); e.add_argument('--overwrite', action='store_true'); e.add_argument('--no-progress', action='store_true')
+    e.add_argument('--max-images', type=count(2), help="use at most this many images per set (random, seeded)")
+    e.add_argument('--seeds', type=count(1), default=3, help="seeds for the downstream utility models (at least 3)")
+    e.add_argument('--utility-steps', type=count(1), default=300, help="optimiser steps per downstream model")
+    e.add_argument('--encoder-steps', type=count(1), default=300, help="training steps of the domain encoder")
+    e.add_argument('--seed', type=count(0), default=0); e.add_argument('--overwrite', action='store_true'); e.add_argument('--no-progress', action='store_true')
     e.set_defaults(func=_eval)
 
 def _eval(args):
@@ -180,14 +205,14 @@ def _paper_parsers(sub):
     p.add_argument('--papers', help="folder of paper notebooks (default $MEDSYNTH_PAPERS or the repository's papers/)")
     p.add_argument('--resume', action='store_true', help="pass resume=True to the paper: its training steps continue from their checkpoints")
     p.add_argument('--array', metavar='GRID.yaml', help="with --slurm: a job array over the parameter grid in GRID.yaml")
-    p.add_argument('--sweep', help=argparse.SUPPRESS); p.add_argument('--task', type=int, help=argparse.SUPPRESS)
+    p.add_argument('--sweep', help=argparse.SUPPRESS); p.add_argument('--task', type=count(0), help=argparse.SUPPRESS)
     p.add_argument('--no-progress', action='store_true')
     _slurm_args(p)
     p.set_defaults(func=_paper)
     r = sub.add_parser('runs', help="list, show or clean paper runs and their SLURM jobs")
     r.add_argument('action', nargs='?', default='list', choices=['list', 'show', 'clean'])
     r.add_argument('target', nargs='?', help="list/clean: a paper name; show: a run folder")
-    r.add_argument('--runs', default='runs'); r.add_argument('--keep', type=int, default=5, help="clean: runs to keep per paper (default 5)")
+    r.add_argument('--runs', default='runs'); r.add_argument('--keep', type=count(0), default=5, help="clean: runs to keep per paper (default 5)")
     r.add_argument('--dry-run', action='store_true', help="clean: only say what would be deleted")
     r.add_argument('--json', action='store_true', help="list: print JSON")
     r.set_defaults(func=_runs)
@@ -221,19 +246,29 @@ def _runs(args):
 def _slurm_args(p):
     g = p.add_argument_group('SLURM (submit instead of running here)')
     g.add_argument('--slurm', action='store_true', help="render slurm/*.sbatch, submit it with sbatch and print the job id")
-    g.add_argument('--partition'); g.add_argument('--gpus', type=int, default=0, help="GPUs per job (> 1: torchrun, one process each)")
-    g.add_argument('--time', default='04:00:00', help="time limit (default 04:00:00)"); g.add_argument('--cpus', type=int, default=4)
-    g.add_argument('--mem', default='16G'); g.add_argument('--signal', type=int, default=300, help="seconds before the time limit to checkpoint and requeue (default 300)")
+    g.add_argument('--partition'); g.add_argument('--gpus', type=count(0), default=0, help="GPUs per job (> 1: torchrun, one process each)")
+    g.add_argument('--time', default='04:00:00', help="time limit (default 04:00:00)"); g.add_argument('--cpus', type=count(1), default=4)
+    g.add_argument('--mem', default='16G'); g.add_argument('--signal', type=count(0), default=300, help="seconds before the time limit to checkpoint and requeue (default 300)")
     g.add_argument('--sbatch', action='append', default=[], metavar='OPTION', help="any further #SBATCH option, e.g. --sbatch=--qos=long (repeatable)")
 
+def _oserror(e:OSError, args) -> str:
+    "An OS error in words, with the path it concerns (or the folder the command was writing)."
+    what = e.filename or getattr(args, 'run', None) or getattr(args, 'out', None)
+    return f"{what}: {e.strerror or e}" if what else f"{e.strerror or e}"
+
 def main(argv=None) -> int:
-    "Entry point of the `medsynth` console script."
+    "Entry point of the `medsynth` console script: every error becomes one line `medsynth: error: ...` and exit 2."
     p = parser()
     args = p.parse_args(argv)
     if args.command is None: p.print_help(); return 0
+    if args.debug: return args.func(args)              # tracebacks for developers
     try: return args.func(args)
-    except (ValueError, RuntimeError) as e:
-        print(f"medsynth: error: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt: print("medsynth: interrupted", file=sys.stderr); return 130
+    except OSError as e: msg = _oserror(e, args)
+    except (ValueError, RuntimeError) as e: msg = str(e)
+    except Exception as e: msg = f"{type(e).__name__}: {e} (an internal error: rerun with --debug and report the traceback)"
+    print(f"medsynth: error: {' '.join(msg.split())}", file=sys.stderr)
+    return 2
 
 # %% ../nbs/90_cli.ipynb #372981a6
 if __name__ == '__main__': sys.exit(main())

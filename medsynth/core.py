@@ -12,7 +12,8 @@ import torch
 from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 
 # %% auto #0
-__all__ = ['check_choice', 'check_int', 'bcast', 'seed_everything', 'interactive', 'track']
+__all__ = ['check_choice', 'check_int', 'bcast', 'seed_everything', 'sample_seed', 'SampleGenerators', 'randn', 'rand',
+           'interactive', 'track']
 
 # %% ../nbs/00_core.ipynb #e7879d05
 def check_choice(arg:str, value, allowed):
@@ -41,6 +42,37 @@ def seed_everything(seed:int):
     "Seed python's, numpy's and torch's global generators; returns a `torch.Generator` seeded the same way."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #84f7980f
+def sample_seed(seed:int, index:int) -> int:
+    "The seed of sample `index` under run seed `seed` (a 63-bit integer; distinct pairs give independent streams)."
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+class SampleGenerators:
+    "One `torch.Generator` per sample of a batch, seeded by `sample_seed(seed, i)` for each index `i`."
+    def __init__(self, seed:int, indices):
+        self.seed, self.indices = int(seed), [int(i) for i in indices]
+        self.gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in self.indices]
+    def __len__(self): return len(self.gens)
+    def __repr__(self): return f"SampleGenerators(seed={self.seed}, indices={self.indices})"
+
+def randn(shape, generator=None, dtype=None, device=None) -> torch.Tensor:
+    "Standard normal noise of `shape` from a `torch.Generator`, `SampleGenerators` (one per row) or the global one."
+    shape = tuple(shape)
+    if isinstance(generator, SampleGenerators):
+        if shape[0] != len(generator):
+            raise ValueError(f"{len(generator)} sample generators for a batch of {shape[0]}")
+        out = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in generator.gens])
+    else: out = torch.randn(shape, generator=generator, dtype=dtype)
+    return out.to(device) if device is not None else out
+
+def rand(shape, generator=None, dtype=None, device=None) -> torch.Tensor:
+    "Uniform [0, 1) noise, drawn like `randn`."
+    shape = tuple(shape)
+    if isinstance(generator, SampleGenerators):
+        out = torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype) for g in generator.gens])
+    else: out = torch.rand(shape, generator=generator, dtype=dtype)
+    return out.to(device) if device is not None else out
 
 # %% ../nbs/00_core.ipynb #5fc1b325
 def interactive() -> bool:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 from .core import check_choice
-from .io import (DataError, IMAGE_EXTS, atomic_path, read_image, read_volume, fit, FITS, percentile_normalise, is_nifti, spacing_size)
+from .io import (DataError, IMAGE_EXTS, atomic_path, read_image, read_volume, fit, FITS, percentile_normalise, is_nifti, spacing_size,
+                         IRREGULAR)
 
 # %% auto #0
 __all__ = ['DEFAULT_PATTERNS', 'scan_class_folders', 'is_class_folders', 'ClassFolderDataset', 'match_modality', 'find_subjects',
@@ -153,17 +154,19 @@ def subjects_from(path, modalities=('t1', 't1ce', 'seg'), patterns=None, errors=
 
 # %% ../nbs/08_datasets.ipynb #d459fc41
 def load_subject(sub:dict, modalities, mask:str|None='seg', size=None, fit_mode:str='resize', mask_of:str|None=None,
-                 mask_labels:str='binary', spacing=None, lower:float=0.5, upper:float=99.5) -> dict:
+                 mask_labels:str='binary', spacing=None, lower:float=0.5, upper:float=99.5,
+                 irregular:str='error') -> dict:
     "Read, check and normalise one subject: `{modality: (1, *spatial) float32, 'mask': (1, *spatial) uint8/int16}`."
+    check_choice('irregular', irregular, IRREGULAR)          # 'allow': DICOM series with uneven slices (read_dicom)
     check_choice('mask_labels', mask_labels, ('binary', 'keep'))
     images = [m for m in modalities if m != mask]
     mask_of = mask_of or images[0]
     out, raw_shape, vox = {}, {}, {}
     for m in images:
-        v = read_volume(sub[m]); raw_shape[m], vox[m] = v.array.shape, v.spacing
+        v = read_volume(sub[m], irregular); raw_shape[m], vox[m] = v.array.shape, v.spacing
         out[m] = percentile_normalise(v.array, lower, upper, path=v.path)[None]
     if mask is not None and mask in modalities:
-        v = read_volume(sub[mask]); a = v.array; vox['mask'] = v.spacing
+        v = read_volume(sub[mask], irregular); a = v.array; vox['mask'] = v.spacing
         if a.shape != raw_shape[mask_of]:
             raise DataError(v.path, f"mask shape {a.shape} does not match {mask_of} shape {raw_shape[mask_of]} ({Path(sub[mask_of]).name})", 'resample the mask to its image grid')
         a = np.rint(a)

@@ -15,6 +15,7 @@ from scipy.stats import wasserstein_distance
 from .phantoms import BrainPhantom, write_subjects, lesion_stats
 from .train import make_config, train, build_datasets, build_model, mode_of, generate, load_checkpoint, _grid
 from .runs import load_run
+from .folders import holding, mark
 
 # %% auto #0
 __all__ = ['demo']
@@ -50,9 +51,14 @@ def _step_seconds(cfg) -> float:
 
 def demo(out=None, minutes:float=8., subjects:int=24, size:int=32, n_eval:int=64, seed:int=0, progress:bool=True) -> dict:
     "Run the demo into `out` (default `runs/demo-<time>`); returns the metrics."
-    t_start = time.time()
     out = Path(out or f"runs/demo-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists(): raise ValueError(f"{out}: exists; choose a new --out")
+    with holding(out):                                  # one writer; the folder is medsynth's own from the start
+        if out.exists(): raise ValueError(f"{out}: exists; choose a new --out")
+        mark(out, 'demo')
+        return _demo(out, minutes, subjects, size, n_eval, seed, progress)
+
+def _demo(out, minutes, subjects, size, n_eval, seed, progress):
+    t_start = time.time()
     say = print if progress else (lambda *a: None)
     say(f"[1/4] writing {subjects} phantom subjects (NIfTI) to {out/'data'}")
     write_subjects(out/'data', BrainPhantom((64, 64, 32), prevalence=0.8, seed=seed), subjects, modalities=('t1', 't1ce', 'seg'), progress=progress)
@@ -65,7 +71,6 @@ def demo(out=None, minutes:float=8., subjects:int=24, size:int=32, n_eval:int=64
     epochs = max(1, int(minutes * 60 / (sec * per_epoch * 1.15)))
     cfg = make_config(dict(base, epochs=epochs, max_minutes=minutes * 1.25, sample_every=max(1, epochs // 4)))
     say(f"[2/4] training bravo (mask -> t1ce) at {size}x{size}: {len(tr)} slices, {epochs} epochs x {per_epoch} steps (~{sec:.2f} s/step) in {out/'run'}")
-    import shutil; shutil.rmtree(out/'run', ignore_errors=True)
     info = train(cfg, out/'run', progress=progress)
     say(f"[3/4] sampling {n_eval} held-out masks with DPM-Solver++ ({cfg.sample_steps} steps), trained and untrained")
     from torch.utils.data import default_collate

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
 from .core import check_choice
 from .io import DataError, atomic_path, read_image, read_volume, is_nifti, IMAGE_EXTS
+from .folders import holding, check_replaceable, mark
 from .datasets import is_class_folders, scan_class_folders, subjects_from, SliceDataset, VolumeDataset
 from .phantoms import lesion_stats
 from .metrics import fid, kid, precision_recall, density_coverage, ssim, ms_ssim, psnr, mae, lpips_model, lpips_distance, diversity, memorization_audit, MIN_IMAGES
@@ -253,11 +254,23 @@ def evaluate(real, synthetic, out=None, metrics=None, train=None, features_spec:
              modality:str|None=None, size=None, channels:int|None=None, max_images:int|None=None, seeds=(0, 1, 2), utility_steps:int=300, encoder_steps:int=300,
              seed:int=0, overwrite:bool=False, progress:bool=True) -> dict:
     "Evaluate `synthetic` against `real` (folders or `ImageSet`s); write metrics.json, report.md and plots into `out` when given; return the metrics."
+    kw = dict(metrics=metrics, train=train, features_spec=features_spec, feature_weights=feature_weights, encoder=encoder,
+              lpips_weights=lpips_weights, modality=modality, size=size, channels=channels, max_images=max_images, seeds=seeds,
+              utility_steps=utility_steps, encoder_steps=encoder_steps, seed=seed, progress=progress)
+    if out is None: return _evaluate(real, synthetic, None, **kw)
+    reads = [p for p in (real, synthetic, train, encoder, feature_weights, lpips_weights) if isinstance(p, (str, Path))]
+    with holding(out):                                  # one writer; an existing folder only if --overwrite may replace it
+        if Path(out).exists():
+            if not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
+            check_replaceable(out, 'eval', reads)
+        return _evaluate(real, synthetic, out, **kw)
+
+def _evaluate(real, synthetic, out, metrics, train, features_spec, feature_weights, encoder, lpips_weights, modality, size,
+              channels, max_images, seeds, utility_steps, encoder_steps, seed, progress) -> dict:
     t0 = time.time(); say = print if progress else (lambda *a: None); notes = []
     def warn(msg): notes.append(msg); print(f"medsynth: warning: {msg}", file=sys.stderr)
     explicit = metrics is not None
     for m in (metrics or ()): check_choice('--metrics', m, METRICS)
-    if out is not None and Path(out).exists() and not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
     rd = lambda p, **kw: p if isinstance(p, ImageSet) else read_set(p, modality=modality, channels=channels, max_images=max_images, seed=seed, **kw)
     say("[1/6] reading the sets")
     synth = rd(synthetic, size=size)
@@ -301,6 +314,7 @@ def evaluate(real, synthetic, out=None, metrics=None, train=None, features_spec:
     if out is not None:
         say(f"[6/6] writing {out}")
         with atomic_path(out, is_dir=True) as tmp:
+            mark(tmp, 'eval')
             if features_spec == 'domain':
                 if enc_file is None: save_encoder(ext.encoder, tmp/'encoder.pt'); res['features']['encoder'] = 'encoder.pt (trained here; pass it back with --encoder)'
                 else: res['features']['encoder'] = str(enc_file)

@@ -6,20 +6,21 @@ Docs: https://medsynth.github.io/medsynth/experiments.html.md"""
 
 # %% ../nbs/19_experiments.ipynb #542f1917
 from __future__ import annotations
-import ast, difflib, itertools, json, os, shlex, shutil, socket, string, subprocess, sys, time
+import ast, difflib, itertools, json, os, re, shlex, shutil, socket, string, subprocess, sys, time
 from datetime import datetime
 from pathlib import Path
 import yaml
 import medsynth
 from .io import atomic_path
+from .folders import mark, marker, holding, holder, process_alive
 
 REPO = Path(medsynth.__file__).resolve().parent.parent     # a source checkout: papers/ and slurm/ live here
 
 # %% auto #0
-__all__ = ['REPO', 'SLURM_DIR', 'papers_dir', 'list_papers', 'paper_path', 'paper_parameters', 'parse_value', 'check_parameters',
-           'new_run_dir', 'write_json', 'read_json', 'Preempted', 'run_paper', 'train_stage', 'read_grid',
-           'slurm_template', 'sbatch', 'submit_paper', 'submit_train', 'task_params', 'slurm_state', 'run_info',
-           'list_runs', 'format_runs', 'show_run', 'clean_runs']
+__all__ = ['REPO', 'SLURM_DIR', 'ENDED', 'papers_dir', 'list_papers', 'paper_path', 'paper_parameters', 'parse_value',
+           'check_parameters', 'new_run_dir', 'write_json', 'read_json', 'Preempted', 'run_paper', 'train_stage',
+           'read_grid', 'slurm_template', 'sbatch', 'submit_paper', 'submit_train', 'task_params', 'slurm_state',
+           'run_info', 'list_runs', 'format_runs', 'show_run', 'clean_runs']
 
 # %% ../nbs/19_experiments.ipynb #365b2e40
 def papers_dir(papers=None) -> Path:
@@ -33,6 +34,9 @@ def list_papers(papers=None) -> list[str]:
 
 def paper_path(name:str, papers=None) -> Path:
     "The notebook of paper `name`, or a one-line error listing the papers there are."
+    if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', str(name)) or '..' in str(name):
+        raise ValueError(f"paper name {name!r} is not a name but a path: give one of {', '.join(list_papers(papers)) or 'the papers'} "
+                         f"(notebooks in {papers_dir(papers)}), or --papers DIR for another folder of papers")
     p = papers_dir(papers)/f'{name}.ipynb'
     if p.is_file(): return p
     have = list_papers(papers)
@@ -75,11 +79,11 @@ def check_parameters(name:str, given:dict, declared:dict, where:str='') -> dict:
     return given
 
 # %% ../nbs/19_experiments.ipynb #0cc8c70c
-def new_run_dir(runs, name:str) -> Path:
-    "A fresh folder `runs/name/<YYYYmmdd-HHMMSS>` (suffixed `-1`, `-2`, ... if taken)."
+def new_run_dir(runs, name:str, kind:str='paper') -> Path:
+    "A fresh folder `runs/name/<YYYYmmdd-HHMMSS>` (suffixed `-1`, `-2`, ... if taken), marked as medsynth's `kind` folder."
     base = Path(runs)/name/datetime.now().strftime('%Y%m%d-%H%M%S'); d, i = base, 0
     while True:
-        try: d.mkdir(parents=True); return d
+        try: d.mkdir(parents=True); return mark(d, kind, paper=name)
         except FileExistsError: i += 1; d = base.with_name(f'{base.name}-{i}')
 
 def write_json(path, obj):
@@ -103,12 +107,28 @@ class Preempted(RuntimeError):
 
 def run_paper(name:str, params:dict|None=None, runs='runs', run_dir=None, papers=None, resume:bool=False, progress:bool=True) -> Path:
     "Execute paper `name` with `params` into a run folder (new, or `run_dir`); returns the folder."
-    import papermill as pm
     path = paper_path(name, papers); declared = paper_parameters(path)
     if 'out_dir' not in declared: raise ValueError(f"{path}: the parameters cell must declare out_dir (the run folder the notebook writes into)")
     params = check_parameters(name, dict(params or {}), declared)
     if 'out_dir' in params: raise ValueError(f"paper {name}: out_dir is set by medsynth (the run folder); choose the folder with --runs or --run-dir")
-    run_dir = Path(run_dir) if run_dir else new_run_dir(runs, name); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir) if run_dir else new_run_dir(runs, name)
+    with holding(run_dir):                              # one writer: a second attempt in the same folder is refused
+        _paper_folder(run_dir, name)
+        return _execute(name, path, declared, params, run_dir, resume, progress)
+
+def _paper_folder(run_dir:Path, name:str):
+    "Mark `run_dir` as a paper run if it is new (or an earlier paper run); refuse a folder holding anything else."
+    m = marker(run_dir)
+    if m is not None:
+        if m['kind'] != 'paper': raise ValueError(f"{run_dir}: medsynth made it for {m['kind']}, not a paper run; choose another --run-dir")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()) and not read_json(run_dir/'config.json', {}).get('paper'):
+        raise ValueError(f"{run_dir}: holds files that are not a medsynth paper run; give --run-dir a new folder or a paper run's")
+    mark(run_dir, 'paper', paper=name)
+
+def _execute(name, path, declared, params, run_dir, resume, progress):
+    "Run the notebook with papermill in `run_dir`, keeping `config.json` and `status.json` (state, pid and host) current."
+    import papermill as pm
     old = read_json(run_dir/'config.json', {})
     strip = lambda d: {k: v for k, v in d.items() if k != 'resume'}
     if old and strip(old.get('given', {})) != strip(params):
@@ -119,7 +139,7 @@ def run_paper(name:str, params:dict|None=None, runs='runs', run_dir=None, papers
     write_json(run_dir/'config.json', dict(paper=name, notebook=str(path.resolve()), parameters=full, given=params, attempts=attempts,
                                            medsynth=_version(), git_commit=_git_commit(path.parent), host=socket.gethostname(),
                                            python=sys.executable, slurm=_slurm_env(), created=old.get('created', datetime.now().isoformat(timespec='seconds'))))
-    status = dict(state='running', started=datetime.now().isoformat(timespec='seconds'), pid=os.getpid(), attempt=attempts)
+    status = dict(state='running', started=datetime.now().isoformat(timespec='seconds'), pid=os.getpid(), host=socket.gethostname(), attempt=attempts)
     write_json(run_dir/'status.json', status)
     out_nb = run_dir/f'{name}.ipynb'
     try:
@@ -205,10 +225,10 @@ def submit_paper(name:str, params:dict|None=None, grid=None, runs='runs', papers
     base = check_parameters(name, dict(params or {}), declared)
     tasks = read_grid(grid, name, declared, base) if grid else [base]
     if submit: _sbatch_exe()                                   # before any folder is made
-    sweep = new_run_dir(runs, name).resolve()
     array = len(tasks) > 1 or grid is not None
+    sweep = new_run_dir(runs, name, 'sweep' if array else 'paper').resolve()
     dirs = [sweep/f'task-{i}' for i in range(len(tasks))] if array else [sweep]
-    for d in dirs: d.mkdir(parents=True, exist_ok=True)
+    for d in dirs: mark(d, 'paper', paper=name)
     write_json(sweep/'sweep.json', dict(paper=name, tasks=tasks, grid=str(grid) if grid else None, dirs=[str(d) for d in dirs]))
     script = slurm_template('paper').substitute(
         job_name=f'medsynth-{name}', log=(sweep/'task-%a'/'slurm-%A_%a.log') if array else (sweep/'slurm-%j.log'), time=time_limit, cpus=cpus, mem=mem,
@@ -228,13 +248,17 @@ def submit_train(train_args, run, partition:str|None=None, gpus:int=0, time_limi
                  signal_s:int=300, extra=(), submit:bool=True) -> dict:
     "Render and submit `medsynth train TRAIN_ARGS --run RUN` as a SLURM job (torchrun over `gpus` > 1); returns the job id."
     if submit: _sbatch_exe()
-    run = Path(run).resolve(); run.mkdir(parents=True, exist_ok=True)
+    run = Path(run).resolve(); created = not run.exists()
+    if created: mark(run, 'train')
     script = slurm_template('train').substitute(
         job_name=f'medsynth-train-{run.name}', log=run/'slurm-%j.log', time=time_limit, cpus=cpus, mem=mem, signal_s=signal_s,
         extra=_extra(partition, gpus, None, extra), gpus=int(gpus), run_dir=shlex.quote(str(run)), workdir=shlex.quote(os.getcwd()),
         python=shlex.quote(sys.executable), train_args=' '.join(map(shlex.quote, map(str, train_args))))
     (run/'job.sbatch').write_text(script)
-    job = sbatch(run/'job.sbatch') if submit else None
+    try: job = sbatch(run/'job.sbatch') if submit else None
+    except RuntimeError:
+        if created: shutil.rmtree(run)                  # nothing half-made is left behind
+        raise
     write_json(run/'job.json', dict(job_id=job, array_task=None, slurm_id=job, sbatch=str(run/'job.sbatch'), submitted=datetime.now().isoformat(timespec='seconds')))
     return dict(job_id=job, run=str(run))
 
@@ -260,23 +284,40 @@ def slurm_state(job_id:str|None) -> dict|None:
             return dict(state=st.split()[0], exit_code=ec, reason=None, restarts=None)
     return None
 
-def _run_dirs(runs, name=None):
+def _is_paper_run(d:Path) -> bool:
+    "A paper run or sweep medsynth made (its marker), or one written before markers (a paper's config.json)."
+    m = marker(d)
+    return m['kind'] in ('paper', 'sweep') if m else bool(read_json(d/'config.json', {}).get('paper') or (d/'sweep.json').exists())
+
+def _paper_runs(runs, name=None):
+    "The paper run folders (a sweep as one) under `runs/<paper>/`, oldest first; training runs and other folders are not."
     root = Path(runs)
     for paper in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         if name and paper.name != name: continue
-        for d in sorted(p for p in paper.iterdir() if p.is_dir() and not p.name.startswith('.')):
-            tasks = sorted((t for t in d.glob('task-*') if t.is_dir()), key=lambda t: int(t.name.split('-')[1]))
-            yield from (tasks or [d])
+        yield from sorted(p for p in paper.iterdir() if p.is_dir() and not p.name.startswith('.') and _is_paper_run(p))
+
+def _tasks(d:Path) -> list:
+    return sorted((t for t in d.glob('task-*') if t.is_dir()), key=lambda t: int(t.name.split('-')[1])) or [d]
+
+def _run_dirs(runs, name=None):
+    for d in _paper_runs(runs, name): yield from _tasks(d)
 
 def run_info(d:Path, slurm:bool=True) -> dict:
     "What is known about run folder `d`: paper, parameters given, state (SLURM's when it knows the job), metrics, log."
     cfg, st, job = read_json(d/'config.json', {}), read_json(d/'status.json', {}), read_json(d/'job.json', {})
     sl = slurm_state(job.get('slurm_id')) if slurm and job.get('slurm_id') else None
     state = st.get('state', 'unknown')
+    if state == 'running' and _dead(d, st): state = 'crashed'          # SIGKILL, out of memory: the status could not say so
     if sl and sl['state'] and (state in ('submitted', 'running', 'preempted') or sl['state'] not in ('COMPLETED', 'RUNNING', 'PENDING')): state = sl['state'].lower()
     logs = sorted(d.glob('slurm-*.log'))
     return dict(run=str(d), paper=cfg.get('paper') or (d.parent.parent if d.name.startswith('task-') else d.parent).name, given=cfg.get('given', {}), state=state, error=st.get('error'),
                 job=job.get('slurm_id'), slurm=sl, attempts=cfg.get('attempts', 0), metrics=read_json(d/'metrics.json'), log=str(logs[-1]) if logs else None)
+
+def _dead(d:Path, status:dict) -> bool:
+    "The process a `running` status names is gone (or its lock is free) on this host."
+    alive = process_alive(status.get('pid'), status.get('host'))
+    if alive is None: return False                      # another host: only SLURM knows
+    return not alive or (bool(status.get('host')) and holder(d) is None)
 
 def list_runs(runs='runs', name:str|None=None, slurm:bool=True) -> list[dict]:
     "Every run folder under `runs` (of paper `name`), oldest first."
@@ -307,16 +348,26 @@ def show_run(d) -> str:
     if r['log'] and (r['state'] not in ('completed',)): out += [f"log ({r['log']}), last lines:", _tail(r['log']).rstrip()]
     return '\n'.join(out)
 
+ENDED = ('completed', 'failed', 'crashed', 'cancelled', 'timeout', 'out_of_memory', 'node_fail', 'boot_fail', 'deadline')
+
+def _removable(d:Path) -> bool:
+    "A paper run (or sweep) medsynth marked, every task of which has ended and has no live process or lock holder."
+    m = marker(d)
+    if m is None or m['kind'] not in ('paper', 'sweep'): return False
+    for t in _tasks(d):
+        st = read_json(t/'status.json', {})
+        if run_info(t)['state'] not in ENDED or holder(t) is not None: return False
+        if process_alive(st.get('pid'), st.get('host')) and st.get('state') == 'running': return False
+    return True
+
 def clean_runs(runs='runs', keep:int=5, name:str|None=None, dry_run:bool=False) -> list[Path]:
-    "Delete all but the `keep` newest run folders of each paper (sweeps count as one; running or queued ones are kept)."
+    "Delete all but the `keep` newest paper runs of each paper (a sweep counts as one); only ended, marked ones go."
     if keep < 0: raise ValueError(f"--keep={keep} is not allowed: give the number of newest runs to keep per paper (>= 0)")
-    gone, root = [], Path(runs)
-    for paper in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        if name and paper.name != name: continue
-        dirs = sorted((p for p in paper.iterdir() if p.is_dir() and not p.name.startswith('.')), key=lambda p: p.name)
+    gone, by_paper = [], {}
+    for d in _paper_runs(runs, name): by_paper.setdefault(d.parent, []).append(d)
+    for dirs in by_paper.values():
         for d in dirs[:max(0, len(dirs) - keep)]:
-            tasks = [t for t in d.glob('task-*') if t.is_dir()] or [d]
-            if any(run_info(t)['state'] in ('running', 'submitted', 'pending', 'requeued') for t in tasks): continue
+            if not _removable(d): continue
             if not dry_run: shutil.rmtree(d)
             gone.append(d)
     return gone

@@ -13,9 +13,9 @@ import numpy as np
 import torch, torch.nn as nn
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'NIFTI_EXTS', 'FITS', 'DataError', 'atomic_path', 'read_image', 'write_png', 'Volume', 'check_finite',
-           'read_nifti', 'write_nifti', 'read_dicom', 'is_nifti', 'read_volume', 'percentile_normalise', 'fit',
-           'spacing_size', 'file_sha256', 'read_weights', 'load_backbone']
+__all__ = ['IMAGE_EXTS', 'SPACING_TOL', 'IRREGULAR', 'NIFTI_EXTS', 'FITS', 'DataError', 'atomic_path', 'read_image', 'write_png',
+           'Volume', 'check_finite', 'read_nifti', 'write_nifti', 'slice_spacing', 'read_dicom', 'is_nifti',
+           'read_volume', 'percentile_normalise', 'fit', 'spacing_size', 'file_sha256', 'read_weights', 'load_backbone']
 
 # %% ../nbs/06_io.ipynb #7d46cab6
 class DataError(ValueError):
@@ -25,11 +25,21 @@ class DataError(ValueError):
         super().__init__(f"{path}: {problem}" + (f"; {fix}" if fix else ""))
 
 # %% ../nbs/06_io.ipynb #89f1b09c
+def _new_dir(parent:Path, prefix:str) -> Path:
+    "A new, uniquely named folder in `parent`, made with `os.mkdir(p, 0o777)` so the umask sets its permissions."
+    for _ in range(100):
+        p = parent/f"{prefix}{os.urandom(4).hex()}"
+        try: os.mkdir(p, 0o777)
+        except FileExistsError: continue
+        return p
+    raise FileExistsError(f"{parent}: no free temporary name {prefix}*")
+
 @contextlib.contextmanager
 def atomic_path(path, is_dir:bool=False):
-    "Yield a temporary sibling of `path` to write into; it replaces `path` only if the block succeeds."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    "A temporary sibling of `path` to write into (umask permissions); it replaces `path` only if the block succeeds."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _new_dir(path.parent, f".{path.name}.")
     target = tmp if is_dir else tmp/path.name
     try:
         yield target
@@ -115,18 +125,71 @@ def _slice_position(ds):
         return float(np.dot(np.cross(np.array(iop[:3], float), np.array(iop[3:], float)), np.array(ipp, float)))
     return float(getattr(ds, 'InstanceNumber', 0) or 0)
 
+def _slice_positions(heads) -> tuple:
+    "`(positions, unit)`: along the slice normal in mm, or InstanceNumbers when a header lacks position or orientation."
+    def has(h, k): return getattr(h, k, None) is not None
+    placed = all(has(h, 'ImageOrientationPatient') and has(h, 'ImagePositionPatient') for h in heads)
+    if placed: return [_slice_position(h) for h in heads], 'mm'
+    return [float(getattr(h, 'InstanceNumber', 0) or 0) for h in heads], 'in InstanceNumber'
+
+# %% ../nbs/06_io.ipynb #c79a8c71
+SPACING_TOL = 0.05      # a gap within 5% of the series spacing is even
+IRREGULAR = ('error', 'allow')
+
+def _why(g:float, s:float, tol:float) -> str:
+    "Why a gap `g` is off the spacing `s`: a whole number of spacings means missing slices."
+    n = int(round(g / s))
+    if n < 2 or abs(g - n * s) > tol * s: return 'irregular spacing'
+    return 'a missing slice?' if n == 2 else f'{n - 1} missing slices?'
+
+def slice_spacing(pos, names=None, unit:str='mm', path=None, irregular:str='error', tol:float=SPACING_TOL):
+    """Spacing of slices at sorted positions `pos`: the lower median of the gaps between distinct positions (None if
+    none). Duplicate positions, or gaps more than `tol` of it off, raise a one-line `DataError` (unless allowed)."""
+    from medsynth.core import check_choice
+    check_choice('irregular', irregular, IRREGULAR)
+    gaps = np.diff(np.asarray(pos, float))
+    if len(gaps) == 0: return None
+    distinct = gaps > 1e-3 * gaps.max()
+    s = float(np.sort(gaps[distinct])[(distinct.sum() - 1) // 2]) if distinct.any() else None   # an actual gap
+    dup = np.flatnonzero(gaps <= tol * s) if s else np.arange(len(gaps))
+    off = np.flatnonzero((gaps > tol * s) & (np.abs(gaps - s) > tol * s)) if s else []
+    if irregular == 'allow' or (len(dup) == 0 and len(off) == 0): return s
+    def pair(k): return f"slices {k + 1} and {k + 2}" + (f" ({names[k]}, {names[k + 1]})" if names else '')
+    def more(ix, what): return f" (and {len(ix) - 1} more {what})" if len(ix) > 1 else ''
+    problems, fixes = [], []
+    if len(dup):
+        at = f"{pos[dup[0]]:g} {unit}"
+        problems.append(f"duplicate slice position: {pair(dup[0])} are both at {at}{more(dup, 'duplicates')}")
+        fixes.append('remove the duplicated files (or give each acquisition its own folder)')
+    if len(off):
+        g = float(gaps[off[0]])
+        problems.append(f"slice positions are not evenly spaced: gap of {g:g} {unit} between {pair(off[0])} "
+                        f"where the series spacing is {s:g} {unit} ({_why(g, s, tol)}){more(off, 'uneven gaps')}")
+        fixes.append('export the complete series again')
+    how = f"as if {s:g} {unit} apart" if s else 'in file name order'
+    fix = f"{' and '.join(fixes)}, or pass irregular='allow' to stack the slices {how}"
+    raise DataError(path or '<series>', '; '.join(problems), fix)
+
 # %% ../nbs/06_io.ipynb #4a551b33
-def read_dicom(path) -> Volume:
-    "A DICOM series folder (or one DICOM file) as a volume in modality units (rescale slope / intercept applied)."
+def read_dicom(path, irregular:str='error') -> Volume:
+    """A DICOM series folder (or one DICOM file) as a volume in modality units (rescale slope / intercept applied).
+    Uneven slice spacing (a missing slice, a duplicate position) is a `DataError` unless `irregular='allow'`, which
+    stacks the slices in position order as if evenly spaced at the lower median of the gaps between distinct
+    positions (see `slice_spacing`)."""
     import pydicom
     path = Path(path)
     if not path.exists(): raise DataError(path, 'file not found')
     heads = _dicom_headers(path) if path.is_dir() else [(path, None)]
     if not heads: raise DataError(path, 'folder holds no DICOM files', 'point to the folder of one series')
+    dz, unit = None, 'mm'
     if path.is_dir():
         series = {str(getattr(h, 'SeriesInstanceUID', '')) for _, h in heads}
         if len(series) > 1: raise DataError(path, f'holds {len(series)} series ({", ".join(sorted(series)[:3])})', 'give one series folder per volume')
-        heads.sort(key=lambda fh: _slice_position(fh[1]))
+        pos, unit = _slice_positions([h for _, h in heads])
+        order = np.argsort(pos, kind='stable')                # ties keep file name order
+        heads = [heads[i] for i in order]
+        names = [f.name for f, _ in heads]
+        dz = slice_spacing([pos[i] for i in order], names, unit, path, irregular)   # before any pixel data is read
     slices = []
     for f, _ in heads:
         try:
@@ -137,10 +200,7 @@ def read_dicom(path) -> Volume:
         slices.append(a * float(getattr(ds, 'RescaleSlope', 1) or 1) + float(getattr(ds, 'RescaleIntercept', 0) or 0))
         if slices[0].shape != a.shape: raise DataError(f, f'slice shape {a.shape} differs from the first slice {slices[0].shape}')
     px = [float(s) for s in getattr(ds, 'PixelSpacing', (1., 1.))]
-    if len(heads) > 1:
-        pos = [_slice_position(h) for _, h in heads]
-        dz = float(np.median(np.diff(pos))) or float(getattr(ds, 'SliceThickness', 1.) or 1.)
-    else: dz = float(getattr(ds, 'SliceThickness', 1.) or 1.)
+    if dz is None or unit != 'mm': dz = float(getattr(ds, 'SliceThickness', 1.) or 1.)   # one slice, or no mm positions
     vol = np.stack(slices, -1).transpose(1, 0, 2)   # (rows, cols, slices) -> (i = column, j = row, k = slice)
     first = heads[0][1] if heads[0][1] is not None else ds   # the first slice's header: origin of the affine
     return Volume(*_dicom_to_ras(vol, first, px, abs(dz)), str(path))
@@ -160,12 +220,14 @@ NIFTI_EXTS = ('.nii', '.nii.gz')
 
 def is_nifti(path) -> bool: return str(path).lower().endswith(NIFTI_EXTS)
 
-def read_volume(path) -> Volume:
-    "Any volume medsynth reads: NIfTI file, DICOM file or DICOM series folder."
+def read_volume(path, irregular:str='error') -> Volume:
+    "Any volume medsynth reads: NIfTI file, DICOM file or DICOM series folder (`irregular`: see `read_dicom`)."
+    from medsynth.core import check_choice
+    check_choice('irregular', irregular, IRREGULAR)
     path = Path(path)
     if not path.exists(): raise DataError(path, 'file not found', 'check the path (and the patterns or manifest that produced it)')
     if is_nifti(path): return read_nifti(path)
-    return read_dicom(path)
+    return read_dicom(path, irregular)
 
 # %% ../nbs/06_io.ipynb #89d91213
 def percentile_normalise(x, lower:float=0.5, upper:float=99.5, nonzero:bool=True, out=(-1., 1.), path=None) -> np.ndarray:

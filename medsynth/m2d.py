@@ -98,15 +98,16 @@ def interpolate(net, cfg:TrainConfig, tokens_a, tokens_b, n:int=5, label=None, s
 def sample_features(run, n:int=16, references=None, init=None, strength:float=0.5, between=None, label:int|None=None, sampler:str|None=None,
                     steps:int|None=None, seed:int=0, out=None, batch_size:int=16, overwrite:bool=False, progress:bool=False) -> Path:
     "Write `n` generations of a run from `references` (a folder), from `init` images at `strength` (image to image) or `between` two folders (interpolation), with a manifest."
-    import csv
-    from medsynth.io import atomic_path, write_png
+    from medsynth.io import write_png
     from medsynth.runs import load_run
     from medsynth.train import encoder_of
     from medsynth.samplers import SAMPLERS
-    from medsynth.core import check_choice, check_int
+    from medsynth.core import check_choice, check_int, SampleGenerators
+    from medsynth.folders import output_folder
+    from medsynth.runs import _check_steps, write_manifest
     how = [k for k, v in dict(references=references, init=init, between=between).items() if v]
     if len(how) != 1: raise ValueError(f"give exactly one of --references, --init or --between (got {', '.join(how) or 'none'})")
-    how = how[0]; n = check_int('n', n)
+    how = how[0]; n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
     if how == 'init' and not 0 <= strength <= 1: raise ValueError(f"strength={strength} is not allowed: it must be in [0, 1] (0 returns the input, 1 ignores it)")
     if how == 'between' and len(between) != 2: raise ValueError(f"--between takes two folders; got {len(between)}")
     folders = [Path(f) for f in ([references] if how == 'references' else [init] if how == 'init' else between)]
@@ -116,27 +117,26 @@ def sample_features(run, n:int=16, references=None, init=None, strength:float=0.
     if net.num_classes is not None:
         if label is None: raise ValueError(f"run {run} is class-conditional: pass a label (0-{len(classes) - 1}: {', '.join(classes)})")
         check_int('label', label, 0, len(classes) - 1, f" ({', '.join(classes)})")
-    sampler = check_choice('sampler', sampler or ('ddim' if how != 'references' else cfg.sampler), list(SAMPLERS)); steps = check_int('steps', steps or cfg.sample_steps)
+    sampler = check_choice('sampler', sampler or ('ddim' if how != 'references' else cfg.sampler), list(SAMPLERS)); steps = _check_steps(steps, cfg.sample_steps)
     out = Path(out) if out else Path(run)/'samples'/f'{how}-{sampler}-{steps}-seed{seed}'
-    if out.exists() and not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
     images = [read_references(f, cfg.size, cfg_channels(cfg)) for f in folders]
     enc = encoder_of(cfg) if getattr(net, 'fusion', None) else None
     toks = [reference_tokens(enc, x) for x in images] if enc is not None else None
-    rows, g = [], torch.Generator().manual_seed(seed)
+    rows = []
     desc = lambda i: dict(references=lambda: f"reference {files[0][i % len(files[0])].name}", init=lambda: f"init {files[0][i % len(files[0])].name} strength {strength}",
                           between=lambda: f"between {folders[0].name} and {folders[1].name} w={i / max(n - 1, 1):.3f}")[how]()
-    with atomic_path(out, is_dir=True) as tmp:
-        if how == 'between': x = interpolate(net, cfg, toks[0], toks[1], n, label, steps, g, progress)
+    with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, *folders]) as tmp:
+        if how == 'between': x = interpolate(net, cfg, toks[0], toks[1], n, label, steps, torch.Generator().manual_seed(seed), progress)
         else:
             xs = []
             for b0 in range(0, n, batch_size):
                 nb = min(batch_size, n - b0); idx = (torch.arange(nb) + b0) % len(images[0])
+                g = SampleGenerators(seed, range(b0, b0 + nb))                 # image i of seed s, whatever the batch
                 if how == 'references': xs.append(from_references(net, cfg, toks[0][idx], nb, label, sampler, steps, g, progress))
                 else: xs.append(img2img(net, cfg, images[0][idx], strength, None if toks is None else toks[0][idx], label, steps, sampler, g, progress))
             x = torch.cat(xs)
         for i in range(n):
             f = f"{i:05d}_image.png"; write_png(tmp/f, ((x[i].cpu() + 1) / 2).numpy())
-            rows.append(dict(file=f, checkpoint=h, seed=seed, batch_index=i, sampler=sampler, steps=steps, mode=cfg.mode, key='image', conditioning=desc(i) + (f" label={label} ({classes[label]})" if label is not None and classes else '')))
-        with open(tmp/'manifest.csv', 'w', newline='') as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+            rows.append(dict(file=f, checkpoint=h, seed=seed, index=i, sampler=sampler, steps=steps, mode=cfg.mode, key='image', conditioning=desc(i) + (f" label={label} ({classes[label]})" if label is not None and classes else '')))
+        write_manifest(tmp/'manifest.csv', rows)
     return out

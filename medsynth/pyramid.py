@@ -8,7 +8,7 @@ Docs: https://medsynth.github.io/medsynth/pyramid.html.md"""
 from __future__ import annotations
 import math
 import torch, torch.nn.functional as F
-from .core import check_int
+from .core import check_int, randn
 
 # %% auto #0
 __all__ = ['check_levels', 'level_size', 'reduce', 'expand', 'gaussian_pyramid', 'laplacian_pyramid', 'reconstruct',
@@ -107,7 +107,7 @@ def cond_at(cond, keys, mask_key:str, level:int):
 # %% ../nbs/23_pyramid.ipynb #32f0d94e
 def augment(c, s, generator=None):
     "Noise-conditioning augmentation: $\\cos(\\pi s/2)\\, c + \\sin(\\pi s/2)\\, \\epsilon$ with per-sample strength `s`."
-    eps = torch.randn(c.shape, generator=generator).to(c)
+    eps = randn(c.shape, generator).to(c)
     a = torch.cos(torch.pi * s / 2).to(c).reshape(-1, *[1] * (c.ndim - 1)); b = torch.sin(torch.pi * s / 2).to(c).reshape(-1, *[1] * (c.ndim - 1))
     return a * c + b * eps
 

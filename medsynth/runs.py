@@ -13,10 +13,11 @@ import torch
 import yaml
 from .io import DataError, atomic_path, write_png, write_nifti
 from .train import TrainConfig, make_config, load_config, load_checkpoint, load_network, file_hash, build_model, build_datasets, mode_of, generate, generate_cascade
-from .core import check_int
+from .core import check_int, SampleGenerators
+from .folders import output_folder
 
 # %% auto #0
-__all__ = ['load_run', 'sample_run']
+__all__ = ['load_run', 'sample_run', 'write_manifest']
 
 # %% ../nbs/13_runs.ipynb #268d5690
 def load_run(run, weights:str='ema'):
@@ -36,22 +37,26 @@ def _load_cascade(run, weights):
     return cfg, torch.nn.ModuleDict(nets).eval(), hashlib.sha256('+'.join(hs).encode()).hexdigest()[:16], classes
 
 # %% ../nbs/13_runs.ipynb #117ad0dc
+def _check_steps(steps, default:int) -> int:
+    "`steps` as given (checked: `--steps 0` is an error, not the default), or the run's `default` when None."
+    return default if steps is None else check_int('steps', steps)
+
 def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:int=0, label:int|None=None, out=None,
                batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True) -> Path:
     "Write `n` samples of a run and their `manifest.csv` into `out` (default `run/samples/<sampler>-<steps>-seed<seed>`)."
     from medsynth.samplers import SAMPLERS
     from medsynth.core import check_choice
+    n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
     cfg, net, h, classes = load_run(run); given = steps
     if cfg.refine: return _sample_refined(run, cfg, net, h, n, seed, out, overwrite, cond_data)
-    sampler, steps = check_choice('sampler', sampler or cfg.sampler, list(SAMPLERS)), check_int('steps', steps or cfg.sample_steps)
+    sampler, steps = check_choice('sampler', sampler or cfg.sampler, list(SAMPLERS)), _check_steps(steps, cfg.sample_steps)
     per_level = (cfg.level_steps if given is None and cfg.level_steps else [steps] * cfg.levels) if cfg.levels > 1 else steps   # a cascade: per level, finest first
     if cfg.levels > 1: steps = '+'.join(map(str, per_level))                             # as the manifest and folder name record it
-    n = check_int('n', n); mode = mode_of(cfg); mode = getattr(mode, 'base', mode)     # a pyramid generates the base mode's images at full size
+    mode = mode_of(cfg); mode = getattr(mode, 'base', mode)     # a pyramid generates the base mode's images at full size
     if mode.label:
         if label is None: raise ValueError(f"run {run} is class-conditional: pass a label (0-{len(classes) - 1}: {', '.join(classes)})")
         check_int('label', label, 0, len(classes) - 1, f" ({', '.join(classes)})")
     out = Path(out) if out else Path(run)/'samples'/f'{sampler}-{steps}-seed{seed}'
-    if out.exists() and not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
     valid = None
     if mode.conds:
         if cond_data is None: valid = build_datasets(cfg)[1]
@@ -60,7 +65,7 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
             from dataclasses import replace
             valid = ConcatDataset(build_datasets(replace(cfg, data=str(cond_data)))[:2])
     rows = []
-    with atomic_path(out, is_dir=True) as tmp:
+    with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, cfg.second_data, cond_data]) as tmp:
         for b0 in range(0, n, batch_size):
             nb = min(batch_size, n - b0); cond, lab, desc = None, None, [''] * nb
             if valid is not None:
@@ -71,7 +76,8 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
             if mode.label: lab = torch.full((nb,), label); desc = [f"label={label} ({classes[label]})"] * nb
             shape = (nb, mode.channels_out, *((math.prod(mode.grid_a) + math.prod(mode.grid_b),) if cfg.mode == 'pair' else cfg.size))   # a pair: packed
             gen = generate_cascade if cfg.levels > 1 else generate
-            x = gen(net, cfg, shape, cond, lab, sampler, per_level, torch.Generator().manual_seed(seed + b0), progress=progress).cpu()
+            noise = SampleGenerators(seed, range(b0, b0 + nb))                             # image i of seed s, whatever the batch
+            x = gen(net, cfg, shape, cond, lab, sampler, per_level, noise, progress=progress).cpu()
             for i in range(nb):
                 outs = {k: v for k, v in mode.unsplit(x[i:i+1]).items()}
                 if valid is not None:                           # what it was generated from, and the real image of the same conditioning
@@ -82,30 +88,32 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
                     a = (a > 0).astype(np.float32) if k.endswith(mode.mask_key) else (a + 1) / 2
                     f = f"{b0 + i:05d}_{k}." + ('png' if cfg.dims == 2 else 'nii.gz')
                     (write_png if cfg.dims == 2 else write_nifti)(tmp/f, a)
-                    rows.append(dict(file=f, checkpoint=h, seed=seed + b0, batch_index=i, sampler=sampler, steps=steps, mode=cfg.mode, key=k, conditioning=desc[i]))
-        with open(tmp/'manifest.csv', 'w', newline='') as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+                    rows.append(dict(file=f, checkpoint=h, seed=seed, index=b0 + i, sampler=sampler, steps=steps, mode=cfg.mode, key=k, conditioning=desc[i]))
+        write_manifest(tmp/'manifest.csv', rows)
     return out
+
+def write_manifest(path, rows:list):
+    "The provenance manifest: one CSV row per image written."
+    with open(path, 'w', newline='') as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
 
 def _sample_refined(run, cfg, net, h, n, seed, out, overwrite, cond_data) -> Path:
     "A PDS refinement run: for `n` subjects (its validation split, or `cond_data`), stage 1's target map given the real source map, and its refinement."
     from medsynth.train import load_stage1, stage1_targets
     from torch.utils.data import ConcatDataset
     from dataclasses import replace
-    n = check_int('n', n); a, b = cfg.images
+    a, b = cfg.images
     out = Path(out) if out else Path(run)/'samples'/f'refined-seed{seed}'
-    if out.exists() and not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
     cfg1, net1, h1, _ = load_stage1(cfg)
     ds = build_datasets(cfg)[1] if cond_data is None else ConcatDataset(build_datasets(replace(cfg, data=str(cond_data), second_data=None))[:2])
-    items = [ds[i] for i in range(min(n, len(ds)))]
-    s1 = stage1_targets(net1, cfg1, items, seed); dev = next(net.parameters()).device
-    with torch.no_grad(): refined = net(torch.stack([it[a] for it in items]).float().to(dev), s1.to(dev)).cpu().clamp(-1, 1)
     rows = []
-    with atomic_path(out, is_dir=True) as tmp:
+    with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, cfg.second_data, cfg.stage1, cond_data]) as tmp:
+        items = [ds[i] for i in range(min(n, len(ds)))]
+        s1 = stage1_targets(net1, cfg1, items, seed); dev = next(net.parameters()).device
+        with torch.no_grad(): refined = net(torch.stack([it[a] for it in items]).float().to(dev), s1.to(dev)).cpu().clamp(-1, 1)
         for i, it in enumerate(items):
             for k, v in {f'{b}-refined': refined[i], f'{b}-stage1': s1[i], f'real-{b}': it[b], f'cond-{a}': it[a]}.items():
                 f = f"{i:05d}_{k}.nii.gz"; write_nifti(tmp/f, (v[0].float().numpy() + 1) / 2)
-                rows.append(dict(file=f, checkpoint=f"{h}+{h1}", seed=seed, batch_index=i, sampler=cfg1.sampler, steps=cfg1.sample_steps, mode='refine', key=k, conditioning=f"{a} from {it['subject']}"))
-        with open(tmp/'manifest.csv', 'w', newline='') as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+                rows.append(dict(file=f, checkpoint=f"{h}+{h1}", seed=seed, index=i, sampler=cfg1.sampler, steps=cfg1.sample_steps, mode='refine', key=k, conditioning=f"{a} from {it['subject']}"))
+        write_manifest(tmp/'manifest.csv', rows)
     return out

@@ -8,7 +8,7 @@ Docs: https://medsynth.github.io/medsynth/samplers.html.md"""
 from __future__ import annotations
 import math
 import torch
-from .core import check_choice, check_int, track
+from .core import check_choice, check_int, track, randn
 
 # %% auto #0
 __all__ = ['VARIANCES', 'SAMPLERS', 'ddpm_step', 'ddim_step', 'euler_step', 'heun_step', 'dpmpp_2m_step', 'dpmpp_3m_step',
@@ -20,7 +20,7 @@ def _ab(schedule, t):
     a, s = schedule.alpha_sigma(t)
     return float(a), float(s)
 
-def _randn(x, generator): return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def _randn(x, generator): return randn(x.shape, generator, x.dtype, x.device)   # per-sample generators allowed
 
 # %% ../nbs/05_samplers.ipynb #0512e1a0
 VARIANCES = ('small', 'large')

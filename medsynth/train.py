@@ -6,7 +6,8 @@ Docs: https://medsynth.github.io/medsynth/train.html.md"""
 
 # %% ../nbs/12_train.ipynb #8ce799e8
 from __future__ import annotations
-import copy, dataclasses, difflib, hashlib, json, math, os, random, time, warnings
+import copy, dataclasses, difflib, errno, hashlib, json, math, os, random, re, shutil, time, warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, asdict
 from functools import partial
 from pathlib import Path
@@ -22,28 +23,30 @@ from fastai.callback.training import GradientClip, GradientAccumulation
 from fastai.callback.progress import CSVLogger
 from fastai.data.core import DataLoaders
 from fastai.optimizer import OptimWrapper
+from fastai.metrics import accuracy
 from ema_pytorch import EMA
-from .core import check_choice, check_int, bcast
+from .core import check_choice, check_int, bcast, randn, SampleGenerators
 from .schedules import get_schedule
 from .param import Denoiser, PREDICTIONS
 from .objectives import get_timestep_sampler, diffusion_loss, TIMESTEP_SAMPLERS, WEIGHTINGS
 from .samplers import sample, SAMPLERS
-from .io import atomic_path, DataError
+from .io import atomic_path, DataError, IRREGULAR
+from .folders import MARKER, holding, new_folder, clear_folder, mark, marker
 from .modes import get_mode, MODES, PyramidMode
 from .pyramid import check_levels, level_size, back_project
-from .models import DiffusionUNet
+from .models import DiffusionUNet, NoisyClassifier
 from .repa import RepaCB, RepaECB, RepaMetric
 
 # %% auto #0
-__all__ = ['CONFIG_HELP', 'CHOICES', 'STOP_FILE_ENV', 'RESUMABLE_CHANGES', 'TrainConfig', 'config_help', 'make_config',
-           'is_cascade', 'level_config', 'load_config', 'mode_of', 'space_of', 'encoder_of', 'pair_data', 'roi_of',
-           'to_latent', 'cache_latents', 'build_datasets', 'init_distributed', 'build_dataloaders', 'DiffusionLoss',
-           'DiffusionCB', 'PrecisionCB', 'StepCB', 'EMACB', 'GuardCB', 'save_checkpoint', 'load_checkpoint',
-           'file_hash', 'request_stop', 'install_stop_handler', 'stop_requested', 'Preempted', 'CheckpointCB',
-           'schedule_of', 'generate', 'SampleGridCB', 'ScalarLogCB', 'TensorBoardCB', 'WandbCB', 'RunLog',
-           'build_model', 'build_learner', 'train', 'generate_cascade', 'lr_find', 'load_network', 'build_refine_net',
-           'stage1_targets', 'load_stage1', 'refine_datasets', 'RefineCB', 'build_refine_learner', 'refine_report',
-           'NoisyLabelCB', 'train_classifier']
+__all__ = ['CONFIG_HELP', 'CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'STOP_FILE_ENV', 'RESUMABLE_CHANGES', 'JOB_FILES',
+           'TrainConfig', 'config_help', 'make_config', 'is_cascade', 'level_config', 'load_config', 'mode_of',
+           'space_of', 'encoder_of', 'pair_data', 'roi_of', 'to_latent', 'cache_latents', 'build_datasets',
+           'init_distributed', 'build_dataloaders', 'DiffusionLoss', 'DiffusionCB', 'PrecisionCB', 'StepCB', 'EMACB',
+           'GuardCB', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'file_hash', 'request_stop',
+           'install_stop_handler', 'stop_requested', 'Preempted', 'CheckpointCB', 'schedule_of', 'generate',
+           'SampleGridCB', 'ScalarLogCB', 'TensorBoardCB', 'WandbCB', 'RunLog', 'build_model', 'build_learner', 'train',
+           'generate_cascade', 'lr_find', 'load_network', 'build_refine_net', 'stage1_targets', 'load_stage1',
+           'refine_datasets', 'RefineCB', 'build_refine_learner', 'refine_report', 'NoisyLabelCB', 'train_classifier']
 
 # %% ../nbs/12_train.ipynb #f676a2a0
 @dataclass
@@ -65,6 +68,7 @@ class TrainConfig:
     refine: bool = False; stage1: str|None = None                  # PDS stage 2: refine the stage-1 run's target map
     refine_l1: float = 1.; refine_perceptual: float = 0.
     axis: int = 2; foreground_only: bool = False; min_content: float = 0.05
+    irregular_spacing: str = 'error'  # DICOM series with uneven slice spacing: error, or allow (stacked as if even)
     levels: int = 1                   # pyramid levels: 1 single scale; L > 1 cascaded coarse-to-fine generation
     level: int|None = None            # the one level this network models (the cascade sets it); None: all levels
     shared_levels: bool = False       # one network for every level, with a level embedding (else one network per level)
@@ -112,7 +116,7 @@ CONFIG_HELP = dict(
     encoder="features of the clean image: panderm, timm:<name>, torchvision:<arch> or domain", encoder_weights="the encoder's local weights file (domain: its encoder.pt)",
     encoder_size="the encoder's input size (null: its own)", fusion="features into the UNet: xattn, gated, concat or add (null: none)", fusion_dim="width of the fused features",
     feature_dropout="features dropped to the null token (training only)", repa="REPA weight (0: off)", repa_block="UNet block REPA aligns: mid or down<i>",
-    repa_e="REPA-E: tune the autoencoder end to end", vae_lr="REPA-E: the autoencoder's learning rate", foreground_only="slices with mask foreground only", min_content="fraction of a slice that must be tissue", valid_frac="validation subjects (or images)",
+    repa_e="REPA-E: tune the autoencoder end to end", vae_lr="REPA-E: the autoencoder's learning rate", foreground_only="slices with mask foreground only", irregular_spacing="DICOM series with uneven slice spacing: error or allow", min_content="fraction of a slice that must be tissue", valid_frac="validation subjects (or images)",
     balanced="draw classes equally often", strategy="ddpm or rflow (rectified flow)", schedule="noise schedule (ddpm)", prediction="eps, v or x0 (ddpm)",
     timesteps="training timesteps", timestep_sampler="uniform, logit_normal or loss_aware", weighting="none or min_snr", gamma="Min-SNR gamma",
     channels="UNet channels per level", attention_levels="self-attention per level", num_res_blocks="residual blocks per level", num_head_channels="channels per attention head",
@@ -128,22 +132,76 @@ def config_help() -> str:
     "Every config key with its default and meaning (for `medsynth train --help`)."
     return '\n'.join(f"  {k:18s} {v!r:>24}  {CONFIG_HELP[k]}" for k, v in asdict(TrainConfig()).items())
 
-CHOICES = dict(image_channels=(1, 3), mode=MODES + ('pair',), strategy=('ddpm', 'rflow'), prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
+CHOICES = dict(image_channels=(1, 3), irregular_spacing=IRREGULAR, mode=MODES + ('pair',), strategy=('ddpm', 'rflow'), prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
                lr_schedule=('one_cycle', 'cosine', 'constant'), precision=('fp32', 'bf16', 'fp16'), sampler=tuple(SAMPLERS), dims=(2, 3))
 
 # %% ../nbs/12_train.ipynb #00e27a79
 def _fields(): return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
+RANGES = dict(
+    epochs='[1, inf)', batch_size='[1, inf)', accumulate='[1, inf)', ema_every='[1, inf)', save_every='[1, inf)',
+    n_grid='[1, inf)', sample_steps='[1, inf)', timesteps='[1, inf)', num_res_blocks='[1, inf)',
+    num_head_channels='[1, inf)', fusion_dim='[1, inf)', levels='[1, inf)', encoder_size='[1, inf)',
+    ema_after='[0, inf)', sample_every='[0, inf)', seed='[0, inf)', back_projection='[0, inf)', level='[0, inf)',
+    axis='[0, 2]', lr='(0, inf)', vae_lr='(0, inf)', gamma='(0, inf)', clip='(0, inf)', max_minutes='[0, inf)',
+    wd='[0, inf)', repa='[0, inf)', roi_weight='[0, inf)', refine_l1='[0, inf)', refine_perceptual='[0, inf)',
+    ema_beta='(0, 1)', cfg_dropout='[0, 1)', valid_frac='[0, 1)', warmup='[0, 1)', feature_dropout='[0, 1]',
+    min_content='[0, 1]', aug_max='[0, 1]', sample_aug='[0, 1]')
+LIST_OF = dict(size=int, second_size=int, channels=int, atlas_labels=int, attention_levels=bool, modalities=str, images=str,
+               level_epochs=int, level_steps=int)
+POSITIVE_LISTS = ('size', 'second_size', 'channels')
+
+def _in_interval(v, interval:str) -> bool:
+    lo, hi = (float(x) for x in interval[1:-1].split(','))
+    return (lo <= v if interval[0] == '[' else lo < v) and (v <= hi if interval[-1] == ']' else v < hi)
+
+def _in_words(interval:str) -> str:
+    "'[1, inf)' -> '>= 1', '(0, 1)' -> 'in (0, 1)'."
+    lo, hi = (x.strip() for x in interval[1:-1].split(','))
+    return f"{'>=' if interval[0] == '[' else '>'} {lo}" if hi == 'inf' else f"in {interval}"
+
+def _check_value(where, k, v, kind:str):
+    "`v` for field `k` of annotated `kind`, type- and range-checked (a numeric string for a float is read as a number)."
+    bad = lambda want: ValueError(f"{where}: {k}={v!r} is not allowed: it must be {want}")
+    if v is None:
+        if 'None' in kind: return v
+        raise bad(f"set (it has no null value); its default is {getattr(TrainConfig(), k)!r}")
+    base = kind.split('|')[0].strip()
+    if base == 'float' and isinstance(v, str):
+        try: v = float(v)                               # YAML 1.1 reads 1e-3 as a string
+        except ValueError: pass
+    ok = dict(int=lambda: isinstance(v, int) and not isinstance(v, bool), bool=lambda: isinstance(v, bool),
+              float=lambda: isinstance(v, (int, float)) and not isinstance(v, bool), str=lambda: isinstance(v, str),
+              list=lambda: isinstance(v, (list, tuple)))[base]()
+    if not ok: raise bad(f"{'a number' if base == 'float' else 'a ' + base}")
+    if k in RANGES and not _in_interval(v, RANGES[k]):
+        raise bad(f"{'an integer' if base == 'int' else 'a number'} {_in_words(RANGES[k])}")
+    if base == 'list' and k in LIST_OF:
+        t = LIST_OF[k]
+        if not all(isinstance(x, t) and (t is bool or not isinstance(x, bool)) for x in v): raise bad(f"a list of {t.__name__}")
+        if k in POSITIVE_LISTS and not all(x >= 1 for x in v): raise bad("a list of positive integers")
+    return float(v) if base == 'float' else v
+
+def _parse_override(o:str, where:str):
+    if '=' not in o: raise ValueError(f"{where}: override {o!r} is not key=value")
+    k, v = (s.strip() for s in o.split('=', 1))
+    try: return k, yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where}: override {k}={v} is not valid YAML ({str(e).splitlines()[0]}); e.g. size=[64,64]") from None
+
 def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConfig:
     "A checked `TrainConfig` from a dict and `key=value` overrides; unknown keys and bad values are one-line errors."
+    if d is not None and not isinstance(d, dict):
+        raise ValueError(f"{where}: a config is a mapping of keys to values; got {type(d).__name__}")
     d = dict(d or {}); fs = _fields()
     for o in overrides:
-        if '=' not in o: raise ValueError(f"override {o!r} is not key=value")
-        k, v = o.split('=', 1); d[k.strip()] = yaml.safe_load(v)
+        k, v = _parse_override(o, where)
+        d[k] = v
     for k in d:
         if k not in fs:
             close = difflib.get_close_matches(k, fs, n=3)
             raise ValueError(f"{where}: unknown key {k!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else f"; keys are {', '.join(fs)}"))
+        d[k] = _check_value(where, k, d[k], fs[k].type)
     cfg = TrainConfig(**d)
     for k, allowed in CHOICES.items(): check_choice(k, getattr(cfg, k), allowed)
     if cfg.strategy == 'rflow': cfg.schedule, cfg.prediction = 'rflow', 'flow'
@@ -215,6 +273,7 @@ def load_config(path=None, overrides=()) -> TrainConfig:
         p = Path(path)
         if not p.is_file(): raise DataError(p, 'config file not found')
         try: d = yaml.safe_load(p.read_text()) or {}
+        except OSError as e: raise DataError(p, f'cannot be read ({e.strerror})') from None
         except yaml.YAMLError as e: raise DataError(p, f'not valid YAML ({str(e).splitlines()[0]})') from None
     return make_config(d, overrides, where=str(path or 'config'))
 
@@ -306,8 +365,9 @@ def build_datasets(cfg:TrainConfig):
     else:
         mask = 'seg' if 'seg' in cfg.modalities else None
         subs = subjects_from(cfg.data, tuple(cfg.modalities))
-        if cfg.dims == 2: ds = SliceDataset(subs, tuple(cfg.modalities), mask=mask, axis=cfg.axis, size=tuple(cfg.size), foreground_only=cfg.foreground_only, min_content=cfg.min_content)
-        else: ds = VolumeDataset(subs, tuple(cfg.modalities), mask=mask, size=tuple(cfg.size))
+        kw = dict(mask=mask, irregular=cfg.irregular_spacing)
+        if cfg.dims == 2: ds = SliceDataset(subs, tuple(cfg.modalities), axis=cfg.axis, size=tuple(cfg.size), foreground_only=cfg.foreground_only, min_content=cfg.min_content, **kw)
+        else: ds = VolumeDataset(subs, tuple(cfg.modalities), size=tuple(cfg.size), **kw)
         classes = None
         perm = rng.permutation(len(subs)); nv = max(1, int(round(cfg.valid_frac * len(subs)))) if len(subs) > 1 else 0
         val_subj = {subs[i]['subject'] for i in perm[:nv]}
@@ -476,18 +536,47 @@ def _plain(o):
     return o
 
 def save_checkpoint(path, **state):
-    "Write `state` to `path` atomically (temporary file, then rename)."
-    with atomic_path(path) as p: torch.save(_plain(state), p)
+    "Write `state` to `path` atomically (temporary file, then rename); a full disk is an `OSError` naming the path."
+    path = Path(path)
+    try:
+        with atomic_path(path) as p: torch.save(_plain(state), p)
+    except RuntimeError as e:           # torch's zip writer reports a failed write as a RuntimeError ("unexpected pos", ...)
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        full = free < (1 << 20)
+        why = 'No space left on device' if full else f"the checkpoint could not be written ({str(e).splitlines()[0][:120]})"
+        raise OSError(errno.ENOSPC if full else errno.EIO, why, str(path)) from None
+
+def _checkpoint_problem(path:Path, e:Exception) -> str:
+    "What is wrong with a checkpoint torch could not read, in words."
+    if path.stat().st_size == 0: return 'empty file (an interrupted copy or write?)'
+    with open(path, 'rb') as f: head = f.read(4)
+    msg = str(e).splitlines()[0][:120]
+    if head == b'PK\x03\x04': return f'truncated or corrupt checkpoint ({msg})'
+    return f'not a PyTorch checkpoint ({type(e).__name__}: {msg})'
 
 def load_checkpoint(path) -> dict:
     "Load a checkpoint without executing code (`weights_only=True`); refuse anything else with a one-line error."
     import pickle
     path = Path(path)
     if not path.is_file(): raise DataError(path, 'checkpoint not found', 'check the run folder (training writes checkpoints/last.pt)')
-    try: return torch.load(path, map_location='cpu', weights_only=True)
+    try: state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        raise DataError(path, f"refused: it holds Python objects that could run code ({str(e).split('Unsupported global: ')[-1].splitlines()[0][:120]})", 'only load checkpoints written by medsynth or another trusted source') from None
-    except Exception as e: raise DataError(path, f'not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})') from None
+        glob = re.search(r'unsupported global:? (?:GLOBAL )?(\S+)', str(e), re.I)   # torch's wording varies by version
+        if not glob: raise DataError(path, _checkpoint_problem(path, e)) from None
+        raise DataError(path, f"refused: it holds Python objects that could run code ({glob[1][:120]})",
+                        'only load checkpoints written by medsynth or another trusted source') from None
+    except Exception as e: raise DataError(path, _checkpoint_problem(path, e)) from None
+    if not isinstance(state, dict): raise DataError(path, f'not a medsynth checkpoint (it holds a {type(state).__name__})')
+    return state
+
+def load_weights(net, state_dict, path):
+    "`net.load_state_dict(state_dict)`, or a one-line error saying the checkpoint was made for another network."
+    try: net.load_state_dict(state_dict)
+    except RuntimeError as e:
+        why = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), str(e).splitlines()[0])[:200]
+        raise DataError(path, f'does not fit the network its config describes ({why})',
+                        'the config and weights come from different runs or medsynth versions') from None
+    return net
 
 def file_hash(path) -> str:
     "First 16 hex digits of a file's SHA-256 (the model identity in sample manifests)."
@@ -564,7 +653,7 @@ def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, s
     kw = dict(cond=to(cond), label=to(label), **({} if level is None else dict(level=level)), **({} if features is None else dict(features=to(features))))
     den = lambda x, t: den0(x, t, **kw)
     if wrap is not None: den = wrap(den, schedule)                  # e.g. back-projection onto a coarser level
-    x = (torch.randn(shape, generator=generator) if x_T is None else x_T).to(dev)
+    x = (randn(shape, generator) if x_T is None else x_T).to(dev)
     out = sample(den, schedule, x, steps=steps or cfg.sample_steps, sampler=sampler or cfg.sampler, clip_x0=None if space else 1., generator=generator, progress=progress)
     net.train(was)
     return (space.decode(out) if space is not None else out).clamp(-1, 1)
@@ -636,6 +725,14 @@ class WandbCB(ScalarLogCB):
     def after_fit(self): self.wb.finish()
 
 # %% ../nbs/12_train.ipynb #d0cb77aa
+def _truncate_history(path:Path, start:int):
+    "Keep the header and the rows of epochs before `start`: a run resumed from an earlier checkpoint logs each epoch once."
+    if not path.exists(): return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [l for l in lines[1:] if l.split(',', 1)[0].strip().isdigit() and int(l.split(',', 1)[0]) < start]
+    if len(keep) != len(lines):
+        with atomic_path(path) as p: p.write_text(''.join(keep))
+
 class RunLog(CSVLogger):
     "fastai's CSV logger for runs that resume: one header, and no lines for the epochs a resumed fit skips."
     def __init__(self, fname): super().__init__(fname, append=True)
@@ -708,43 +805,65 @@ def _fit(learn, cfg, start_epoch):
         learn.fit(cfg.epochs, cfg.lr, cbs=ParamScheduler({'lr': sched}), start_epoch=start_epoch)
     else: learn.fit(cfg.epochs, cfg.lr, start_epoch=start_epoch)
 
+def _is_run(run:Path) -> bool: return (run/'config.yaml').exists() or (run/'checkpoints').exists()   # a job's script and log alone are not a run
+JOB_FILES = ('job.sbatch', 'job.json')                  # written by `--slurm` before the job starts: they stay
+
+def _reads(cfg:TrainConfig) -> list:
+    "What a run of `cfg` reads: `--overwrite` must never delete these."
+    return [p for p in (cfg.data, cfg.second_data, cfg.stage1, cfg.autoencoder, cfg.encoder_weights, cfg.atlas) if p]
+
+def _start(run:Path, cfg:TrainConfig, resume:bool, overwrite:bool):
+    "Before training writes anything: refuse an existing run unless resumed, or clear it for `overwrite` (rank 0)."
+    if resume or not _is_run(run): return
+    if not overwrite: raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
+    _barrier()                                          # every process has looked before anyone deletes
+    if _dist()[1] == 0:
+        keep = {MARKER, *JOB_FILES} | {p.name for p in run.glob('slurm-*.log')}
+        clear_folder(run, 'train', reads=_reads(cfg), keep=keep)
+
 def train(cfg:TrainConfig, run, resume:bool=False, overwrite:bool=False, force:bool=False, progress:bool=True) -> dict:
     "Train `cfg` into the run folder `run`; returns a summary. Resumes from `run/checkpoints/last.pt` with `resume=True`."
-    import shutil
     init_distributed()
-    if is_cascade(cfg): return _train_cascade(cfg, Path(run), resume, overwrite, force, progress)
+    run = Path(run)
+    with holding(run) if _dist()[1] == 0 else nullcontext():    # one writer per run folder
+        if is_cascade(cfg): return _train_cascade(cfg, run, resume, overwrite, force, progress)
+        return _train(cfg, run, resume, overwrite, force, progress)
+
+def _train(cfg, run, resume, overwrite, force, progress):
     space_of(cfg); encoder_of(cfg)                      # a latent space that does not fit, or missing encoder weights, fail before anything is written
     stage1 = load_stage1(cfg) if cfg.refine else None
-    run = Path(run); ck = run/'checkpoints'/'last.pt'; state = None
+    ck = run/'checkpoints'/'last.pt'; state = None
     if resume:
         state = load_checkpoint(ck)
         _check_same(make_config(state['config'], where=str(ck)), cfg, run, force)
-    elif (run/'config.yaml').exists() or (run/'checkpoints').exists():      # a run is there (a job's script and log alone are not one)
-        if not overwrite: raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
-        _barrier()                                      # every process has looked before anyone deletes
-        if _dist()[1] == 0: shutil.rmtree(run)
-    _barrier()
-    train_ds, valid_ds, classes = refine_datasets(cfg, run, stage1) if cfg.refine else build_datasets(cfg)
+    elif _is_run(run) and not overwrite: raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
+    train_ds, valid_ds, classes = build_datasets(cfg)
     build_refine_net(cfg) if cfg.refine else build_model(cfg, mode_of(cfg), len(classes) if classes else None)   # a network that cannot be built fails before the run is written
+    build_dataloaders(train_ds, valid_ds, cfg)          # too few samples for a batch: before anything is written
+    _start(run, cfg, resume, overwrite)
     dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available() else torch.device('cpu')
-    if space_of(cfg) is not None and not cfg.repa_e:  # a frozen autoencoder: encode every target once
-        train_ds, valid_ds = (cache_latents(d, space_of(cfg), mode_of(cfg), device=dev) for d in (train_ds, valid_ds))
-    if _dist()[1] == 0:
-        (run/'logs').mkdir(parents=True, exist_ok=True)
-        with atomic_path(run/'config.yaml') as p: p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-        if classes: (run/'classes.json').write_text(json.dumps(classes))
-    _barrier()
-    dls = build_dataloaders(train_ds, valid_ds, cfg, device=dev)
-    learn = (build_refine_learner if cfg.refine else build_learner)(cfg, run, dls, classes, progress=progress)
-    learn.net.to(dev); learn.ema.to(dev)
-    start = 0
-    if state is not None:
-        learn.net.load_state_dict(state['model']); learn.ema.load_state_dict(state['ema'])
-        learn.create_opt(); learn.opt.opt.load_state_dict(state['opt'])
-        if learn.dcb is not None: learn.dcb.gen.set_state(state['gen']); learn.dcb.tsampler.load_state_dict(state['tsampler'])
-        if state.get('repa_e') is not None: learn.repa_ecb.load_state_dict(state['repa_e'])
-        _set_rng_state(state['rng']); start = state['epoch']
-        if state.get('scaler') is not None: learn.add_cb(_LoadScaler(state['scaler']))
+    with new_folder(run, 'train') if _dist()[1] == 0 else nullcontext():    # a failed start removes the folder it made
+        _barrier()
+        if cfg.refine: train_ds, valid_ds, classes = refine_datasets(cfg, run, stage1)
+        if space_of(cfg) is not None and not cfg.repa_e:  # a frozen autoencoder: encode every target once
+            train_ds, valid_ds = (cache_latents(d, space_of(cfg), mode_of(cfg), device=dev) for d in (train_ds, valid_ds))
+        if _dist()[1] == 0:
+            (run/'logs').mkdir(parents=True, exist_ok=True)
+            with atomic_path(run/'config.yaml') as p: p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+            if classes: (run/'classes.json').write_text(json.dumps(classes))
+        _barrier()
+        dls = build_dataloaders(train_ds, valid_ds, cfg, device=dev)
+        learn = (build_refine_learner if cfg.refine else build_learner)(cfg, run, dls, classes, progress=progress)
+        learn.net.to(dev); learn.ema.to(dev)
+        start = 0
+        if state is not None:
+            learn.net.load_state_dict(state['model']); learn.ema.load_state_dict(state['ema'])
+            learn.create_opt(); learn.opt.opt.load_state_dict(state['opt'])
+            if learn.dcb is not None: learn.dcb.gen.set_state(state['gen']); learn.dcb.tsampler.load_state_dict(state['tsampler'])
+            if state.get('repa_e') is not None: learn.repa_ecb.load_state_dict(state['repa_e'])
+            _set_rng_state(state['rng']); start = state['epoch']
+            if state.get('scaler') is not None: learn.add_cb(_LoadScaler(state['scaler']))
+            if _dist()[1] == 0: _truncate_history(run/'logs'/'history.csv', start)
     learn.diverged = None
     t0 = time.time(); _fit(learn, cfg, start)
     if cfg.repa_e and _dist()[1] == 0 and not learn.diverged:               # the end-to-end tuned autoencoder: what this run's samples decode with
@@ -764,23 +883,20 @@ def _check_same(old, cfg, run, force):
 
 def _train_cascade(cfg, run, resume, overwrite, force, progress):
     "Each level's network into `run/level-K`, coarsest first; a level already trained is skipped and a checkpointed one resumed."
-    import shutil
     space_of(level_config(cfg, 0))
     if resume:
         if not (run/'config.yaml').exists(): raise DataError(run/'config.yaml', 'no cascade to resume here', 'start it without --resume')
         _check_same(load_config(run/'config.yaml'), cfg, run, force)
-    elif (run/'config.yaml').exists():
-        if not overwrite: raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
-        _barrier()
-        if _dist()[1] == 0: shutil.rmtree(run)
+    else: _start(run, cfg, resume, overwrite)
     _barrier()
     if _dist()[1] == 0:
-        run.mkdir(parents=True, exist_ok=True)
+        if marker(run) is None: mark(run, 'train')
         with atomic_path(run/'config.yaml') as p: p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     _barrier()
     out = dict(run=str(run), levels={}, seconds=0.)
     for lv in reversed(range(cfg.levels)):
         sub = run/f'level-{lv}'
+        if _dist()[1] == 0 and sub.exists() and marker(sub) is None: mark(sub, 'train')   # a level folder of this cascade
         r = train(level_config(cfg, lv), sub, resume=(sub/'checkpoints'/'last.pt').exists(), overwrite=True, force=force, progress=progress)
         out['levels'][lv] = r; out['seconds'] += r['seconds']
     return out
@@ -821,12 +937,15 @@ def lr_find(cfg:TrainConfig, run) -> dict:
     if is_cascade(cfg): raise ValueError(f"lr_find tunes one network: add level=K (0 is the finest of {cfg.levels}) or shared_levels=true")
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    run = Path(run); (run/'logs').mkdir(parents=True, exist_ok=True)
+    run = Path(run)
     tr, va, cl = build_datasets(cfg)
-    learn = build_learner(cfg, run, build_dataloaders(tr, va, cfg), cl, progress=False)
-    learn.remove_cbs([c for c in learn.cbs if isinstance(c, RunLog)])
-    sug = learn.lr_find(show_plot=True)
-    plt.gcf().savefig(run/'lr_find.png', dpi=110); plt.close('all')
+    dls = build_dataloaders(tr, va, cfg)
+    with holding(run), new_folder(run, 'train'):
+        (run/'logs').mkdir(parents=True, exist_ok=True)
+        learn = build_learner(cfg, run, dls, cl, progress=False)
+        learn.remove_cbs([c for c in learn.cbs if isinstance(c, RunLog)])
+        sug = learn.lr_find(show_plot=True)
+        plt.gcf().savefig(run/'lr_find.png', dpi=110); plt.close('all')
     return {k: float(v) for k, v in sug._asdict().items()}
 
 class _LoadScaler(Callback):
@@ -842,13 +961,15 @@ def load_network(run, weights:str='ema', what:str='run folder', fix:str='give th
     if not run.is_dir(): raise DataError(run, f'{what} not found', fix)
     if not ck.exists(): raise DataError(ck, f'{what} has no checkpoint', fix)
     state = load_checkpoint(ck)
+    if not isinstance(state.get('config'), dict) or 'model' not in state:
+        raise DataError(ck, 'not a medsynth checkpoint (no config or model weights)', fix)
     cfg = make_config(state['config'], where=str(ck))
     if cfg.repa_e and (run/'autoencoder.pt').exists(): cfg = dataclasses.replace(cfg, autoencoder=str(run/'autoencoder.pt'))   # REPA-E tuned its autoencoder
     classes = json.loads((run/'classes.json').read_text()) if (run/'classes.json').exists() else None
     sd = state['model']; fd = sd['null_features'].shape[-1] if 'null_features' in sd else sd['repa_proj.4.weight'].shape[0] if 'repa_proj.4.weight' in sd else None
     net = (build_refine_net(cfg) if cfg.refine else build_model(cfg, mode_of(cfg), len(classes) if classes else None, feature_dim=fd))
-    if weights == 'ema': net.load_state_dict({k.removeprefix('ema_model.'): v for k, v in state['ema'].items() if k.startswith('ema_model.')})
-    else: net.load_state_dict(sd)
+    if weights == 'ema': load_weights(net, {k.removeprefix('ema_model.'): v for k, v in state['ema'].items() if k.startswith('ema_model.')}, ck)
+    else: load_weights(net, sd, ck)
     return cfg, net.to('cuda' if torch.cuda.is_available() else 'cpu').eval(), file_hash(ck), classes
 
 # %% ../nbs/12_train.ipynb #3fe4636a
@@ -864,7 +985,7 @@ def stage1_targets(net, cfg1:TrainConfig, ds, seed:int=0, batch_size:int=4) -> t
     for i in range(0, len(ds), batch_size):
         x0, _, _ = mode.split(_collate([ds[j] for j in range(i, min(len(ds), i + batch_size))])[0])
         known = torch.zeros_like(x0); known[..., :La] = 1
-        x = generate(net, cfg1, x0.shape, generator=torch.Generator().manual_seed(seed + i), wrap=replace_known(x0.to(dev), known.to(dev)))
+        x = generate(net, cfg1, x0.shape, generator=SampleGenerators(seed, range(i, i + len(x0))), wrap=replace_known(x0.to(dev), known.to(dev)))
         out.append(mode.unsplit(x.cpu())[mode.b])
     return torch.cat(out)
 
@@ -943,14 +1064,18 @@ class NoisyLabelCB(Callback):
 
 def train_classifier(cfg:TrainConfig, run, progress:bool=True) -> dict:
     "Train a time-conditioned classifier on `cfg.data` (class folders); writes `run/checkpoints/classifier.pt`."
-    from medsynth.models import NoisyClassifier
-    from fastai.metrics import accuracy
-    run = Path(run); (run/'logs').mkdir(parents=True, exist_ok=True)
+    run = Path(run)
     tr, va, classes = build_datasets(make_config(dict(asdict(cfg), mode='class')))
     if not classes: raise ValueError(f"{cfg.data}: the classifier needs class folders (root/<class>/<image>)")
+    dls = build_dataloaders(tr, va, cfg)
+    with holding(run):
+        with new_folder(run, 'train'): (run/'logs').mkdir(parents=True, exist_ok=True)
+        return _train_classifier(cfg, run, dls, classes, progress)
+
+def _train_classifier(cfg, run, dls, classes, progress):
     torch.manual_seed(cfg.seed)
     net = NoisyClassifier(len(classes), cfg.size, cfg.dims, 1, tuple(cfg.channels), tuple(cfg.attention_levels), cfg.num_res_blocks, cfg.num_head_channels, min(32, cfg.channels[0]))
-    learn = Learner(build_dataloaders(tr, va, cfg), net, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
+    learn = Learner(dls, net, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
                     cbs=[NoisyLabelCB(cfg, schedule_of(cfg)), GuardCB(), RunLog('logs/classifier.csv')], path=run)
     if not progress:
         from fastai.callback.progress import ProgressCallback

@@ -1,5 +1,6 @@
-import sys
+import os, re, shutil, subprocess, sys, time
 from pathlib import Path
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -9,3 +10,45 @@ def tool(name):
     p = BIN / name
     if not p.exists(): raise FileNotFoundError(f"{p} not found: run `make install` (or `make test`) to create the virtual environment")
     return str(p)
+
+# A real single-node SLURM cluster, started once per session for every test that asks for it (test_slurm.py, the README's
+# SLURM commands in test_readme_commands.py), and stopped at the end by slurm/local/stop.sh (by PID) unless it was running
+# before. It needs root (the daemons, /etc/slurm) and apt where SLURM is not installed; elsewhere its tests skip, except
+# under CI (the environment variable CI set), where a missing cluster fails them.
+
+def _no_cluster_reason() -> str|None:
+    if os.geteuid() != 0: return "not root"
+    if not all(shutil.which(x) for x in ('sbatch', 'slurmctld', 'slurmd', 'munged')) and not shutil.which('apt-get'):
+        return "SLURM is not installed and apt-get is missing"
+    return None
+
+def _slurm_running() -> bool:
+    return subprocess.run(['pgrep', '-x', 'slurmctld'], capture_output=True).returncode == 0
+
+@pytest.fixture(scope='session')
+def cluster():
+    why = _no_cluster_reason()
+    if why:
+        msg = f"no local SLURM cluster: {why} (slurm/local/start.sh needs root, and apt where SLURM is missing)"
+        if os.environ.get('CI'): pytest.fail(msg + "; CI is set, so the SLURM tests must run")
+        pytest.skip(msg)
+    was_running = _slurm_running()
+    r = subprocess.run(['bash', str(ROOT/'slurm'/'local'/'start.sh')], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"could not start the local SLURM cluster (slurm/local/start.sh): {r.stderr[-1500:]}"
+    yield
+    if not was_running: subprocess.run(['bash', str(ROOT/'slurm'/'local'/'stop.sh')], capture_output=True, timeout=120)
+
+def wait_for_job(job:str, timeout:float=600) -> dict:
+    "Wait until SLURM job `job` (every array task) has left the queue; its final state per task (`{'0': 'COMPLETED', ...}`)."
+    end = time.time() + timeout
+    while subprocess.run(['squeue', '-h', '-j', str(job)], capture_output=True, text=True).stdout.strip():
+        if time.time() > end:
+            show = subprocess.run(['scontrol', 'show', 'job', str(job)], capture_output=True, text=True).stdout
+            raise AssertionError(f"SLURM job {job} still queued after {timeout} s:\n{show[-1500:]}")
+        time.sleep(0.5)
+    out = subprocess.run(['scontrol', '-o', 'show', 'job', str(job)], capture_output=True, text=True).stdout
+    states = {}
+    for line in out.splitlines():
+        task, state = re.search(r'\bArrayTaskId=(\S+)', line), re.search(r'\bJobState=(\S+)', line)
+        if state: states[task[1] if task else str(job)] = state[1]
+    return states

@@ -4,11 +4,11 @@ Python API (a `DataError`) and from `medsynth data check` (exit status 1), and n
 Policy for a non-image file among images: skipped with a warning (datasets) and listed under
 `skipped` (check), not an error: sidecar files (notes, Thumbs.db) are common and harmless, whereas a
 file with an image extension that does not decode was meant to be data and is an error."""
-import shutil, signal, subprocess, time, warnings
+import os, shutil, signal, stat, subprocess, time, warnings
 from pathlib import Path
 import numpy as np, pytest
 from conftest import tool
-from medsynth.io import DataError, write_png, write_nifti
+from medsynth.io import DataError, atomic_path, write_png, write_nifti
 from medsynth.phantoms import BrainPhantom, write_class_folders, write_subjects
 from medsynth.datasets import ClassFolderDataset, SliceDataset, VolumeDataset
 
@@ -107,3 +107,35 @@ def test_killed_phantom_writer_leaves_no_partial_folder(tmp_path):
     assert any(tmp_path.glob('.out.*/sub-0002')), 'writer never started'
     p.send_signal(signal.SIGKILL); p.wait()
     assert not (tmp_path/'out').exists()
+
+# --- permissions --------------------------------------------------------------------------------------
+# Outputs get the permissions the user's umask asks for, as `mkdir` and `open` give them: on a shared cluster a group
+# (or everyone) must be able to read the data and runs. A temporary folder from `tempfile.mkdtemp` is 0700 whatever
+# the umask, so a folder renamed into place from one would be private.
+
+@pytest.fixture(params=[0o022, 0o002, 0o077], ids=['umask022', 'umask002', 'umask077'])
+def umask(request):
+    old = os.umask(request.param)
+    try: yield request.param
+    finally: os.umask(old)
+
+def mode(p): return stat.S_IMODE(os.stat(p).st_mode)
+
+def test_atomic_writes_follow_the_umask(umask, tmp_path):
+    folder, file = 0o777 & ~umask, 0o666 & ~umask
+    with atomic_path(tmp_path/'new'/'a.txt') as p: p.write_text('x')          # creates the folder 'new' too
+    with atomic_path(tmp_path/'run', is_dir=True) as p: (p/'sub').mkdir(); (p/'sub'/'b.txt').write_text('y')
+    write_png(tmp_path/'pngs'/'c.png', np.zeros((8, 8))); write_nifti(tmp_path/'d.nii.gz', np.zeros((4, 4, 4), np.float32))
+    assert {str(q.relative_to(tmp_path)): oct(mode(q)) for q in tmp_path.rglob('*')} == \
+        {**{k: oct(folder) for k in ('new', 'run', 'run/sub', 'pngs')}, **{k: oct(file) for k in ('new/a.txt', 'run/sub/b.txt', 'pngs/c.png', 'd.nii.gz')}}
+    with atomic_path(tmp_path/'run', is_dir=True) as p: (p/'e.txt').write_text('z')   # replacing an existing folder
+    assert mode(tmp_path/'run') == folder and mode(tmp_path/'run'/'e.txt') == file and not (tmp_path/'run'/'sub').exists()
+
+def test_phantom_folders_follow_the_umask(tmp_path):
+    "End to end through a writer built on atomic_path(is_dir=True): every folder and file of a phantom data set."
+    old = os.umask(0o022)
+    try: write_subjects(tmp_path/'subjects', BrainPhantom((16, 16, 16), seed=0), 2, modalities=('t1', 'seg'))
+    finally: os.umask(old)
+    modes = {q.is_dir(): set() for q in tmp_path.rglob('*')}
+    for q in tmp_path.rglob('*'): modes[q.is_dir()].add(oct(mode(q)))
+    assert modes == {True: {'0o755'}, False: {'0o644'}}, modes

@@ -1,7 +1,7 @@
 """The readers on real files that ship inside installed packages (nilearn's MNI152 2009a template and
 tissue maps, pydicom's CT and MR test files), each compared with an independent oracle: nibabel,
 pydicom and MONAI read the same files, and numpy recomputes the documented normalisation."""
-import shutil
+import shutil, subprocess
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np, pytest
@@ -9,8 +9,9 @@ import nibabel as nib, nilearn, pydicom
 from pydicom.data import get_testdata_file
 from monai.transforms import LoadImage, EnsureChannelFirst, Orientation
 from medsynth.io import DataError, read_nifti, read_dicom, read_volume
-from medsynth.datasets import find_subjects, load_subject, SliceDataset
+from medsynth.datasets import find_subjects, load_subject, SliceDataset, VolumeDataset
 from medsynth.datacheck import check_data
+from conftest import tool
 
 try: from pydicom.pixels import apply_modality_lut                       # pydicom >= 3
 except ImportError: from pydicom.pixel_data_handlers.util import apply_modality_lut
@@ -167,7 +168,7 @@ def series(tmp_path):
 
 def by_position(folder):
     "Oracle: every file read by pydicom, modality LUT applied, (cols, rows) flipped to RAS, stacked by ImagePositionPatient z."
-    dss = sorted((pydicom.dcmread(f) for f in folder.iterdir()), key=lambda ds: float(ds.ImagePositionPatient[2]))
+    dss = sorted((pydicom.dcmread(f) for f in sorted(folder.iterdir())), key=lambda ds: float(ds.ImagePositionPatient[2]))   # ties: file name order
     return np.stack([apply_modality_lut(ds.pixel_array, ds).T[::-1, ::-1] for ds in dss], -1).astype(np.float32)
 
 def test_dicom_series_order(series):
@@ -207,3 +208,91 @@ def test_dicom_two_series_raise(tmp_path):
         ds = pydicom.dcmread(get_testdata_file('CT_small.dcm')); ds.SeriesInstanceUID = uid
         ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], Z[k]]; ds.save_as(tmp_path/f'{k}.dcm')
     with pytest.raises(DataError, match='2 series'): read_dicom(tmp_path)
+
+# --- DICOM slice spacing ----------------------------------------------------------------------------
+# A series is stacked as if its slices were evenly spaced, so a missing slice (a gap of two spacings), a duplicate
+# position (two files at one place) or uneven gaps would give a volume whose anatomy is silently stretched or
+# doubled. The readers refuse them with a one-line DataError unless irregular='allow'; `medsynth data check` reports them.
+
+def write_series(d, zs, instance=None):
+    "CT_small slices at positions `zs` (mm along the normal, which is z for its axial orientation), content +100 k per file."
+    d.mkdir(parents=True)
+    for k, z in enumerate(zs):
+        ds = pydicom.dcmread(get_testdata_file('CT_small.dcm'))
+        ds.PixelData = (ds.pixel_array + 100 * k).astype(ds.pixel_array.dtype).tobytes()
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], z]; ds.InstanceNumber = k + 1
+        ds.save_as(d/f'im{k:02d}.dcm')
+    return d
+
+MISSING = (-75.7, -73.2, -70.7, -65.7, -63.2)      # -68.2 is missing: a 5 mm gap between slices 3 and 4 (2.5 mm elsewhere)
+DUPLICATE = (-75.7, -73.2, -73.2, -70.7, -68.2)    # two slices at -73.2
+UNEVEN = (-75.7, -73.2, -70.7, -67.0, -64.5)       # a 3.7 mm gap: not a whole number of spacings
+
+def test_dicom_missing_slice_refused(tmp_path):
+    d = write_series(tmp_path/'series', MISSING)
+    for read in (read_dicom, read_volume):
+        with pytest.raises(DataError) as e: read(d)
+        msg = str(e.value)
+        assert '\n' not in msg and msg.startswith(str(d)), msg
+        assert 'not evenly spaced: gap of 5 mm between slices 3 and 4 (im02.dcm, im03.dcm) where the series spacing is 2.5 mm (a missing slice?)' in msg, msg
+        assert "irregular='allow'" in msg, msg                            # the fix names the escape hatch
+
+def test_dicom_duplicate_position_refused(tmp_path):
+    d = write_series(tmp_path/'series', DUPLICATE)
+    with pytest.raises(DataError) as e: read_dicom(d)
+    msg = str(e.value)
+    assert '\n' not in msg and msg.startswith(str(d)), msg
+    assert 'duplicate slice position: slices 2 and 3 (im01.dcm, im02.dcm) are both at -73.2 mm' in msg, msg
+    assert 'gap' not in msg and 'missing' not in msg, msg                # a duplicate is not reported as a gap
+
+def test_dicom_uneven_gap_refused(tmp_path):
+    d = write_series(tmp_path/'series', UNEVEN)
+    with pytest.raises(DataError, match=r'gap of 3.7 mm between slices 3 and 4 .* where the series spacing is 2.5 mm \(irregular spacing\)'): read_dicom(d)
+
+def test_dicom_irregular_allowed(tmp_path):
+    "irregular='allow' stacks the slices in position order at the median gap between distinct positions."
+    for zs, n in ((MISSING, 5), (DUPLICATE, 5), (UNEVEN, 5)):
+        d = write_series(tmp_path/f'{zs[3]}', zs)
+        for read in (read_dicom, read_volume):
+            v = read(d, irregular='allow')
+            assert v.array.shape == (128, 128, n) and v.spacing == pytest.approx((0.661468, 0.661468, 2.5))
+            np.testing.assert_array_equal(v.array, by_position(d))
+    with pytest.raises(ValueError, match="irregular='warn' is not allowed"): read_dicom(d, irregular='warn')
+
+def test_dicom_rounding_is_regular(tmp_path):
+    "Positions as scanners write them (decimal strings, a few micrometres off) are regular."
+    zs = [round(-75.7 + 2.5 * k + (-1) ** k * 0.002, 4) for k in range(6)]
+    v = read_dicom(write_series(tmp_path/'s', zs))
+    assert v.array.shape[2] == 6 and v.spacing[2] == pytest.approx(2.5, abs=0.01)
+
+def test_dicom_regular_series_still_loads(series):
+    "The existing shuffled, regular series (positions 2.5 mm apart) reads as before, and as MONAI reads it."
+    test_dicom_series_matches_monai(series)
+    np.testing.assert_array_equal(read_dicom(series, irregular='error').array, read_dicom(series, irregular='allow').array)
+
+@pytest.mark.parametrize('zs,words', [(MISSING, 'gap of 5 mm between slices 3 and 4'), (DUPLICATE, 'duplicate slice position')],
+                         ids=['missing', 'duplicate'])
+def test_check_data_reports_irregular_series(tmp_path, zs, words):
+    d = write_series(tmp_path/'series', zs)
+    rep = check_data(d)
+    assert rep.layout == 'DICOM series' and not rep.ok, str(rep)
+    assert len(rep.problems) == 1 and words in str(rep.problems[0]) and rep.problems[0].path == str(d), str(rep)
+    r = subprocess.run([tool('medsynth'), 'data', 'check', str(d)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stdout + r.stderr
+    line, = [l.strip() for l in r.stdout.splitlines() if words in l]
+    assert line.startswith(f'{d}: '), r.stdout
+    r = subprocess.run([tool('medsynth'), 'data', 'check', str(write_series(tmp_path/'ok', Z))], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'no problems found' in r.stdout, r.stdout
+
+def test_datasets_refuse_irregular_series_unless_allowed(tmp_path):
+    "Subject folders with a `ct` DICOM series folder each: check_data and the datasets see the gap; irregular='allow' passes through."
+    root = tmp_path/'subjects'
+    write_series(root/'s0'/'ct', Z); write_series(root/'s1'/'ct', MISSING)
+    rep = check_data(root)
+    assert rep.layout == 'subject folders' and len(rep.problems) == 1, str(rep)
+    assert str(rep.problems[0]).startswith(f"{root/'s1'/'ct'}: slice positions are not evenly spaced"), str(rep)
+    for make in (lambda **kw: VolumeDataset(root, ('ct',), mask=None, **kw),
+                 lambda **kw: SliceDataset(root, ('ct',), mask=None, size=(32, 32), **kw)):
+        with pytest.raises(DataError, match='s1/ct: slice positions are not evenly spaced'): make()
+        ds = make(irregular='allow')
+        assert {ds[i]['subject'] for i in range(len(ds))} == {'s0', 's1'}

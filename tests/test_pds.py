@@ -63,7 +63,7 @@ def test_refinement_beats_stage1_on_heldout_pairs(data, stage1, tmp_path):
     assert c.returncode == 0, c.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path/'smp'/'manifest.csv')))
     assert sorted({x['key'] for x in rows}) == ['cond-t1', 'fa-refined', 'fa-stage1', 'real-fa'] and len(rows) == 8
-    v = {(x['batch_index'], x['key']): np.asarray(nib.load(str(tmp_path/'smp'/x['file'])).dataobj) for x in rows}
+    v = {(x["index"], x["key"]): np.asarray(nib.load(str(tmp_path/'smp'/x['file'])).dataobj) for x in rows}
     assert v[('0', 'fa-refined')].shape == (24, 24, 16) and v[('0', 'cond-t1')].shape == (16, 16, 12)
     err = lambda k: np.mean([np.abs(v[(i, k)] - v[(i, 'real-fa')]).mean() for i in ('0', '1')])
     assert err('fa-refined') < err('fa-stage1')                          # the same comparison as metrics.json, from the written files

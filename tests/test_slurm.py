@@ -6,7 +6,7 @@ resumes to the end."""
 import json, os, re, subprocess, time
 from pathlib import Path
 import nbformat, pytest
-from conftest import tool, ROOT
+from conftest import tool, ROOT                 # the `cluster` fixture (one start per session) is in conftest.py
 from medsynth.phantoms import BrainPhantom, write_subjects
 
 def medsynth(*args, env=None, timeout=600):
@@ -20,13 +20,6 @@ def write_paper(path):
     nb.cells[0].metadata['tags'] = ['parameters']
     nb.metadata['kernelspec'] = dict(name='python3', display_name='Python 3', language='python')
     path.parent.mkdir(parents=True, exist_ok=True); nbformat.write(nb, str(path))
-
-@pytest.fixture(scope='module')
-def cluster():
-    r = subprocess.run(['bash', str(ROOT/'slurm'/'local'/'start.sh')], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"could not start the local SLURM cluster (needs root and apt): {r.stderr[-1500:]}"
-    yield
-    subprocess.run(['bash', str(ROOT/'slurm'/'local'/'stop.sh')], capture_output=True, timeout=120)
 
 def job_id(r):
     assert r.returncode == 0, r.stderr[-2000:]
@@ -100,6 +93,19 @@ def test_training_job_is_preempted_requeued_and_resumes(cluster, tmp_path):
     import pandas as pd
     h = pd.read_csv(run/'logs'/'history.csv')
     assert list(h.epoch) == list(range(8)), h                  # every epoch once: the resumed run went on from the checkpoint
+
+def test_multi_gpu_train_script_reaches_medsynth(tmp_path):
+    "The sbatch script `--gpus N` renders (N > 1: torchrun, one process each) runs, here as two CPU processes over gloo."
+    from medsynth.experiments import submit_train
+    write_subjects(tmp_path/'data', BrainPhantom((32, 32, 16), prevalence=1., seed=0), 6, modalities=('t1', 't1ce', 'seg'))
+    run = tmp_path/'ddp'
+    submit_train([f'data={tmp_path/"data"}', 'mode=seg', 'size=[16,16]', 'channels=[8,8,8]', 'attention_levels=[false,false,false]',
+                  'num_head_channels=8', 'batch_size=2', 'epochs=1', 'valid_frac=0.2'], run, gpus=2, submit=False)
+    env = dict(os.environ, SLURM_JOB_ID='1', PET_MASTER_PORT='29533', OMP_NUM_THREADS='1')
+    r = subprocess.run(['bash', str(run/'job.sbatch')], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]      # torchrun once read medsynth's --run as its own --run-path
+    import torch
+    assert torch.load(run/'checkpoints'/'last.pt', weights_only=True, map_location='cpu')['epoch'] == 1
 
 def test_sbatch_missing_points_to_running_locally(tmp_path):
     write_paper(tmp_path/'papers'/'tiny.ipynb')
