@@ -59,7 +59,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/nbdev-test --n-workers 2 --timing
-	$(BIN)/pytest tests/
+	$(BIN)/pytest tests/ --durations=20
 
 # The benchmarks: sampler accuracy vs NFE, loader throughput, Learner overhead and sampling speed, single scale vs pyramid.
 bench: $(STAMP)

@@ -13,7 +13,7 @@ from fastprogress.fastprogress import progress_bar, IN_NOTEBOOK
 
 # %% auto #0
 __all__ = ['check_choice', 'check_int', 'bcast', 'seed_everything', 'sample_seed', 'SampleGenerators', 'randn', 'rand',
-           'interactive', 'track']
+           'interactive', 'track', 'Preempted']
 
 # %% ../nbs/00_core.ipynb #e7879d05
 def check_choice(arg:str, value, allowed):
@@ -92,3 +92,7 @@ def track(items, what:str='', total:int|None=None, leave:bool=False, lines:int=1
         yield item
         if i % every == 0 or i == n:
             print(f"{what or 'progress'} {i}/{n if n else '?'} ({time.time() - t0:.0f} s)", flush=True)
+
+# %% ../nbs/00_core.ipynb #dd15fab2
+class Preempted(RuntimeError):
+    "A run stopped on request after writing its checkpoints; running it again in the same folder resumes it."

@@ -12,15 +12,16 @@ from pathlib import Path
 import yaml
 import medsynth
 from .io import atomic_path
+from .core import Preempted
 from .folders import mark, marker, holding, holder, process_alive
 
 REPO = Path(medsynth.__file__).resolve().parent.parent     # a source checkout: papers/ and slurm/ live here
 
 # %% auto #0
 __all__ = ['REPO', 'SLURM_DIR', 'ENDED', 'papers_dir', 'list_papers', 'paper_path', 'paper_parameters', 'parse_value',
-           'check_parameters', 'new_run_dir', 'write_json', 'read_json', 'Preempted', 'run_paper', 'train_stage',
-           'read_grid', 'slurm_template', 'sbatch', 'submit_paper', 'submit_train', 'task_params', 'slurm_state',
-           'run_info', 'list_runs', 'format_runs', 'show_run', 'clean_runs']
+           'check_parameters', 'new_run_dir', 'write_json', 'read_json', 'run_paper', 'train_stage', 'read_grid',
+           'slurm_template', 'sbatch', 'submit_paper', 'submit_train', 'task_params', 'slurm_state', 'run_info',
+           'list_runs', 'format_runs', 'show_run', 'clean_runs']
 
 # %% ../nbs/19_experiments.ipynb #365b2e40
 def papers_dir(papers=None) -> Path:
@@ -102,9 +103,6 @@ def _slurm_env() -> dict:
     return {k: os.environ[k] for k in ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID', 'SLURM_RESTART_COUNT', 'SLURM_JOB_PARTITION') if k in os.environ}
 
 # %% ../nbs/19_experiments.ipynb #1f30cc01
-class Preempted(RuntimeError):
-    "A paper run stopped on request after its training checkpointed; running it again in the same folder resumes."
-
 def run_paper(name:str, params:dict|None=None, runs='runs', run_dir=None, papers=None, resume:bool=False, progress:bool=True) -> Path:
     "Execute paper `name` with `params` into a run folder (new, or `run_dir`); returns the folder."
     path = paper_path(name, papers); declared = paper_parameters(path)

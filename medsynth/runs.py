@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import yaml
 from .io import DataError, atomic_path, write_png, write_nifti
-from .train import TrainConfig, make_config, load_config, load_checkpoint, load_network, file_hash, build_model, build_datasets, mode_of, generate, generate_cascade
+from .train import TrainConfig, make_config, load_config, load_checkpoint, load_network, build_model, build_datasets, mode_of, generate, generate_cascade
 from .core import check_int, SampleGenerators
 from .folders import output_folder
 

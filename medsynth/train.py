@@ -25,12 +25,12 @@ from fastai.data.core import DataLoaders
 from fastai.optimizer import OptimWrapper
 from fastai.metrics import accuracy
 from ema_pytorch import EMA
-from .core import check_choice, check_int, bcast, randn, SampleGenerators
+from .core import check_choice, check_int, bcast, randn, SampleGenerators, Preempted
 from .schedules import get_schedule
 from .param import Denoiser, PREDICTIONS
 from .objectives import get_timestep_sampler, diffusion_loss, TIMESTEP_SAMPLERS, WEIGHTINGS
 from .samplers import sample, SAMPLERS
-from .io import atomic_path, DataError, IRREGULAR
+from .io import atomic_path, DataError, IRREGULAR, file_sha256
 from .folders import MARKER, holding, new_folder, clear_folder, mark, marker
 from .modes import get_mode, MODES, PyramidMode
 from .pyramid import check_levels, level_size, back_project
@@ -42,11 +42,11 @@ __all__ = ['CONFIG_HELP', 'CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'STO
            'TrainConfig', 'config_help', 'make_config', 'is_cascade', 'level_config', 'load_config', 'mode_of',
            'space_of', 'encoder_of', 'pair_data', 'roi_of', 'to_latent', 'cache_latents', 'build_datasets',
            'init_distributed', 'build_dataloaders', 'DiffusionLoss', 'DiffusionCB', 'PrecisionCB', 'StepCB', 'EMACB',
-           'GuardCB', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'file_hash', 'request_stop',
-           'install_stop_handler', 'stop_requested', 'Preempted', 'CheckpointCB', 'schedule_of', 'generate',
-           'SampleGridCB', 'ScalarLogCB', 'TensorBoardCB', 'WandbCB', 'RunLog', 'build_model', 'build_learner', 'train',
-           'generate_cascade', 'lr_find', 'load_network', 'build_refine_net', 'stage1_targets', 'load_stage1',
-           'refine_datasets', 'RefineCB', 'build_refine_learner', 'refine_report', 'NoisyLabelCB', 'train_classifier']
+           'GuardCB', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'request_stop', 'install_stop_handler',
+           'stop_requested', 'CheckpointCB', 'schedule_of', 'generate', 'SampleGridCB', 'ScalarLogCB', 'TensorBoardCB',
+           'WandbCB', 'RunLog', 'build_model', 'build_learner', 'train', 'generate_cascade', 'lr_find', 'load_network',
+           'build_refine_net', 'stage1_targets', 'load_stage1', 'refine_datasets', 'RefineCB', 'build_refine_learner',
+           'refine_report', 'NoisyLabelCB', 'train_classifier']
 
 # %% ../nbs/12_train.ipynb #f676a2a0
 @dataclass
@@ -578,13 +578,6 @@ def load_weights(net, state_dict, path):
                         'the config and weights come from different runs or medsynth versions') from None
     return net
 
-def file_hash(path) -> str:
-    "First 16 hex digits of a file's SHA-256 (the model identity in sample manifests)."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
-    return h.hexdigest()[:16]
-
 # %% ../nbs/12_train.ipynb #cb0d2d04
 def _finding_lr(learn) -> bool: return any(type(c).__name__ == 'LRFinder' for c in learn.cbs)
 
@@ -611,9 +604,6 @@ def _any_rank(flag:bool) -> bool:
     import torch.distributed as dist
     if _dist()[0] == 1: return flag
     t = torch.tensor([float(flag)]); dist.all_reduce(t, op=dist.ReduceOp.MAX); return bool(t.item())
-
-class Preempted(RuntimeError):
-    "Training stopped on request (SLURM's signal before the time limit) after writing its checkpoint; resume the run to go on."
 
 class CheckpointCB(Callback):
     "Write `checkpoints/last.pt` every `save_every` epochs, at the last epoch, when the time budget runs out and when a stop is requested (then stop)."
@@ -970,7 +960,7 @@ def load_network(run, weights:str='ema', what:str='run folder', fix:str='give th
     net = (build_refine_net(cfg) if cfg.refine else build_model(cfg, mode_of(cfg), len(classes) if classes else None, feature_dim=fd))
     if weights == 'ema': load_weights(net, {k.removeprefix('ema_model.'): v for k, v in state['ema'].items() if k.startswith('ema_model.')}, ck)
     else: load_weights(net, sd, ck)
-    return cfg, net.to('cuda' if torch.cuda.is_available() else 'cpu').eval(), file_hash(ck), classes
+    return cfg, net.to('cuda' if torch.cuda.is_available() else 'cpu').eval(), file_sha256(ck), classes
 
 # %% ../nbs/12_train.ipynb #3fe4636a
 def build_refine_net(cfg:TrainConfig):

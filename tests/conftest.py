@@ -11,6 +11,17 @@ def tool(name):
     if not p.exists(): raise FileNotFoundError(f"{p} not found: run `make install` (or `make test`) to create the virtual environment")
     return str(p)
 
+def cli(*args, cwd=None, timeout=900, env=None) -> subprocess.CompletedProcess:
+    "Run the `medsynth` console script as a user would (arguments as strings), capturing its output."
+    return subprocess.run([tool('medsynth'), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+def one_line_error(r, *parts):
+    "Exit 2, one line on stderr starting `medsynth: error:`, no traceback, holding every part."
+    err = r.stderr
+    assert r.returncode == 2 and err.startswith('medsynth: error:') and err.count('\n') == 1, err[-3000:]
+    assert 'Traceback' not in err, err
+    for p in parts: assert p in err, (p, err)
+
 # A real single-node SLURM cluster, started once per session for every test that asks for it (test_slurm.py, the README's
 # SLURM commands in test_readme_commands.py), and stopped at the end by slurm/local/stop.sh (by PID) unless it was running
 # before. It needs root (the daemons, /etc/slurm) and apt where SLURM is not installed; elsewhere its tests skip, except

@@ -1,10 +1,9 @@
 "The `medsynth` console script, end to end."
 import subprocess, sys
 import medsynth
-from conftest import tool
+from conftest import tool, cli
 
-def run(*args):
-    return subprocess.run([tool('medsynth'), *args], capture_output=True, text=True, timeout=120)
+def run(*args): return cli(*args, timeout=120)
 
 def test_version():
     r = run('--version')

@@ -7,13 +7,12 @@ file with an image extension that does not decode was meant to be data and is an
 import os, shutil, signal, stat, subprocess, time, warnings
 from pathlib import Path
 import numpy as np, pytest
-from conftest import tool
+from conftest import tool, cli
 from medsynth.io import DataError, atomic_path, write_png, write_nifti
 from medsynth.phantoms import BrainPhantom, write_class_folders, write_subjects
 from medsynth.datasets import ClassFolderDataset, SliceDataset, VolumeDataset
 
-def check(*args):
-    return subprocess.run([tool('medsynth'), 'data', 'check', *map(str, args)], capture_output=True, text=True, timeout=300)
+def check(*args): return cli('data', 'check', *args, timeout=300)
 
 @pytest.fixture(scope='module')
 def clean(tmp_path_factory):

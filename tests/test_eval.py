@@ -3,12 +3,11 @@ import json, subprocess
 from pathlib import Path
 import numpy as np
 import pytest
-from conftest import tool
+from conftest import tool, cli
 from medsynth.phantoms import BrainPhantom, write_class_folders, write_subjects
 from medsynth.io import write_png, write_nifti
 
-def run(*args, timeout=900):
-    return subprocess.run([tool('medsynth'), 'eval', *map(str, args), '--no-progress'], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=900): return cli('eval', *args, '--no-progress', timeout=timeout)
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):

@@ -4,11 +4,9 @@ tiny parameters, and the single-vs-pyramid benchmark."""
 import csv, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest
-from conftest import tool, ROOT
+from conftest import tool, ROOT, cli
 from medsynth.phantoms import BrainPhantom, write_subjects
 
-def cli(*args, timeout=900):
-    return subprocess.run([tool('medsynth'), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):

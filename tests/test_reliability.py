@@ -4,21 +4,11 @@ import csv, json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import nbformat, numpy as np, pandas as pd, pytest, torch
 from PIL import Image
-from conftest import tool, ROOT
+from conftest import tool, ROOT, cli, one_line_error
 from medsynth.phantoms import BrainPhantom, write_subjects
 
 NET = ['channels=[16,32]', 'attention_levels=[false,true]', 'num_head_channels=16', 'batch_size=4', 'size=[16,16]']
 
-def cli(*args, cwd=None, timeout=600, env=None):
-    return subprocess.run([tool('medsynth'), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env=env)
-
-def one_line_error(r, *parts):
-    "Exit 2, one line on stderr starting `medsynth: error:`, no traceback, holding every part."
-    err = r.stderr
-    assert r.returncode == 2 and err.startswith('medsynth: error:') and err.count('\n') == 1, err[-3000:]
-    assert 'Traceback' not in err, err
-    for p in parts: assert p in err, (p, err)
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):

@@ -6,11 +6,10 @@ resumes to the end."""
 import json, os, re, subprocess, time
 from pathlib import Path
 import nbformat, pytest
-from conftest import tool, ROOT                 # the `cluster` fixture (one start per session) is in conftest.py
+from conftest import tool, ROOT, cli                # the `cluster` fixture (one start per session) is in conftest.py
 from medsynth.phantoms import BrainPhantom, write_subjects
 
-def medsynth(*args, env=None, timeout=600):
-    return subprocess.run([tool('medsynth'), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+medsynth = cli
 
 def write_paper(path):
     nb = nbformat.v4.new_notebook()
