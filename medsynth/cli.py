@@ -11,7 +11,7 @@ import medsynth
 warnings.filterwarnings('ignore', message=r'`torch.jit.script` is deprecated')   # raised by a dependency at import; not actionable for users
 
 # %% auto #0
-__all__ = ['count', 'fraction', 'positive', 'parser', 'main']
+__all__ = ['count', 'fraction', 'positive', 'Parser', 'parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #2e719f4a
 def count(lo:int=1):
@@ -38,9 +38,13 @@ def positive(s):
     if not v > 0: raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number > 0")
     return v
 
+class Parser(argparse.ArgumentParser):
+    "An argument parser whose errors are one line, `medsynth: error: ...` like every other error (subcommands inherit it)."
+    def error(self, message): self.exit(2, f"medsynth: error: {message}; see `{self.prog} --help`\n")
+
 def parser() -> argparse.ArgumentParser:
     "The `medsynth` argument parser."
-    p = argparse.ArgumentParser(prog='medsynth', description="Diffusion models for medical image synthesis: schedules, samplers, training, evaluation and paper experiments.",
+    p = Parser(prog='medsynth', description="Diffusion models for medical image synthesis: schedules, samplers, training, evaluation and paper experiments.",
                                 epilog="Start with `medsynth demo` (the README's main job).")
     p.add_argument('--version', action='version', version=f"medsynth {medsynth.__version__}")
     p.add_argument('--debug', action='store_true', help="show the full traceback of an error (for reporting bugs)")

@@ -171,7 +171,7 @@ def test_sample_cli_references_init_between(m2d, trained, tmp_path):
         rows = list(csv.DictReader(open(tmp_path/name/'manifest.csv')))
         assert len(rows) == 3 and all((tmp_path/name/x['file']).exists() for x in rows) and says in rows[-1]['conditioning'], rows
     bad = cli('sample', trained, '--n', 2, '--label', 0, '--out', tmp_path/'bad', '--init', a, '--strength', 2)
-    assert bad.returncode == 2 and 'strength=2' in bad.stderr and bad.stderr.count('\n') == 1, bad.stderr
+    assert bad.returncode == 2 and 'argument --strength: 2.0 is not allowed' in bad.stderr and bad.stderr.count('\n') == 1, bad.stderr
     assert not (tmp_path/'bad').exists()
 
 # 6. the paper

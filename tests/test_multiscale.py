@@ -19,7 +19,7 @@ TINY = ['size=[32,32]', 'channels=[8,16]', 'attention_levels=[false,false]', 'nu
 def test_cascade_trains_and_samples_through_the_cli(data, tmp_path):
     r = cli('train', f'data={data}', 'mode=bravo', 'levels=3', 'epochs=1', 'level_steps=[2,3,4]', *TINY, '--run', tmp_path/'c', '--no-progress')
     assert r.returncode == 0, r.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path/'c').iterdir()) == ['config.yaml', 'level-0', 'level-1', 'level-2']
+    assert sorted(p.name for p in (tmp_path/'c').iterdir() if p.name != '.medsynth.json') == ['config.yaml', 'level-0', 'level-1', 'level-2']
     r = cli('sample', tmp_path/'c', '--n', 3, '--out', tmp_path/'s', '--no-progress')
     assert r.returncode == 0, r.stderr[-2000:]
     rows = list(csv.DictReader(open(tmp_path/'s'/'manifest.csv')))
@@ -46,7 +46,7 @@ def test_killed_cascade_resumes_where_it_stopped(data, tmp_path):
     (['levels=3', 'size=[36,36]'], 'size=[36, 36] is not divisible by 8 (3 levels and a network that halves it 1 more time): use [32, 32] or [40, 40]'),
     (['levels=4', 'size=[36,36]'], 'size=[36, 36] is not divisible by 8 (4 levels): use [32, 32] or [40, 40]'),
     (['levels=2', 'level_steps=[3]'], 'level_steps=[3] must list 2 positive integers'),
-    (['levels=2', 'aug_max=2'], 'aug_max=2 must be in [0, 1]'),
+    (['levels=2', 'aug_max=2'], 'aug_max=2 is not allowed: it must be a number in [0, 1]'),
 ])
 def test_bad_pyramid_config_is_one_line(data, tmp_path, args, message):
     r = cli('train', f'data={data}', 'mode=uncond', *[a for a in TINY if not (a.startswith('size=') and any(b.startswith('size=') for b in args))], *args, '--run', tmp_path/'r')
