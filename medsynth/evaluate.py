@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from scipy.stats import wasserstein_distance
 from .core import check_choice
 from .io import DataError, atomic_path, read_image, read_volume, is_nifti, IMAGE_EXTS
-from .folders import holding, check_replaceable, mark
+from .folders import holding, check_output, mark
 from .datasets import is_class_folders, scan_class_folders, subjects_from, SliceDataset, VolumeDataset
 from .phantoms import lesion_stats
 from .metrics import fid, kid, precision_recall, density_coverage, ssim, ms_ssim, psnr, mae, lpips_model, lpips_distance, diversity, memorization_audit, MIN_IMAGES
@@ -260,9 +260,7 @@ def evaluate(real, synthetic, out=None, metrics=None, train=None, features_spec:
     if out is None: return _evaluate(real, synthetic, None, **kw)
     reads = [p for p in (real, synthetic, train, encoder, feature_weights, lpips_weights) if isinstance(p, (str, Path))]
     with holding(out):                                  # one writer; an existing folder only if --overwrite may replace it
-        if Path(out).exists():
-            if not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
-            check_replaceable(out, 'eval', reads)
+        check_output(out, 'eval', overwrite, reads)
         return _evaluate(real, synthetic, out, **kw)
 
 def _evaluate(real, synthetic, out, metrics, train, features_spec, feature_weights, encoder, lpips_weights, modality, size,

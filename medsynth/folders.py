@@ -16,7 +16,7 @@ from .io import atomic_path
 
 # %% auto #0
 __all__ = ['MARKER', 'KINDS', 'mark', 'marker', 'check_replaceable', 'clear_folder', 'lock_path', 'lock', 'unlock', 'holder',
-           'holding', 'new_folder', 'output_folder', 'process_alive']
+           'holding', 'new_folder', 'check_output', 'output_folder', 'process_alive']
 
 # %% ../nbs/06a_folders.ipynb #f13ba0b0
 MARKER = '.medsynth.json'
@@ -153,14 +153,18 @@ def new_folder(folder, kind:str, **info):
         raise
 
 # %% ../nbs/06a_folders.ipynb #dc0deb31
+def check_output(out, kind:str, overwrite:bool=False, reads=()):
+    "Refuse an existing output folder `out` unless `overwrite` is given and may replace it (`check_replaceable`)."
+    if not Path(out).exists(): return
+    if not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
+    check_replaceable(out, kind, reads)
+
 @contextmanager
 def output_folder(out, kind:str, overwrite:bool=False, reads=()):
     "Write the `kind` folder `out` atomically in the block: one writer, and an existing folder only with `overwrite`."
     out = Path(out)
     with holding(out):
-        if out.exists():
-            if not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
-            check_replaceable(out, kind, reads)
+        check_output(out, kind, overwrite, reads)
         with atomic_path(out, is_dir=True) as tmp:
             mark(tmp, kind)
             yield tmp

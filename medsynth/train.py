@@ -399,6 +399,12 @@ def _collate(b):
     from torch.utils.data import default_collate
     return (default_collate(b),)                      # one input: the batch dict; DiffusionCB makes xb and yb from it
 
+def _check_batch(train_ds, cfg):
+    "Refuse training data that cannot fill one batch on every process (`drop_last` would train on nothing)."
+    world = _dist()[0]
+    if len(train_ds) < cfg.batch_size * world:
+        raise ValueError(f"{cfg.data}: {len(train_ds)} training samples are fewer than one batch ({cfg.batch_size} x {world} processes): lower batch_size or add data")
+
 def build_dataloaders(train_ds, valid_ds, cfg:TrainConfig, device=None) -> DataLoaders:
     "Train and valid loaders. Shuffling is a `DistributedSampler` (also for one process): epoch e's order depends only on (seed, e), so a resumed run sees the same batches."
     world, rank = _dist()
@@ -408,7 +414,7 @@ def build_dataloaders(train_ds, valid_ds, cfg:TrainConfig, device=None) -> DataL
         labels = np.asarray(train_ds.dataset.labels)[train_ds.indices] if isinstance(train_ds, Subset) else np.asarray([int(train_ds[i]['label']) for i in range(len(train_ds))])
         tr_s = balanced_sampler(labels, generator=torch.Generator().manual_seed(cfg.seed))
     else: tr_s = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    if len(train_ds) < cfg.batch_size * world: raise ValueError(f"{cfg.data}: {len(train_ds)} training samples are fewer than one batch ({cfg.batch_size} x {world} processes): lower batch_size or add data")
+    _check_batch(train_ds, cfg)
     va_s = DistributedSampler(valid_ds, num_replicas=world, rank=rank, shuffle=False)
     dl = partial(DataLoader, batch_size=cfg.batch_size, collate_fn=_collate, num_workers=0)
     return DataLoaders(dl(train_ds, sampler=tr_s, drop_last=True), dl(valid_ds, sampler=va_s), device=device)
@@ -802,10 +808,15 @@ def _reads(cfg:TrainConfig) -> list:
     "What a run of `cfg` reads: `--overwrite` must never delete these."
     return [p for p in (cfg.data, cfg.second_data, cfg.stage1, cfg.autoencoder, cfg.encoder_weights, cfg.atlas) if p]
 
+def _refuse_existing(run:Path, resume:bool, overwrite:bool):
+    "An existing run is resumed (`--resume`) or replaced (`--overwrite`), never written over by accident."
+    if not resume and not overwrite and _is_run(run):
+        raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
+
 def _start(run:Path, cfg:TrainConfig, resume:bool, overwrite:bool):
     "Before training writes anything: refuse an existing run unless resumed, or clear it for `overwrite` (rank 0)."
+    _refuse_existing(run, resume, overwrite)
     if resume or not _is_run(run): return
-    if not overwrite: raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
     _barrier()                                          # every process has looked before anyone deletes
     if _dist()[1] == 0:
         keep = {MARKER, *JOB_FILES} | {p.name for p in run.glob('slurm-*.log')}
@@ -826,10 +837,10 @@ def _train(cfg, run, resume, overwrite, force, progress):
     if resume:
         state = load_checkpoint(ck)
         _check_same(make_config(state['config'], where=str(ck)), cfg, run, force)
-    elif _is_run(run) and not overwrite: raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
+    else: _refuse_existing(run, resume, overwrite)       # before the data is read
     train_ds, valid_ds, classes = build_datasets(cfg)
     build_refine_net(cfg) if cfg.refine else build_model(cfg, mode_of(cfg), len(classes) if classes else None)   # a network that cannot be built fails before the run is written
-    build_dataloaders(train_ds, valid_ds, cfg)          # too few samples for a batch: before anything is written
+    _check_batch(train_ds, cfg)                         # too few samples for a batch: before anything is written
     _start(run, cfg, resume, overwrite)
     dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available() else torch.device('cpu')
     with new_folder(run, 'train') if _dist()[1] == 0 else nullcontext():    # a failed start removes the folder it made
