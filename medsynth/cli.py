@@ -6,7 +6,7 @@ Docs: https://medsynth.github.io/medsynth/cli.html.md"""
 
 # %% ../nbs/90_cli.ipynb #407b5a0a
 from __future__ import annotations
-import argparse, json, sys, warnings
+import argparse, json, os, sys, warnings
 import medsynth
 warnings.filterwarnings('ignore', message=r'`torch.jit.script` is deprecated')   # raised by a dependency at import; not actionable for users
 
@@ -268,6 +268,8 @@ def main(argv=None) -> int:
     if args.debug: return args.func(args)              # tracebacks for developers
     try: return args.func(args)
     except KeyboardInterrupt: print("medsynth: interrupted", file=sys.stderr); return 130
+    except BrokenPipeError:                             # `medsynth ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()); return 0
     except OSError as e: msg = _oserror(e, args)
     except (ValueError, RuntimeError) as e: msg = str(e)
     except Exception as e: msg = f"{type(e).__name__}: {e} (an internal error: rerun with --debug and report the traceback)"

@@ -28,3 +28,11 @@ def test_unknown_command_is_one_line_error():
 def test_import_has_no_side_effects():
     r = subprocess.run([sys.executable, '-c', 'import medsynth, medsynth.samplers, medsynth.objectives; print(medsynth.__version__)'], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == medsynth.__version__
+
+def test_closed_pipe_is_not_an_error():
+    "`medsynth paper --list | head -1`: the reader leaving early ends the command quietly, exit 0."
+    import os
+    r, w = os.pipe(); os.close(r)                       # a reader that has already gone
+    try: p = subprocess.run([tool('medsynth'), 'paper', '--list'], stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally: os.close(w)
+    assert p.returncode == 0 and p.stderr == '', p.stderr
