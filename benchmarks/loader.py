@@ -13,8 +13,8 @@ import argparse, json, tempfile, time
 from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
-from medsynth.phantoms import BrainPhantom, write_subjects
-from medsynth.datasets import SliceDataset
+from medsynth.data.phantoms import BrainPhantom, write_subjects
+from medsynth.data.datasets import SliceDataset
 
 BATCH, SIZE = 16, (64, 64)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse, dataclasses, json, tempfile
 from pathlib import Path
 import torch
-from medsynth.phantoms import BrainPhantom, write_subjects
-from medsynth.train import make_config
-from medsynth.multiscale import compare_scales
+from medsynth.data.phantoms import BrainPhantom, write_subjects
+from medsynth.training.config import make_config
+from medsynth.systems.multiscale import compare_scales
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])

@@ -13,9 +13,9 @@ import argparse, inspect, json, math, time
 from pathlib import Path
 import numpy as np
 import torch
-from medsynth.schedules import get_schedule
-from medsynth.testing import GaussianMixture, mixture_zscores
-from medsynth.samplers import sample
+from medsynth.diffusion.schedules import get_schedule
+from medsynth.core.testing import GaussianMixture, mixture_zscores
+from medsynth.diffusion.samplers import sample
 
 NFES = (5, 10, 20, 50, 100, 1000)
 

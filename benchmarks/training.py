@@ -12,9 +12,15 @@ import argparse, json, tempfile, time
 from pathlib import Path
 import torch, torch.nn as nn
 from ema_pytorch import EMA
-from medsynth.phantoms import BrainPhantom, write_subjects
-from medsynth.train import make_config, build_datasets, build_dataloaders, build_learner, build_model, mode_of, schedule_of, generate, CheckpointCB, RunLog
-from medsynth.objectives import get_timestep_sampler, diffusion_loss
+from medsynth.data.phantoms import BrainPhantom, write_subjects
+from medsynth.training.config import make_config
+from medsynth.training.data import build_datasets, build_dataloaders, mode_of
+from medsynth.training.learner import build_learner
+from medsynth.training.network import build_model
+from medsynth.training.generation import schedule_of, generate
+from medsynth.training.checkpoint import CheckpointCB
+from medsynth.training.callbacks import RunLog
+from medsynth.diffusion.objectives import get_timestep_sampler, diffusion_loss
 
 def bare_loop(cfg, dls, steps):
     "The hand-written loop: same model, data, noising, loss, clipping, AdamW and EMA as the Learner."

@@ -4,7 +4,11 @@
     python tests/ddp_train.py DATA OUT BATCH [SEED]                           (one process)"""
 import sys, torch
 from pathlib import Path
-from medsynth.train import make_config, build_datasets, build_dataloaders, build_learner, init_distributed, _dist, _fit, CheckpointCB, RunLog
+from medsynth.training.config import make_config
+from medsynth.training.data import build_datasets, build_dataloaders, init_distributed, _dist
+from medsynth.training.learner import build_learner, _fit
+from medsynth.training.checkpoint import CheckpointCB
+from medsynth.training.callbacks import RunLog
 
 data, out, batch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]); seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 init_distributed()

@@ -26,7 +26,7 @@ def test_unknown_command_is_one_line_error():
     assert r.returncode == 2 and "invalid choice: 'trian'" in r.stderr and 'Traceback' not in r.stderr
 
 def test_import_has_no_side_effects():
-    r = subprocess.run([sys.executable, '-c', 'import medsynth, medsynth.samplers, medsynth.objectives; print(medsynth.__version__)'], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, '-c', 'import medsynth, medsynth.diffusion.samplers, medsynth.diffusion.objectives; print(medsynth.__version__)'], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == medsynth.__version__
 
 def test_closed_pipe_is_not_an_error():

@@ -8,9 +8,9 @@ import os, shutil, signal, stat, subprocess, time, warnings
 from pathlib import Path
 import numpy as np, pytest
 from conftest import tool, cli
-from medsynth.io import DataError, atomic_path, write_png, write_nifti
-from medsynth.phantoms import BrainPhantom, write_class_folders, write_subjects
-from medsynth.datasets import ClassFolderDataset, SliceDataset, VolumeDataset
+from medsynth.core.io import DataError, atomic_path, write_png, write_nifti
+from medsynth.data.phantoms import BrainPhantom, write_class_folders, write_subjects
+from medsynth.data.datasets import ClassFolderDataset, SliceDataset, VolumeDataset
 
 def check(*args): return cli('data', 'check', *args, timeout=300)
 

@@ -8,9 +8,9 @@ import numpy as np, pytest
 import nibabel as nib, nilearn, pydicom
 from pydicom.data import get_testdata_file
 from monai.transforms import LoadImage, EnsureChannelFirst, Orientation
-from medsynth.io import DataError, read_nifti, read_dicom, read_volume
-from medsynth.datasets import find_subjects, load_subject, SliceDataset, VolumeDataset
-from medsynth.datacheck import check_data
+from medsynth.core.io import DataError, read_nifti, read_dicom, read_volume
+from medsynth.data.datasets import find_subjects, load_subject, SliceDataset, VolumeDataset
+from medsynth.data.datacheck import check_data
 from conftest import tool
 
 try: from pydicom.pixels import apply_modality_lut                       # pydicom >= 3

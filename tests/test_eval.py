@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tool, cli
-from medsynth.phantoms import BrainPhantom, write_class_folders, write_subjects
-from medsynth.io import write_png, write_nifti
+from medsynth.data.phantoms import BrainPhantom, write_class_folders, write_subjects
+from medsynth.core.io import write_png, write_nifti
 
 def run(*args, timeout=900): return cli('eval', *args, '--no-progress', timeout=timeout)
 

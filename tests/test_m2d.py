@@ -7,12 +7,16 @@ from pathlib import Path
 import pandas as pd, pytest, torch
 from fastai.callback.core import Callback
 from conftest import tool
-from medsynth.phantoms import BrainPhantom, write_class_folders
-from medsynth.evaluate import read_set
-from medsynth.encoders import train_encoder, save_encoder
-from medsynth.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder
-from medsynth.train import make_config, train, build_datasets, build_dataloaders, build_learner, load_checkpoint, generate, encoder_of, space_of
-from medsynth.runs import load_run
+from medsynth.data.phantoms import BrainPhantom, write_class_folders
+from medsynth.evaluation.evaluate import read_set
+from medsynth.models.encoders import train_encoder, save_encoder
+from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder
+from medsynth.training.config import make_config
+from medsynth.training.learner import train, build_learner
+from medsynth.training.data import build_datasets, build_dataloaders, encoder_of, space_of
+from medsynth.training.checkpoint import load_checkpoint
+from medsynth.training.generation import generate
+from medsynth.training.runs import load_run
 
 torch.set_num_threads(1)
 
@@ -45,8 +49,9 @@ def trained(m2d, tmp_path_factory):
 
 # 1. REPA
 def test_repa_is_nonzero_reaches_the_unet_and_falls(m2d, trained):
-    from medsynth.train import mode_of, build_model
-    from medsynth.repa import repa_loss
+    from medsynth.training.data import mode_of
+    from medsynth.training.network import build_model
+    from medsynth.models.repa import repa_loss
     cfg = make_config(base(m2d, epochs=1)); tr, _, classes = build_datasets(cfg)
     net = build_model(cfg, mode_of(cfg), len(classes)); enc = encoder_of(cfg)
     x = torch.stack([tr[i]['image'] for i in range(4)]).float(); tok = enc(x)
@@ -125,7 +130,7 @@ def test_bad_m2d_config_is_one_line(m2d, tmp_path, args, message):
     assert not (tmp_path/'r').exists()
 
 def test_bad_generation_input_is_one_line(trained, tmp_path):
-    from medsynth.m2d import from_references, img2img, read_references
+    from medsynth.systems.m2d import from_references, img2img, read_references
     cfg, net, _, _ = load_run(trained)
     with pytest.raises(ValueError, match=r'fuses 16-wide encoder features .* got \(2, 4, 5\): use the encoder it was trained with') as e:
         from_references(net, cfg, torch.randn(2, 4, 5), 2, label=0)
@@ -138,7 +143,7 @@ def test_bad_generation_input_is_one_line(trained, tmp_path):
 
 # 5. generation on a trained run
 def test_generation_from_references_img2img_and_interpolation(m2d, trained):
-    from medsynth.m2d import from_references, img2img, interpolate, reference_tokens
+    from medsynth.systems.m2d import from_references, img2img, interpolate, reference_tokens
     cfg, net, _, _ = load_run(trained); s = read_set(m2d/'cls'); enc = encoder_of(cfg)
     refs = s.images[s.labels == 0][:3] * 2 - 1; tok = reference_tokens(enc, refs)
     g = lambda: torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ import csv, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest
 from conftest import tool, ROOT, cli
-from medsynth.phantoms import BrainPhantom, write_subjects
+from medsynth.data.phantoms import BrainPhantom, write_subjects
 
 
 @pytest.fixture(scope='module')

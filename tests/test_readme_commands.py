@@ -207,10 +207,10 @@ def write_user_files(d:Path):
     "Phantom data and small weight files of the real formats at every path the README's commands read."
     import numpy as np, torch, yaml
     from PIL import Image
-    from medsynth.phantoms import BrainPhantom, write_class_folders, write_subjects
-    from medsynth.pds import write_phantom_atlas
-    from medsynth.encoders import train_encoder, save_encoder
-    from medsynth.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder
+    from medsynth.data.phantoms import BrainPhantom, write_class_folders, write_subjects
+    from medsynth.systems.pds import write_phantom_atlas
+    from medsynth.models.encoders import train_encoder, save_encoder
+    from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder
     torch.set_num_threads(2)
     # isic/: RGB class folders (a dermoscopy stand-in: phantoms of three lesion kinds, tinted); the README samples isic/melanoma
     ph = BrainPhantom((32, 32), classes='kinds', k=3, prevalence=1., seed=0)

@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat, numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 from conftest import tool, ROOT, cli, one_line_error
-from medsynth.phantoms import BrainPhantom, write_subjects
+from medsynth.data.phantoms import BrainPhantom, write_subjects
 
 NET = ['channels=[16,32]', 'attention_levels=[false,true]', 'num_head_channels=16', 'batch_size=4', 'size=[16,16]']
 

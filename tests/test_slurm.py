@@ -7,7 +7,7 @@ import json, os, re, subprocess, time
 from pathlib import Path
 import nbformat, pytest
 from conftest import tool, ROOT, cli                # the `cluster` fixture (one start per session) is in conftest.py
-from medsynth.phantoms import BrainPhantom, write_subjects
+from medsynth.data.phantoms import BrainPhantom, write_subjects
 
 medsynth = cli
 
@@ -95,7 +95,7 @@ def test_training_job_is_preempted_requeued_and_resumes(cluster, tmp_path):
 
 def test_multi_gpu_train_script_reaches_medsynth(tmp_path):
     "The sbatch script `--gpus N` renders (N > 1: torchrun, one process each) runs, here as two CPU processes over gloo."
-    from medsynth.experiments import submit_train
+    from medsynth.app.experiments import submit_train
     write_subjects(tmp_path/'data', BrainPhantom((32, 32, 16), prevalence=1., seed=0), 6, modalities=('t1', 't1ce', 'seg'))
     run = tmp_path/'ddp'
     submit_train([f'data={tmp_path/"data"}', 'mode=seg', 'size=[16,16]', 'channels=[8,8,8]', 'attention_levels=[false,false,false]',

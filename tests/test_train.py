@@ -5,8 +5,10 @@ import csv, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest, torch
 from conftest import tool, ROOT
-from medsynth.phantoms import BrainPhantom, write_subjects, write_class_folders
-from medsynth.train import make_config, train, load_checkpoint
+from medsynth.data.phantoms import BrainPhantom, write_subjects, write_class_folders
+from medsynth.training.config import make_config
+from medsynth.training.learner import train
+from medsynth.training.checkpoint import load_checkpoint
 
 TINY = dict(channels=[16, 32], attention_levels=[False, True], num_head_channels=16, batch_size=4, epochs=4, ema_after=0, lr=3e-3)
 
@@ -23,8 +25,10 @@ CASES = [(m, s, 2) for m in ('uncond', 'class', 'seg', 'bravo', 'dual', 'transla
 def fixed_loss(cfg, weights=None, n=16):
     "Unweighted diffusion loss on `n` training samples at fixed times and noise: initial (weights=None) or trained network."
     from torch.utils.data import default_collate
-    from medsynth.train import build_datasets, build_model, mode_of, schedule_of
-    from medsynth.objectives import UniformSampler, diffusion_loss
+    from medsynth.training.data import build_datasets, mode_of
+    from medsynth.training.network import build_model
+    from medsynth.training.generation import schedule_of
+    from medsynth.diffusion.objectives import UniformSampler, diffusion_loss
     tr, _, classes = build_datasets(cfg); mode, sch = mode_of(cfg), schedule_of(cfg)
     net = build_model(cfg, mode, len(classes) if classes else None).eval()
     if weights is not None: net.load_state_dict(weights)

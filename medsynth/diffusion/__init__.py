@@ -1,0 +1,1 @@
+"""The diffusion core: noise schedules, parameterisations, training objectives, samplers, guidance and bridges. Knows tensors, not files."""

@@ -1,0 +1,1 @@
+"""The trainer: configuration, data assembly, callbacks, checkpoints, generation and the run folder."""
