@@ -12,17 +12,20 @@ import importlib, importlib.abc, importlib.util, sys, types, warnings
 __all__ = ['OLD_NAMES', 'install']
 
 # %% ../nbs/99_compat.ipynb #491fe6be
-OLD_NAMES = dict(core='core.basics', testing='core.testing', io='core.io', folders='core.folders',
+OLD_NAMES = dict(
+    core='core.basics', testing='core.testing', io='core.io', folders='core.folders',
     schedules='diffusion.schedules', param='diffusion.param', objectives='diffusion.objectives',
     samplers='diffusion.samplers', guidance='diffusion.guidance', bridge='diffusion.bridge',
     vae='spaces.vae', pyramid='spaces.pyramid',
     phantoms='data.phantoms', datasets='data.datasets', datacheck='data.datacheck', modes='data.modes',
-    models='models.unet', encoders='models.encoders', repa='models.repa', runs='training.runs',
+    models='models.unet', encoders=('models.domain', 'models.vit', 'models.encoders'), repa='models.repa',
+    runs='training.runs',
     metrics='evaluation.metrics', features='evaluation.features', utility='evaluation.utility',
-    evaluate='evaluation.evaluate', multiscale='systems.multiscale', pds='systems.pds', m2d='systems.m2d',
-    experiments='app.experiments', demo='app.demo', cli='app.cli',
-    train=tuple("training." + m for m in ('config', 'data', 'callbacks', 'checkpoint', 'generation', 'network', 'refine',
-                                 'runs', 'learner', 'classifier')))
+    evaluate=('evaluation.sets', 'evaluation.report', 'evaluation.evaluate'),
+    multiscale='systems.multiscale', pds=('systems.pds_data', 'systems.pds'), m2d='systems.m2d',
+    experiments=('app.experiments', 'app.runs'), demo='app.demo', cli='app.cli',
+    train=tuple(f"training.{m}" for m in ('config', 'data', 'callbacks', 'checkpoint', 'generation', 'network',
+                                          'refine', 'runs', 'learner', 'classifier')))
 "medsynth 0.0.1's module name -> the module (or, for a split module, the modules) that replaced it"
 
 # %% ../nbs/99_compat.ipynb #32131fe7
@@ -30,20 +33,26 @@ class _OldName(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     "Finds `medsynth.<old name>` and loads the module that replaced it."
     def find_spec(self, fullname, path=None, target=None):
         pkg, _, old = fullname.partition('.')
-        if pkg != 'medsynth' or old not in OLD_NAMES or old in ('core', 'models'): return None
+        if pkg != 'medsynth' or old not in OLD_NAMES or old in ('core', 'models'):
+            return None
         return importlib.util.spec_from_loader(fullname, self)
     def create_module(self, spec):
-        old = spec.name.split('.', 1)[1]; new = OLD_NAMES[old]
+        old = spec.name.split('.', 1)[1]
+        new = OLD_NAMES[old]
         names = ', '.join(f'medsynth.{n}' for n in ((new,) if isinstance(new, str) else new))
         warnings.warn(f"medsynth.{old} is now {names}: import from there (the old name goes in the next release)",
                       DeprecationWarning, stacklevel=2)
-        if isinstance(new, str): return importlib.import_module(f'medsynth.{new}')
+        if isinstance(new, str):
+            return importlib.import_module(f'medsynth.{new}')
         merged = types.ModuleType(spec.name, f"medsynth 0.0.1's {spec.name}: the names of {names}")
-        for n in new: merged.__dict__.update({k: v for k, v in vars(importlib.import_module(f'medsynth.{n}')).items()
-                                              if not k.startswith('__')})
+        for n in new:
+            names = vars(importlib.import_module(f'medsynth.{n}'))
+            merged.__dict__.update({k: v for k, v in names.items() if not k.startswith('__')})
         return merged
-    def exec_module(self, module): pass
+    def exec_module(self, module):
+        pass
 
 def install():
     "Let the old module names import (done by `import medsynth`)."
-    if not any(isinstance(f, _OldName) for f in sys.meta_path): sys.meta_path.append(_OldName())
+    if not any(isinstance(f, _OldName) for f in sys.meta_path):
+        sys.meta_path.append(_OldName())

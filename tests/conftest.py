@@ -15,6 +15,16 @@ def cli(*args, cwd=None, timeout=900, env=None) -> subprocess.CompletedProcess:
     "Run the `medsynth` console script as a user would (arguments as strings), capturing its output."
     return subprocess.run([tool('medsynth'), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
 
+@pytest.fixture(scope='session')
+def phantoms(tmp_path_factory) -> Path:
+    """Phantom data written once per session and shared by the test modules: `sub`, four subjects (t1, t1ce, seg;
+    32 x 32 x 16, each with a lesion), and `cls`, class folders (three kinds, 40 images of 16 px). Read, never write."""
+    from medsynth.data.phantoms import BrainPhantom, write_subjects, write_class_folders
+    d = tmp_path_factory.mktemp('phantoms')
+    write_subjects(d/'sub', BrainPhantom((32, 32, 16), prevalence=1., seed=0), 4, modalities=('t1', 't1ce', 'seg'))
+    write_class_folders(d/'cls', BrainPhantom(16, classes='kinds', k=3, seed=0), 40)
+    return d
+
 def one_line_error(r, *parts):
     "Exit 2, one line on stderr starting `medsynth: error:`, no traceback, holding every part."
     err = r.stderr

@@ -4,8 +4,7 @@ Python API (a `DataError`) and from `medsynth data check` (exit status 1), and n
 Policy for a non-image file among images: skipped with a warning (datasets) and listed under
 `skipped` (check), not an error: sidecar files (notes, Thumbs.db) are common and harmless, whereas a
 file with an image extension that does not decode was meant to be data and is an error."""
-import os, shutil, signal, stat, subprocess, time, warnings
-from pathlib import Path
+import os, shutil, signal, stat, subprocess, time
 import numpy as np, pytest
 from conftest import tool, cli
 from medsynth.core.io import DataError, atomic_path, write_png, write_nifti
@@ -94,7 +93,7 @@ def test_failed_disk_cache_leaves_nothing(clean, tmp_path):
     assert not list((tmp_path/'cache').glob('*')) if (tmp_path/'cache').exists() else True
 
 def test_phantom_cli_bad_arguments_write_nothing(tmp_path):
-    r = subprocess.run([tool('medsynth'), 'data', 'phantom', str(tmp_path/'out'), '--size', '8'], capture_output=True, text=True)
+    r = cli('data', 'phantom', tmp_path/'out', '--size', 8)
     assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'phantom sizes are 16 to 256' in r.stderr
     assert not (tmp_path/'out').exists()
 

@@ -1,7 +1,7 @@
 """The readers on real files that ship inside installed packages (nilearn's MNI152 2009a template and
 tissue maps, pydicom's CT and MR test files), each compared with an independent oracle: nibabel,
 pydicom and MONAI read the same files, and numpy recomputes the documented normalisation."""
-import shutil, subprocess
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 import numpy as np, pytest
@@ -11,7 +11,7 @@ from monai.transforms import LoadImage, EnsureChannelFirst, Orientation
 from medsynth.core.io import DataError, read_nifti, read_dicom, read_volume
 from medsynth.data.datasets import find_subjects, load_subject, SliceDataset, VolumeDataset
 from medsynth.data.datacheck import check_data
-from conftest import tool
+from conftest import cli
 
 try: from pydicom.pixels import apply_modality_lut                       # pydicom >= 3
 except ImportError: from pydicom.pixel_data_handlers.util import apply_modality_lut
@@ -277,11 +277,11 @@ def test_check_data_reports_irregular_series(tmp_path, zs, words):
     rep = check_data(d)
     assert rep.layout == 'DICOM series' and not rep.ok, str(rep)
     assert len(rep.problems) == 1 and words in str(rep.problems[0]) and rep.problems[0].path == str(d), str(rep)
-    r = subprocess.run([tool('medsynth'), 'data', 'check', str(d)], capture_output=True, text=True, timeout=300)
+    r = cli('data', 'check', d, timeout=300)
     assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stdout + r.stderr
     line, = [l.strip() for l in r.stdout.splitlines() if words in l]
     assert line.startswith(f'{d}: '), r.stdout
-    r = subprocess.run([tool('medsynth'), 'data', 'check', str(write_series(tmp_path/'ok', Z))], capture_output=True, text=True, timeout=300)
+    r = cli('data', 'check', write_series(tmp_path/'ok', Z), timeout=300)
     assert r.returncode == 0 and 'no problems found' in r.stdout, r.stdout
 
 def test_datasets_refuse_irregular_series_unless_allowed(tmp_path):

@@ -1,7 +1,6 @@
 """The docs configuration, checked without Quarto (it cannot be installed offline here): what `nbdev-docs` reads must be
 consistent, so that the site builds where Quarto exists."""
 import tomllib
-from pathlib import Path
 import yaml
 from conftest import ROOT
 

@@ -1,10 +1,9 @@
 "`medsynth eval` end to end: phantom data in, metrics.json and report.md out; bad input is one line, exit 2, nothing written."
-import json, subprocess
-from pathlib import Path
+import json
 import numpy as np
 import pytest
-from conftest import tool, cli
-from medsynth.data.phantoms import BrainPhantom, write_class_folders, write_subjects
+from conftest import cli
+from medsynth.data.phantoms import BrainPhantom, write_class_folders
 from medsynth.core.io import write_png, write_nifti
 
 def run(*args, timeout=900): return cli('eval', *args, '--no-progress', timeout=timeout)

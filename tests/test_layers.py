@@ -18,7 +18,8 @@ def medsynth_imports(path):
         if n.level: parts = list(pkg)[:len(pkg) - n.level + 1] + (n.module or '').split('.')
         elif (n.module or '').startswith('medsynth.'): parts = n.module.split('.')[1:]
         else: continue
-        yield parts[0], n.lineno, id(n) not in top, lines[n.lineno - 1]
+        above = lines[n.lineno - 2].strip() if n.lineno > 1 and lines[n.lineno - 2].strip().startswith('#') else ''
+        yield parts[0], n.lineno, id(n) not in top, f"{above} {lines[n.lineno - 1].strip()}"   # the reason: above or beside
 
 def test_every_module_sits_in_a_layer():
     assert {p.relative_to(PKG).parts[0] for p in MODULES} == set(LAYERS)
@@ -36,3 +37,13 @@ def test_the_known_exception_stays_small():
     marked = [(p.name, line) for p in MODULES for layer, line, _, text in medsynth_imports(p) if PLUGIN in text]
     assert {p.parent.name for p in MODULES if any(PLUGIN in t for *_, t in medsynth_imports(p))} <= {'training'}
     assert len(marked) <= 9, marked
+
+def test_the_house_is_tidy():
+    "No exported line over 120 characters, one statement per line, no module far over 400 lines (`tools/house.py`)."
+    import sys
+    sys.path.insert(0, str(PKG.parent/'tools'))
+    from house import numbers
+    n = numbers(PKG)
+    assert (n['lines_over_120'], n['lines_with_several_statements']) == (0, 0), n
+    big = {str(p.relative_to(PKG)): len(p.read_text().splitlines()) for p in MODULES}
+    assert all(v <= 420 for v in big.values()), {k: v for k, v in big.items() if v > 420}

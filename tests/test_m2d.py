@@ -2,14 +2,13 @@
 change only their own network; a REPA-E run resumes exactly (the tuned VAE and its optimiser are checkpointed); bad
 input as one-line errors; generation from references, image to image and interpolation on a trained run; the paper
 through papermill with tiny parameters."""
-import csv, json, subprocess
-from pathlib import Path
+import csv, json
 import pandas as pd, pytest, torch
 from fastai.callback.core import Callback
-from conftest import tool
+from conftest import cli
 from medsynth.data.phantoms import BrainPhantom, write_class_folders
-from medsynth.evaluation.evaluate import read_set
-from medsynth.models.encoders import train_encoder, save_encoder
+from medsynth.evaluation.sets import read_set
+from medsynth.models.domain import train_encoder, save_encoder
 from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder
 from medsynth.training.config import make_config
 from medsynth.training.learner import train, build_learner
@@ -19,9 +18,6 @@ from medsynth.training.generation import generate
 from medsynth.training.runs import load_run
 
 torch.set_num_threads(1)
-
-def cli(*args, timeout=900):
-    return subprocess.run([tool('medsynth'), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 @pytest.fixture(scope='module')
 def m2d(tmp_path_factory):

@@ -1,18 +1,13 @@
 """Multiscale end to end: a cascade trained and sampled through the CLI, a cascade killed mid-level that resumes
 without repeating finished levels or epochs, bad pyramid configs as one-line errors, the paper through papermill with
 tiny parameters, and the single-vs-pyramid benchmark."""
-import csv, json, os, signal, subprocess, sys, time
-from pathlib import Path
+import csv, json, signal, subprocess, sys, time
 import pandas as pd, pytest
 from conftest import tool, ROOT, cli
-from medsynth.data.phantoms import BrainPhantom, write_subjects
 
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp('ms')
-    write_subjects(d/'sub', BrainPhantom((32, 32, 16), prevalence=1., seed=0), 4, modalities=('t1', 't1ce', 'seg'))
-    return d/'sub'
+def data(phantoms): return phantoms/'sub'
 
 TINY = ['size=[32,32]', 'channels=[8,16]', 'attention_levels=[false,false]', 'num_head_channels=8', 'batch_size=4', 'ema_after=0', 'sample_steps=3']
 

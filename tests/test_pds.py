@@ -1,16 +1,13 @@
 """PDS end to end: a paired (two-grid) stage 1 trained and sampled through the CLI, a refinement that beats stage 1 on
 held-out pairs, bad paired inputs as one-line errors that write nothing, a stopped refinement that resumes to the same
 weights from its cached stage-1 targets, and the paper through papermill with tiny parameters."""
-import csv, json, shutil, subprocess
+import csv, json, shutil
 import nibabel as nib, numpy as np, pytest, torch, yaml
-from conftest import tool
+from conftest import cli
 from medsynth.data.phantoms import BrainPhantom, write_subjects
-from medsynth.systems.pds import write_phantom_atlas
+from medsynth.systems.pds_data import write_phantom_atlas
 
 torch.set_num_threads(1)
-
-def cli(*args, timeout=900):
-    return subprocess.run([tool('medsynth'), *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):

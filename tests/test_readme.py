@@ -1,5 +1,5 @@
 "README.md is generated from nbs/index.ipynb and keeps the two set-up commands."
-import re, subprocess, sys
+import re, sys
 from conftest import ROOT
 sys.path.insert(0, str(ROOT / 'tools'))
 from nb2readme import render

@@ -20,7 +20,7 @@ The README itself states every change the test makes, in a `# tests:` line under
 
 `--slurm` commands submit to a real single-node SLURM cluster (the session fixture `cluster` in conftest.py); the test
 waits until the job leaves the queue and checks that every task COMPLETED. `torchrun` runs 2 CPU processes (gloo)."""
-import json, os, re, select, shlex, signal, socket, subprocess, sys, time
+import os, re, select, shlex, signal, socket, subprocess, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import pytest
@@ -208,8 +208,8 @@ def write_user_files(d:Path):
     import numpy as np, torch, yaml
     from PIL import Image
     from medsynth.data.phantoms import BrainPhantom, write_class_folders, write_subjects
-    from medsynth.systems.pds import write_phantom_atlas
-    from medsynth.models.encoders import train_encoder, save_encoder
+    from medsynth.systems.pds_data import write_phantom_atlas
+    from medsynth.models.domain import train_encoder, save_encoder
     from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder
     torch.set_num_threads(2)
     # isic/: RGB class folders (a dermoscopy stand-in: phantoms of three lesion kinds, tinted); the README samples isic/melanoma

@@ -1,24 +1,20 @@
 """Runs are never lost and bad input is one line: what medsynth may delete, one writer per run folder, validation before
 anything is written, one-line errors at the CLI boundary, per-image seeds, logs that survive a resume."""
-import csv, json, os, shutil, signal, subprocess, sys, time
+import csv, json, os, shutil, signal, subprocess, time
 from pathlib import Path
 import nbformat, numpy as np, pandas as pd, pytest, torch
 from PIL import Image
-from conftest import tool, ROOT, cli, one_line_error
-from medsynth.data.phantoms import BrainPhantom, write_subjects
+from conftest import tool, cli, one_line_error
 
 NET = ['channels=[16,32]', 'attention_levels=[false,true]', 'num_head_channels=16', 'batch_size=4', 'size=[16,16]']
 
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp('rel')
-    write_subjects(d/'sub', BrainPhantom((32, 32, 16), prevalence=1., seed=0), 4, modalities=('t1', 't1ce', 'seg'))
-    return d
+def data(phantoms): return phantoms
 
 @pytest.fixture(scope='module')
-def run(data):
-    r = data/'runs'/'bravo'
+def run(data, tmp_path_factory):
+    r = tmp_path_factory.mktemp('rel')/'runs'/'bravo'
     out = cli('train', f'data={data/"sub"}', 'epochs=1', *NET, '--run', r, '--no-progress')
     assert out.returncode == 0, out.stderr[-3000:]
     return r

@@ -5,8 +5,8 @@ job reported by `medsynth runs`, and a training job that gets the preemption sig
 resumes to the end."""
 import json, os, re, subprocess, time
 from pathlib import Path
-import nbformat, pytest
-from conftest import tool, ROOT, cli                # the `cluster` fixture (one start per session) is in conftest.py
+import nbformat
+from conftest import tool, cli                # the `cluster` fixture (one start per session) is in conftest.py
 from medsynth.data.phantoms import BrainPhantom, write_subjects
 
 medsynth = cli

@@ -4,8 +4,7 @@ train / sample paths and their bad input."""
 import csv, json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest, torch
-from conftest import tool, ROOT
-from medsynth.data.phantoms import BrainPhantom, write_subjects, write_class_folders
+from conftest import tool, ROOT, cli
 from medsynth.training.config import make_config
 from medsynth.training.learner import train
 from medsynth.training.checkpoint import load_checkpoint
@@ -13,11 +12,7 @@ from medsynth.training.checkpoint import load_checkpoint
 TINY = dict(channels=[16, 32], attention_levels=[False, True], num_head_channels=16, batch_size=4, epochs=4, ema_after=0, lr=3e-3)
 
 @pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp('data')
-    write_subjects(d/'sub', BrainPhantom((32, 32, 16), prevalence=1., seed=0), 4, modalities=('t1', 't1ce', 'seg'))
-    write_class_folders(d/'cls', BrainPhantom(16, classes='kinds', k=3, seed=0), 40)
-    return d
+def data(phantoms): return phantoms
 
 CASES = [(m, s, 2) for m in ('uncond', 'class', 'seg', 'bravo', 'dual', 'translate') for s in ('ddpm', 'rflow')] + \
         [('bravo', 'ddpm', 3), ('dual', 'rflow', 3), ('seg', 'ddpm', 3)]
@@ -94,9 +89,6 @@ def test_ddp_two_processes_equal_one_process_on_the_doubled_batch(data, tmp_path
     control = max((other['model'][k] - one['model'][k]).abs().max().item() for k in r0['model'])
     assert control > 50 * diff, (diff, control)
     for k in r0['tsampler']: torch.testing.assert_close(r0['tsampler'][k], one['tsampler'][k], rtol=1e-3, atol=1e-6)
-
-def cli(*args):
-    return subprocess.run([tool('medsynth'), *map(str, args)], capture_output=True, text=True, timeout=600)
 
 @pytest.fixture(scope='module')
 def run(data, tmp_path_factory):

@@ -1,15 +1,22 @@
 """The house in numbers: modules, the largest, lines over 120 characters, statements sharing a line, imports inside
-functions. `python tools/house.py [PKG]` (default medsynth/; the generated _modidx.py is left out)."""
+functions. `python tools/house.py [PKG]` (default medsynth/). Generated code is left out: `_modidx.py`, and the
+`__all__` lists that nbdev writes (its own width)."""
 import ast, sys
 from pathlib import Path
 
+def _generated(tree) -> set:
+    "Line numbers of the `__all__ = [...]` statements nbdev writes."
+    return {i for n in tree.body if isinstance(n, ast.Assign) and any(getattr(t, 'id', None) == '__all__' for t in n.targets)
+            for i in range(n.lineno, n.end_lineno + 1)}
+
 def numbers(pkg:Path) -> dict:
-    mods = sorted(p for p in pkg.rglob('*.py') if p.name != '_modidx.py' and not (p.name == '__init__.py' and p.stat().st_size < 400))
+    files = sorted(p for p in pkg.rglob('*.py') if p.name != '_modidx.py')
+    mods = [p for p in files if p.name != '__init__.py']
     size = {str(p.relative_to(pkg.parent)): len(p.read_text().splitlines()) for p in mods}
-    long = sum(len(l) > 120 for p in mods for l in p.read_text().splitlines())
-    local = several = 0
-    for p in mods:
-        tree = ast.parse(p.read_text()); top = {id(n) for n in tree.body}
+    long = local = several = 0
+    for p in files:
+        text = p.read_text(); tree = ast.parse(text); top = {id(n) for n in tree.body}; gen = _generated(tree)
+        long += sum(len(l) > 120 for i, l in enumerate(text.splitlines(), 1) if i not in gen)
         local += sum(isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in top and 'medsynth' in ast.unparse(n) or
                      isinstance(n, ast.ImportFrom) and n.level > 0 and id(n) not in top for n in ast.walk(tree))
         starts = {}

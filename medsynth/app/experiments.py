@@ -1,4 +1,4 @@
-"""`medsynth paper NAME` runs a parameterised paper notebook through papermill into its own run folder, locally or as a SLURM job (sweeps as job arrays, checkpoint-and-requeue on preemption); `medsynth runs` lists, shows and cleans them.
+"""`medsynth paper NAME`: a paper notebook run by papermill, locally or on SLURM; `medsynth runs` tracks them.
 
 Docs: https://medsynth.github.io/medsynth/app.experiments.html.md"""
 
@@ -6,22 +6,21 @@ Docs: https://medsynth.github.io/medsynth/app.experiments.html.md"""
 
 # %% ../../nbs/90_app.experiments.ipynb #542f1917
 from __future__ import annotations
-import ast, difflib, itertools, json, os, re, shlex, shutil, socket, string, subprocess, sys, time
+import ast, difflib, itertools, json, os, re, shlex, shutil, socket, string, subprocess, sys
 from datetime import datetime
 from pathlib import Path
 import yaml
 import medsynth
 from ..core.io import atomic_path
 from ..core.basics import Preempted
-from ..core.folders import mark, marker, holding, holder, process_alive
+from ..core.folders import mark, marker, holding
 
 REPO = Path(medsynth.__file__).resolve().parent.parent     # a source checkout: papers/ and slurm/ live here
 
 # %% auto #0
-__all__ = ['REPO', 'SLURM_DIR', 'ENDED', 'papers_dir', 'list_papers', 'paper_path', 'paper_parameters', 'parse_value',
-           'check_parameters', 'new_run_dir', 'write_json', 'read_json', 'run_paper', 'read_grid', 'slurm_template',
-           'sbatch', 'submit_paper', 'submit_train', 'task_params', 'slurm_state', 'run_info', 'list_runs',
-           'format_runs', 'show_run', 'clean_runs']
+__all__ = ['REPO', 'SLURM_DIR', 'papers_dir', 'list_papers', 'paper_path', 'paper_parameters', 'parse_value', 'check_parameters',
+           'new_run_dir', 'write_json', 'read_json', 'run_paper', 'read_grid', 'slurm_template', 'sbatch',
+           'submit_paper', 'submit_train', 'task_params']
 
 # %% ../../nbs/90_app.experiments.ipynb #365b2e40
 def papers_dir(papers=None) -> Path:
@@ -36,13 +35,17 @@ def list_papers(papers=None) -> list[str]:
 def paper_path(name:str, papers=None) -> Path:
     "The notebook of paper `name`, or a one-line error listing the papers there are."
     if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_.-]*', str(name)) or '..' in str(name):
-        raise ValueError(f"paper name {name!r} is not a name but a path: give one of {', '.join(list_papers(papers)) or 'the papers'} "
+        raise ValueError(f"paper name {name!r} is not a name but a path: give one of "
+                         f"{', '.join(list_papers(papers)) or 'the papers'} "
                          f"(notebooks in {papers_dir(papers)}), or --papers DIR for another folder of papers")
     p = papers_dir(papers)/f'{name}.ipynb'
-    if p.is_file(): return p
+    if p.is_file():
+        return p
     have = list_papers(papers)
     close = difflib.get_close_matches(name, have, n=2)
-    raise ValueError(f"unknown paper {name!r}: {papers_dir(papers)} holds {', '.join(have) or 'no papers'}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else ''))
+    raise ValueError(f"unknown paper {name!r}: {papers_dir(papers)} holds "
+                     f"{', '.join(have) or 'no papers'}" + (f"; did you mean {' or '.join(map(repr, close))}?"
+                                                            if close else ''))
 
 # %% ../../nbs/90_app.experiments.ipynb #f11c5d75
 def paper_parameters(path) -> dict:
@@ -50,65 +53,98 @@ def paper_parameters(path) -> dict:
     import nbformat
     nb = nbformat.read(str(path), as_version=4)
     cells = [c for c in nb.cells if 'parameters' in c.get('metadata', {}).get('tags', [])]
-    if len(cells) != 1: raise ValueError(f"{path}: needs exactly one cell tagged 'parameters' (found {len(cells)}); tag the cell of literal defaults")
+    if len(cells) != 1:
+        raise ValueError(f"{path}: needs exactly one cell tagged 'parameters' (found {len(cells)}); tag the cell of "
+                         "literal defaults")
     out = {}
     for node in ast.parse(cells[0].source).body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            raise ValueError(f"{path}: the parameters cell may only hold `name = literal` lines (line {node.lineno} is not one)")
-        try: out[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError: raise ValueError(f"{path}: parameter {node.targets[0].id!r} (line {node.lineno}) is not a literal; derive it in a later cell") from None
+            raise ValueError(f"{path}: the parameters cell may only hold `name = literal` lines (line {node.lineno} is "
+                             "not one)")
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            raise ValueError(f"{path}: parameter {node.targets[0].id!r} (line {node.lineno}) is not a literal; derive "
+                             "it in a later cell") from None
     return out
 
 # %% ../../nbs/90_app.experiments.ipynb #d92f0748
 def parse_value(s:str):
     "A command-line value as YAML (numbers, booleans, null, lists), else the string itself."
-    try: return yaml.safe_load(s) if isinstance(s, str) else s
-    except yaml.YAMLError: return s
+    try:
+        return yaml.safe_load(s) if isinstance(s, str) else s
+    except yaml.YAMLError:
+        return s
 
-def _typename(v): return type(v).__name__
+def _typename(v):
+    return type(v).__name__
 
 def check_parameters(name:str, given:dict, declared:dict, where:str='') -> dict:
     "`given` checked against the paper's `declared` defaults: unknown names and wrong types are one-line errors."
     for k, v in given.items():
         if k not in declared:
             close = difflib.get_close_matches(k, list(declared), n=2)
-            raise ValueError(f"{where}paper {name} has no parameter {k!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else '') +
+            raise ValueError(f"{where}paper {name} has no parameter {k!r}" + ("; did you mean "
+                                                                              f"{' or '.join(map(repr, close))}?"
+                                                                              if close else '') +
                              f" (its parameters: {', '.join(declared)})")
         d = declared[k]
-        ok = v is None or d is None or type(v) is type(d) or (isinstance(d, float) and type(v) is int) or (isinstance(d, (list, tuple)) and isinstance(v, (list, tuple)))
-        if not ok: raise ValueError(f"{where}paper {name}: parameter {k}={v!r} is a {_typename(v)}, but its default {d!r} is a {_typename(d)}; give a {_typename(d)}")
+        ok = (v is None or d is None or type(v) is type(d) or (isinstance(d, float) and type(v) is int)
+              or (isinstance(d, (list, tuple)) and isinstance(v, (list, tuple))))
+        if not ok:
+            raise ValueError(f"{where}paper {name}: parameter {k}={v!r} is a {_typename(v)}, but its default {d!r} is "
+                             f"a {_typename(d)}; give a {_typename(d)}")
     return given
 
 # %% ../../nbs/90_app.experiments.ipynb #0cc8c70c
 def new_run_dir(runs, name:str, kind:str='paper') -> Path:
-    "A fresh folder `runs/name/<YYYYmmdd-HHMMSS>` (suffixed `-1`, `-2`, ... if taken), marked as medsynth's `kind` folder."
-    base = Path(runs)/name/datetime.now().strftime('%Y%m%d-%H%M%S'); d, i = base, 0
+    """A fresh folder `runs/name/<YYYYmmdd-HHMMSS>` (suffixed `-1`, `-2`, ... if taken), marked as medsynth's `kind`
+    folder."""
+    base = Path(runs)/name/datetime.now().strftime('%Y%m%d-%H%M%S')
+    d, i = base, 0
     while True:
-        try: d.mkdir(parents=True); return mark(d, kind, paper=name)
-        except FileExistsError: i += 1; d = base.with_name(f'{base.name}-{i}')
+        try:
+            d.mkdir(parents=True)
+            return mark(d, kind, paper=name)
+        except FileExistsError:
+            i += 1
+            d = base.with_name(f'{base.name}-{i}')
 
 def write_json(path, obj):
     "Write `obj` as JSON atomically."
-    with atomic_path(path) as p: p.write_text(json.dumps(obj, indent=1, default=str))
+    with atomic_path(path) as p:
+        p.write_text(json.dumps(obj, indent=1, default=str))
 
 def read_json(path, default=None):
-    try: return json.loads(Path(path).read_text())
-    except (OSError, ValueError): return default
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
 
 def _git_commit(path) -> str|None:
-    try: return subprocess.run(['git', '-C', str(path), 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError): return None
+    try:
+        return (subprocess.run(['git', '-C', str(path), 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                               timeout=10).stdout.strip() or None)
+    except (OSError, subprocess.SubprocessError):
+        return None
 
+# %% ../../nbs/90_app.experiments.ipynb #f463d98a
 def _slurm_env() -> dict:
-    return {k: os.environ[k] for k in ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID', 'SLURM_RESTART_COUNT', 'SLURM_JOB_PARTITION') if k in os.environ}
+    return {k: os.environ[k] for k in ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID',
+                                       'SLURM_RESTART_COUNT', 'SLURM_JOB_PARTITION') if k in os.environ}
 
 # %% ../../nbs/90_app.experiments.ipynb #1f30cc01
-def run_paper(name:str, params:dict|None=None, runs='runs', run_dir=None, papers=None, resume:bool=False, progress:bool=True) -> Path:
+def run_paper(name:str, params:dict|None=None, runs='runs', run_dir=None, papers=None, resume:bool=False,
+              progress:bool=True) -> Path:
     "Execute paper `name` with `params` into a run folder (new, or `run_dir`); returns the folder."
-    path = paper_path(name, papers); declared = paper_parameters(path)
-    if 'out_dir' not in declared: raise ValueError(f"{path}: the parameters cell must declare out_dir (the run folder the notebook writes into)")
+    path = paper_path(name, papers)
+    declared = paper_parameters(path)
+    if 'out_dir' not in declared:
+        raise ValueError(f"{path}: the parameters cell must declare out_dir (the run folder the notebook writes into)")
     params = check_parameters(name, dict(params or {}), declared)
-    if 'out_dir' in params: raise ValueError(f"paper {name}: out_dir is set by medsynth (the run folder); choose the folder with --runs or --run-dir")
+    if 'out_dir' in params:
+        raise ValueError(f"paper {name}: out_dir is set by medsynth (the run folder); choose the folder with --runs or "
+                         "--run-dir")
     run_dir = Path(run_dir) if run_dir else new_run_dir(runs, name)
     with holding(run_dir):                              # one writer: a second attempt in the same folder is refused
         _paper_folder(run_dir, name)
@@ -118,61 +154,90 @@ def _paper_folder(run_dir:Path, name:str):
     "Mark `run_dir` as a paper run if it is new (or an earlier paper run); refuse a folder holding anything else."
     m = marker(run_dir)
     if m is not None:
-        if m['kind'] != 'paper': raise ValueError(f"{run_dir}: medsynth made it for {m['kind']}, not a paper run; choose another --run-dir")
+        if m['kind'] != 'paper':
+            raise ValueError(f"{run_dir}: medsynth made it for {m['kind']}, not a paper run; choose another --run-dir")
         return
     if run_dir.exists() and any(run_dir.iterdir()) and not read_json(run_dir/'config.json', {}).get('paper'):
-        raise ValueError(f"{run_dir}: holds files that are not a medsynth paper run; give --run-dir a new folder or a paper run's")
+        raise ValueError(f"{run_dir}: holds files that are not a medsynth paper run; give --run-dir a new folder or a "
+                         "paper run's")
     mark(run_dir, 'paper', paper=name)
 
+# %% ../../nbs/90_app.experiments.ipynb #b164e602
 def _execute(name, path, declared, params, run_dir, resume, progress):
-    "Run the notebook with papermill in `run_dir`, keeping `config.json` and `status.json` (state, pid and host) current."
+    """Run the notebook with papermill in `run_dir`, keeping `config.json` and `status.json` (state, pid and host)
+    current."""
     import papermill as pm
     old = read_json(run_dir/'config.json', {})
     strip = lambda d: {k: v for k, v in d.items() if k != 'resume'}
     if old and strip(old.get('given', {})) != strip(params):
-        raise ValueError(f"{run_dir}: holds a run of paper {old.get('paper')} with other parameters ({json.dumps(old.get('given'))}); choose a new folder")
-    if 'resume' in declared: params['resume'] = resume
+        raise ValueError(f"{run_dir}: holds a run of paper {old.get('paper')} with other parameters "
+                         f"({json.dumps(old.get('given'))}); choose a new folder")
+    if 'resume' in declared:
+        params['resume'] = resume
     full = {**declared, **params, 'out_dir': str(run_dir.resolve())}
     attempts = old.get('attempts', 0) + 1
-    write_json(run_dir/'config.json', dict(paper=name, notebook=str(path.resolve()), parameters=full, given=params, attempts=attempts,
-                                           medsynth=_version(), git_commit=_git_commit(path.parent), host=socket.gethostname(),
-                                           python=sys.executable, slurm=_slurm_env(), created=old.get('created', datetime.now().isoformat(timespec='seconds'))))
-    status = dict(state='running', started=datetime.now().isoformat(timespec='seconds'), pid=os.getpid(), host=socket.gethostname(), attempt=attempts)
+    write_json(run_dir/'config.json',
+               dict(paper=name, notebook=str(path.resolve()), parameters=full, given=params, attempts=attempts,
+                                           medsynth=_version(), git_commit=_git_commit(path.parent),
+                                           host=socket.gethostname(),
+                                           python=sys.executable, slurm=_slurm_env(),
+                                           created=old.get('created', datetime.now().isoformat(timespec='seconds'))))
+    status = dict(state='running', started=datetime.now().isoformat(timespec='seconds'), pid=os.getpid(),
+                  host=socket.gethostname(), attempt=attempts)
     write_json(run_dir/'status.json', status)
     out_nb = run_dir/f'{name}.ipynb'
     try:
-        pm.execute_notebook(str(path), str(out_nb), parameters={k: full[k] for k in ('out_dir', *params)}, progress_bar=progress,
+        pm.execute_notebook(str(path), str(out_nb), parameters={k: full[k] for k in ('out_dir', *params)},
+                            progress_bar=progress,
                             kernel_name='python3', log_output=False, cwd=os.getcwd())
     except BaseException as e:
         stop = os.environ.get('MEDSYNTH_STOP_FILE')
         preempted = bool(stop and Path(stop).exists())
-        why = f"{getattr(e, 'ename', type(e).__name__)}: {str(getattr(e, 'evalue', e)).splitlines()[0] if str(getattr(e, 'evalue', e)) else ''}"
+        why = (f"{getattr(e, 'ename', type(e).__name__)}: "
+               f"{str(getattr(e, 'evalue', e)).splitlines()[0] if str(getattr(e, 'evalue', e)) else ''}")
         cell = getattr(e, 'exec_count', None)
-        write_json(run_dir/'status.json', {**status, 'state': 'preempted' if preempted else 'failed', 'error': why, 'cell': cell,
+        write_json(run_dir/'status.json',
+                   {**status, 'state': 'preempted' if preempted else 'failed', 'error': why, 'cell': cell,
                                            'ended': datetime.now().isoformat(timespec='seconds')})
-        if preempted: raise Preempted(f"paper {name} stopped on request in cell {cell}; its checkpoints are in {run_dir}: run it again with --run-dir {run_dir} --resume") from None
-        if isinstance(e, KeyboardInterrupt): raise
+        if preempted:
+            raise Preempted(f"paper {name} stopped on request in cell {cell}; its checkpoints are in {run_dir}: run it "
+                            f"again with --run-dir {run_dir} --resume") from None
+        if isinstance(e, KeyboardInterrupt):
+            raise
         raise RuntimeError(f"paper {name} failed in cell {cell}: {why}; see {out_nb}") from None
-    write_json(run_dir/'status.json', {**status, 'state': 'completed', 'ended': datetime.now().isoformat(timespec='seconds')})
+    write_json(run_dir/'status.json',
+               {**status, 'state': 'completed', 'ended': datetime.now().isoformat(timespec='seconds')})
     return run_dir
 
-def _version(): return medsynth.__version__
+# %% ../../nbs/90_app.experiments.ipynb #fe0bbc63
+def _version():
+    return medsynth.__version__
 
 # %% ../../nbs/90_app.experiments.ipynb #1227ab21
 def read_grid(path, name:str, declared:dict, base:dict|None=None) -> list[dict]:
-    "The tasks of the sweep in the YAML file `path` (`{param: [values]}` or a list of `{param: value}`), each merged over `base`."
+    """The tasks of the sweep in the YAML file `path` (`{param: [values]}` or a list of `{param: value}`), each merged
+    over `base`."""
     path = Path(path)
-    if not path.is_file(): raise ValueError(f"{path}: sweep grid not found; give a YAML file like `lr: [1e-4, 2e-4]`")
-    try: g = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not path.is_file():
+        raise ValueError(f"{path}: sweep grid not found; give a YAML file like `lr: [1e-4, 2e-4]`")
+    try:
+        g = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if isinstance(g, dict):
         for k, v in g.items():
-            if not isinstance(v, list): g[k] = v = [v]
-            if not v: raise ValueError(f"{path}: parameter {k!r} has no values; give a list with at least one value")
+            if not isinstance(v, list):
+                g[k] = v = [v]
+            if not v:
+                raise ValueError(f"{path}: parameter {k!r} has no values; give a list with at least one value")
         tasks = [dict(zip(g, combo)) for combo in itertools.product(*g.values())]
-    elif isinstance(g, list) and all(isinstance(t, dict) for t in g): tasks = g
-    else: raise ValueError(f"{path}: a sweep grid is a mapping of parameters to lists of values (or a list of mappings); got {type(g).__name__}")
-    if not tasks: raise ValueError(f"{path}: the sweep has no tasks; give at least one value per parameter")
+    elif isinstance(g, list) and all(isinstance(t, dict) for t in g):
+        tasks = g
+    else:
+        raise ValueError(f"{path}: a sweep grid is a mapping of parameters to lists of values (or a list of mappings); "
+                         f"got {type(g).__name__}")
+    if not tasks:
+        raise ValueError(f"{path}: the sweep has no tasks; give at least one value per parameter")
     return [check_parameters(name, {**(base or {}), **t}, declared, where=f"{path}: ") for t in tasks]
 
 # %% ../../nbs/90_app.experiments.ipynb #cdd50cee
@@ -181,176 +246,113 @@ SLURM_DIR = REPO/'slurm'
 def slurm_template(kind:str='paper') -> string.Template:
     "The sbatch template `slurm/<kind>.sbatch` (or from `$MEDSYNTH_SLURM_TEMPLATES`)."
     p = Path(os.environ.get('MEDSYNTH_SLURM_TEMPLATES') or SLURM_DIR)/f'{kind}.sbatch'
-    if not p.is_file(): raise ValueError(f"{p}: sbatch template not found; set MEDSYNTH_SLURM_TEMPLATES to the folder holding {kind}.sbatch")
+    if not p.is_file():
+        raise ValueError(f"{p}: sbatch template not found; set MEDSYNTH_SLURM_TEMPLATES to the folder holding "
+                         f"{kind}.sbatch")
     return string.Template(p.read_text())
 
 def _extra(partition, gpus, array, extra):
-    lines = ([f"#SBATCH --partition={partition}"] if partition else []) + ([f"#SBATCH --gres=gpu:{gpus}"] if gpus else []) + \
+    lines = ([f"#SBATCH --partition={partition}"] if partition else []) + ([f"#SBATCH --gres=gpu:{gpus}"] if gpus
+                                                                           else []) + \
             ([f"#SBATCH --array={array}"] if array else []) + [f"#SBATCH {e}" for e in (extra or [])]
     return '\n'.join(lines)
 
 def _sbatch_exe() -> str:
     exe = shutil.which('sbatch')
-    if exe is None: raise RuntimeError("sbatch not found: this machine is not a SLURM login node; run locally without --slurm (or install SLURM)")
+    if exe is None:
+        raise RuntimeError("sbatch not found: this machine is not a SLURM login node; run locally without --slurm (or "
+                           "install SLURM)")
     return exe
 
+# %% ../../nbs/90_app.experiments.ipynb #963534ce
 def sbatch(script:Path) -> str:
     "Submit `script` with `sbatch --parsable`; the job id, or a one-line error (no sbatch: run locally)."
     exe = _sbatch_exe()
     r = subprocess.run([exe, '--parsable', str(script)], capture_output=True, text=True)
-    if r.returncode: raise RuntimeError(f"sbatch refused {script}: {(r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout).strip() else 'exit ' + str(r.returncode)}")
+    if r.returncode:
+        said = (r.stderr or r.stdout).strip()
+        raise RuntimeError(f"sbatch refused {script}: {said.splitlines()[-1] if said else f'exit {r.returncode}'}")
     return r.stdout.strip().split(';')[0]
 
-def submit_paper(name:str, params:dict|None=None, grid=None, runs='runs', papers=None, partition:str|None=None, gpus:int=0,
-                 time_limit:str='04:00:00', cpus:int=4, mem:str='16G', signal_s:int=300, extra=(), submit:bool=True) -> dict:
-    "Render and submit paper `name` as a SLURM job (an array over `grid`'s tasks when given); returns the job id and folders."
-    path = paper_path(name, papers); declared = paper_parameters(path)
+# %% ../../nbs/90_app.experiments.ipynb #c013c4af
+def submit_paper(name:str, params:dict|None=None, grid=None, runs='runs', papers=None,
+                 partition:str|None=None, gpus:int=0,
+                 time_limit:str='04:00:00', cpus:int=4, mem:str='16G', signal_s:int=300, extra=(),
+                 submit:bool=True) -> dict:
+    """Render and submit paper `name` as a SLURM job (an array over `grid`'s tasks when given); returns the job id and
+    folders."""
+    path = paper_path(name, papers)
+    declared = paper_parameters(path)
     base = check_parameters(name, dict(params or {}), declared)
     tasks = read_grid(grid, name, declared, base) if grid else [base]
-    if submit: _sbatch_exe()                                   # before any folder is made
+    if submit:  # before any folder is made
+        _sbatch_exe()
     array = len(tasks) > 1 or grid is not None
     sweep = new_run_dir(runs, name, 'sweep' if array else 'paper').resolve()
     dirs = [sweep/f'task-{i}' for i in range(len(tasks))] if array else [sweep]
-    for d in dirs: mark(d, 'paper', paper=name)
-    write_json(sweep/'sweep.json', dict(paper=name, tasks=tasks, grid=str(grid) if grid else None, dirs=[str(d) for d in dirs]))
+    for d in dirs:
+        mark(d, 'paper', paper=name)
+    write_json(sweep/'sweep.json',
+               dict(paper=name, tasks=tasks, grid=str(grid) if grid else None, dirs=[str(d) for d in dirs]))
     script = slurm_template('paper').substitute(
-        job_name=f'medsynth-{name}', log=(sweep/'task-%a'/'slurm-%A_%a.log') if array else (sweep/'slurm-%j.log'), time=time_limit, cpus=cpus, mem=mem,
+        job_name=f'medsynth-{name}', log=(sweep/'task-%a'/'slurm-%A_%a.log') if array else (sweep/'slurm-%j.log'),
+        time=time_limit, cpus=cpus, mem=mem,
         signal_s=signal_s, extra=_extra(partition, gpus, f"0-{len(tasks) - 1}" if array else None, extra), gpus=gpus,
-        run_dir=shlex.quote(str(sweep)) + ('/task-$TASK' if array else ''), workdir=shlex.quote(os.getcwd()), python=shlex.quote(sys.executable),
-        name=shlex.quote(name), sweep=shlex.quote(str(sweep/'sweep.json')), papers_opt=f"--papers {shlex.quote(str(papers_dir(papers).resolve()))}")
+        run_dir=shlex.quote(str(sweep)) + ('/task-$TASK' if array else ''), workdir=shlex.quote(os.getcwd()),
+        python=shlex.quote(sys.executable),
+        name=shlex.quote(name), sweep=shlex.quote(str(sweep/'sweep.json')),
+        papers_opt=f"--papers {shlex.quote(str(papers_dir(papers).resolve()))}")
     (sweep/'job.sbatch').write_text(script)
-    try: job = sbatch(sweep/'job.sbatch') if submit else None
-    except RuntimeError: shutil.rmtree(sweep); raise             # nothing half-made is left behind
+    try:
+        job = sbatch(sweep/'job.sbatch') if submit else None
+    except RuntimeError:  # nothing half-made is left behind
+        shutil.rmtree(sweep)
+        raise
     for i, d in enumerate(dirs):
-        write_json(d/'job.json', dict(job_id=job, array_task=i if array else None, slurm_id=f"{job}_{i}" if array else job, sbatch=str(sweep/'job.sbatch'),
+        write_json(d/'job.json',
+                   dict(job_id=job, array_task=i if array else None, slurm_id=f"{job}_{i}" if array else job,
+                        sbatch=str(sweep/'job.sbatch'),
                                       submitted=datetime.now().isoformat(timespec='seconds')))
-        if not (d/'status.json').exists(): write_json(d/'status.json', dict(state='submitted'))
+        if not (d/'status.json').exists():
+            write_json(d/'status.json', dict(state='submitted'))
     return dict(job_id=job, sweep=str(sweep), tasks=len(tasks), dirs=[str(d) for d in dirs])
 
-def submit_train(train_args, run, partition:str|None=None, gpus:int=0, time_limit:str='04:00:00', cpus:int=4, mem:str='16G',
+# %% ../../nbs/90_app.experiments.ipynb #f45dd248
+def submit_train(train_args, run, partition:str|None=None, gpus:int=0, time_limit:str='04:00:00', cpus:int=4,
+                 mem:str='16G',
                  signal_s:int=300, extra=(), submit:bool=True) -> dict:
-    "Render and submit `medsynth train TRAIN_ARGS --run RUN` as a SLURM job (torchrun over `gpus` > 1); returns the job id."
-    if submit: _sbatch_exe()
-    run = Path(run).resolve(); created = not run.exists()
-    if created: mark(run, 'train')
+    """Render and submit `medsynth train TRAIN_ARGS --run RUN` as a SLURM job (torchrun over `gpus` > 1); returns the
+    job id."""
+    if submit:
+        _sbatch_exe()
+    run = Path(run).resolve()
+    created = not run.exists()
+    if created:
+        mark(run, 'train')
     script = slurm_template('train').substitute(
-        job_name=f'medsynth-train-{run.name}', log=run/'slurm-%j.log', time=time_limit, cpus=cpus, mem=mem, signal_s=signal_s,
-        extra=_extra(partition, gpus, None, extra), gpus=int(gpus), run_dir=shlex.quote(str(run)), workdir=shlex.quote(os.getcwd()),
+        job_name=f'medsynth-train-{run.name}', log=run/'slurm-%j.log', time=time_limit, cpus=cpus, mem=mem,
+        signal_s=signal_s,
+        extra=_extra(partition, gpus, None, extra), gpus=int(gpus), run_dir=shlex.quote(str(run)),
+        workdir=shlex.quote(os.getcwd()),
         python=shlex.quote(sys.executable), train_args=' '.join(map(shlex.quote, map(str, train_args))))
     (run/'job.sbatch').write_text(script)
-    try: job = sbatch(run/'job.sbatch') if submit else None
+    try:
+        job = sbatch(run/'job.sbatch') if submit else None
     except RuntimeError:
-        if created: shutil.rmtree(run)                  # nothing half-made is left behind
+        if created:  # nothing half-made is left behind
+            shutil.rmtree(run)
         raise
-    write_json(run/'job.json', dict(job_id=job, array_task=None, slurm_id=job, sbatch=str(run/'job.sbatch'), submitted=datetime.now().isoformat(timespec='seconds')))
+    write_json(run/'job.json',
+               dict(job_id=job, array_task=None, slurm_id=job, sbatch=str(run/'job.sbatch'),
+                    submitted=datetime.now().isoformat(timespec='seconds')))
     return dict(job_id=job, run=str(run))
 
+# %% ../../nbs/90_app.experiments.ipynb #0d456f52
 def task_params(sweep_file, task:int) -> dict:
     "Task `task`'s parameters from a `sweep.json`."
     s = read_json(sweep_file)
-    if s is None: raise ValueError(f"{sweep_file}: sweep file not found or unreadable")
-    if not 0 <= task < len(s['tasks']): raise ValueError(f"{sweep_file}: task {task} is out of range (the sweep has {len(s['tasks'])} tasks)")
+    if s is None:
+        raise ValueError(f"{sweep_file}: sweep file not found or unreadable")
+    if not 0 <= task < len(s['tasks']):
+        raise ValueError(f"{sweep_file}: task {task} is out of range (the sweep has {len(s['tasks'])} tasks)")
     return s['tasks'][task]
-
-# %% ../../nbs/90_app.experiments.ipynb #bfb13c05
-def slurm_state(job_id:str|None) -> dict|None:
-    "SLURM's view of a job (`state`, `exit_code`, `reason`) from scontrol, else sacct; None when unknown or no SLURM."
-    if not job_id or not shutil.which('scontrol'): return None
-    r = subprocess.run(['scontrol', '-o', 'show', 'job', str(job_id)], capture_output=True, text=True)
-    if r.returncode == 0 and r.stdout.strip():
-        f = dict(kv.split('=', 1) for kv in r.stdout.split('\n')[0].split() if '=' in kv)
-        return dict(state=f.get('JobState'), exit_code=f.get('ExitCode'), reason=f.get('Reason'), restarts=int(f.get('Restarts', 0)))
-    if shutil.which('sacct'):
-        r = subprocess.run(['sacct', '-n', '-P', '-X', '-j', str(job_id), '-o', 'State,ExitCode'], capture_output=True, text=True)
-        if r.returncode == 0 and r.stdout.strip():
-            st, ec = r.stdout.strip().splitlines()[0].split('|')
-            return dict(state=st.split()[0], exit_code=ec, reason=None, restarts=None)
-    return None
-
-def _is_paper_run(d:Path) -> bool:
-    "A paper run or sweep medsynth made (its marker), or one written before markers (a paper's config.json)."
-    m = marker(d)
-    return m['kind'] in ('paper', 'sweep') if m else bool(read_json(d/'config.json', {}).get('paper') or (d/'sweep.json').exists())
-
-def _paper_runs(runs, name=None):
-    "The paper run folders (a sweep as one) under `runs/<paper>/`, oldest first; training runs and other folders are not."
-    root = Path(runs)
-    for paper in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        if name and paper.name != name: continue
-        yield from sorted(p for p in paper.iterdir() if p.is_dir() and not p.name.startswith('.') and _is_paper_run(p))
-
-def _tasks(d:Path) -> list:
-    return sorted((t for t in d.glob('task-*') if t.is_dir()), key=lambda t: int(t.name.split('-')[1])) or [d]
-
-def _run_dirs(runs, name=None):
-    for d in _paper_runs(runs, name): yield from _tasks(d)
-
-def run_info(d:Path, slurm:bool=True) -> dict:
-    "What is known about run folder `d`: paper, parameters given, state (SLURM's when it knows the job), metrics, log."
-    cfg, st, job = read_json(d/'config.json', {}), read_json(d/'status.json', {}), read_json(d/'job.json', {})
-    sl = slurm_state(job.get('slurm_id')) if slurm and job.get('slurm_id') else None
-    state = st.get('state', 'unknown')
-    if state == 'running' and _dead(d, st): state = 'crashed'          # SIGKILL, out of memory: the status could not say so
-    if sl and sl['state'] and (state in ('submitted', 'running', 'preempted') or sl['state'] not in ('COMPLETED', 'RUNNING', 'PENDING')): state = sl['state'].lower()
-    logs = sorted(d.glob('slurm-*.log'))
-    return dict(run=str(d), paper=cfg.get('paper') or (d.parent.parent if d.name.startswith('task-') else d.parent).name, given=cfg.get('given', {}), state=state, error=st.get('error'),
-                job=job.get('slurm_id'), slurm=sl, attempts=cfg.get('attempts', 0), metrics=read_json(d/'metrics.json'), log=str(logs[-1]) if logs else None)
-
-def _dead(d:Path, status:dict) -> bool:
-    "The process a `running` status names is gone (or its lock is free) on this host."
-    alive = process_alive(status.get('pid'), status.get('host'))
-    if alive is None: return False                      # another host: only SLURM knows
-    return not alive or (bool(status.get('host')) and holder(d) is None)
-
-def list_runs(runs='runs', name:str|None=None, slurm:bool=True) -> list[dict]:
-    "Every run folder under `runs` (of paper `name`), oldest first."
-    return [run_info(d, slurm) for d in _run_dirs(runs, name)]
-
-def _tail(path, n=15):
-    try: return ''.join(Path(path).read_text(errors='replace').splitlines(keepends=True)[-n:])
-    except OSError: return ''
-
-def format_runs(rows:list[dict]) -> str:
-    "The runs as a table: folder, state, SLURM job, parameters given, metrics."
-    if not rows: return "no runs"
-    lines = [f"{'run':<48} {'state':<11} {'job':<10} parameters / metrics"]
-    for r in rows:
-        m = r['metrics'] or {}
-        ms = ', '.join(f"{k}={v:.4g}" for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool))[:60]
-        lines.append(f"{r['run'][-48:]:<48} {r['state']:<11} {r['job'] or '-':<10} {json.dumps(r['given'])[:50]} {ms}")
-    return '\n'.join(lines)
-
-def show_run(d) -> str:
-    "A run's config, state, SLURM view, metrics, and its error with the log's tail when it failed."
-    d = Path(d)
-    if not d.is_dir(): raise ValueError(f"{d}: no such run folder; `medsynth runs` lists them")
-    r = run_info(d); out = [f"run: {d}", f"paper: {r['paper']}", f"state: {r['state']}" + (f" (SLURM {r['slurm']['state']}, exit {r['slurm']['exit_code']}, restarts {r['slurm']['restarts']})" if r['slurm'] else '')]
-    out += [f"parameters given: {json.dumps(r['given'])}", f"attempts: {r['attempts']}"]
-    if r['metrics']: out.append("metrics: " + json.dumps(r['metrics'])[:2000])
-    if r['error']: out.append(f"error: {r['error']}")
-    if r['log'] and (r['state'] not in ('completed',)): out += [f"log ({r['log']}), last lines:", _tail(r['log']).rstrip()]
-    return '\n'.join(out)
-
-ENDED = ('completed', 'failed', 'crashed', 'cancelled', 'timeout', 'out_of_memory', 'node_fail', 'boot_fail', 'deadline')
-
-def _removable(d:Path) -> bool:
-    "A paper run (or sweep) medsynth marked, every task of which has ended and has no live process or lock holder."
-    m = marker(d)
-    if m is None or m['kind'] not in ('paper', 'sweep'): return False
-    for t in _tasks(d):
-        st = read_json(t/'status.json', {})
-        if run_info(t)['state'] not in ENDED or holder(t) is not None: return False
-        if process_alive(st.get('pid'), st.get('host')) and st.get('state') == 'running': return False
-    return True
-
-def clean_runs(runs='runs', keep:int=5, name:str|None=None, dry_run:bool=False) -> list[Path]:
-    "Delete all but the `keep` newest paper runs of each paper (a sweep counts as one); only ended, marked ones go."
-    if keep < 0: raise ValueError(f"--keep={keep} is not allowed: give the number of newest runs to keep per paper (>= 0)")
-    gone, by_paper = [], {}
-    for d in _paper_runs(runs, name): by_paper.setdefault(d.parent, []).append(d)
-    for dirs in by_paper.values():
-        for d in dirs[:max(0, len(dirs) - keep)]:
-            if not _removable(d): continue
-            if not dry_run: shutil.rmtree(d)
-            gone.append(d)
-    return gone

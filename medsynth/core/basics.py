@@ -17,8 +17,10 @@ __all__ = ['check_choice', 'check_int', 'bcast', 'seed_everything', 'sample_seed
 
 # %% ../../nbs/00_core.basics.ipynb #e7879d05
 def check_choice(arg:str, value, allowed):
-    "Return `value` if it is in `allowed`, else raise a `ValueError` naming `arg`, `value`, the choices and close matches."
-    if value in allowed: return value
+    """Return `value` if it is in `allowed`, else raise a `ValueError` naming `arg`, `value`, the choices and close
+    matches."""
+    if value in allowed:
+        return value
     close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3)
     hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(f"{arg}={value!r} is not allowed: choose one of {', '.join(map(repr, allowed))}{hint}")
@@ -26,21 +28,26 @@ def check_choice(arg:str, value, allowed):
 # %% ../../nbs/00_core.basics.ipynb #2c231bf1
 def check_int(arg:str, value, lo:int=1, hi:int|None=None, why:str=''):
     "Return `value` if it is an integer in [`lo`, `hi`], else raise a `ValueError` naming `arg` and the range."
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
-    if ok: return int(value)
+    ok = (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= lo
+          and (hi is None or value <= hi))
+    if ok:
+        return int(value)
     rng = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
     raise ValueError(f"{arg}={value!r} is not allowed: it must be {rng}{why}")
 
 # %% ../../nbs/00_core.basics.ipynb #6641e8f0
 def bcast(v, x:torch.Tensor) -> torch.Tensor:
-    "Per-sample values `v` (a scalar or shape `(B,)`) as a tensor that broadcasts against `x` of shape `(B, ...)`, in `x`'s dtype and device."
+    """Per-sample values `v` (a scalar or shape `(B,)`) as a tensor that broadcasts against `x` of shape `(B, ...)`, in
+    `x`'s dtype and device."""
     v = torch.as_tensor(v, device=x.device).to(x.dtype)
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim)) if v.ndim else v
 
 # %% ../../nbs/00_core.basics.ipynb #eb1963dc
 def seed_everything(seed:int):
     "Seed python's, numpy's and torch's global generators; returns a `torch.Generator` seeded the same way."
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 # %% ../../nbs/00_core.basics.ipynb #84f7980f
@@ -53,8 +60,10 @@ class SampleGenerators:
     def __init__(self, seed:int, indices):
         self.seed, self.indices = int(seed), [int(i) for i in indices]
         self.gens = [torch.Generator().manual_seed(sample_seed(seed, i)) for i in self.indices]
-    def __len__(self): return len(self.gens)
-    def __repr__(self): return f"SampleGenerators(seed={self.seed}, indices={self.indices})"
+    def __len__(self):
+        return len(self.gens)
+    def __repr__(self):
+        return f"SampleGenerators(seed={self.seed}, indices={self.indices})"
 
 def randn(shape, generator=None, dtype=None, device=None) -> torch.Tensor:
     "Standard normal noise of `shape` from a `torch.Generator`, `SampleGenerators` (one per row) or the global one."
@@ -63,15 +72,18 @@ def randn(shape, generator=None, dtype=None, device=None) -> torch.Tensor:
         if shape[0] != len(generator):
             raise ValueError(f"{len(generator)} sample generators for a batch of {shape[0]}")
         out = torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype) for g in generator.gens])
-    else: out = torch.randn(shape, generator=generator, dtype=dtype)
+    else:
+        out = torch.randn(shape, generator=generator, dtype=dtype)
     return out.to(device) if device is not None else out
 
+# %% ../../nbs/00_core.basics.ipynb #8fadeaa4
 def rand(shape, generator=None, dtype=None, device=None) -> torch.Tensor:
     "Uniform [0, 1) noise, drawn like `randn`."
     shape = tuple(shape)
     if isinstance(generator, SampleGenerators):
         out = torch.stack([torch.rand(shape[1:], generator=g, dtype=dtype) for g in generator.gens])
-    else: out = torch.rand(shape, generator=generator, dtype=dtype)
+    else:
+        out = torch.rand(shape, generator=generator, dtype=dtype)
     return out.to(device) if device is not None else out
 
 # %% ../../nbs/00_core.basics.ipynb #5fc1b325
@@ -80,7 +92,8 @@ def interactive() -> bool:
     return bool(IN_NOTEBOOK) or sys.stdout.isatty()
 
 def track(items, what:str='', total:int|None=None, leave:bool=False, lines:int=10, bar:bool|None=None):
-    "Iterate `items` with a progress bar labelled `what` where one can be seen (`bar=None`), else print about `lines` plain lines."
+    """Iterate `items` with a progress bar labelled `what` where one can be seen (`bar=None`), else print about `lines`
+    plain lines."""
     if interactive() if bar is None else bar:
         bar = progress_bar(items, total=total, leave=leave)
         bar.comment = bar.prefix = what

@@ -1,5 +1,4 @@
-"""What medsynth may delete, and one writer per folder: a marker on every folder medsynth makes, checks before
-`--overwrite` replaces one, a lock held for a writer's lifetime, and whether the process behind a run is alive.
+"""What medsynth may delete, and one writer per folder.
 
 Docs: https://medsynth.github.io/medsynth/core.folders.html.md"""
 
@@ -24,18 +23,22 @@ KINDS = ('train', 'paper', 'sweep', 'samples', 'eval', 'demo')
 
 def mark(folder, kind:str, **info) -> Path:
     "Create `folder` (if needed) and write medsynth's marker: `kind`, creation time, host, pid and version."
-    if kind not in KINDS: raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stamp = dict(kind=kind, created=datetime.now().isoformat(timespec='seconds'), host=socket.gethostname(),
                  pid=os.getpid(), medsynth=medsynth.__version__, **info)
-    with atomic_path(folder/MARKER) as p: p.write_text(json.dumps(stamp, indent=1))
+    with atomic_path(folder/MARKER) as p:
+        p.write_text(json.dumps(stamp, indent=1))
     return folder
 
 def marker(folder) -> dict|None:
     "The marker medsynth wrote into `folder`, or None (not medsynth's, or unreadable)."
-    try: m = json.loads((Path(folder)/MARKER).read_text())
-    except (OSError, ValueError): return None
+    try:
+        m = json.loads((Path(folder)/MARKER).read_text())
+    except (OSError, ValueError):
+        return None
     return m if isinstance(m, dict) and m.get('kind') in KINDS else None
 
 # %% ../../nbs/03_core.folders.ipynb #57610212
@@ -45,14 +48,16 @@ def _holds(folder:Path, path) -> bool:
     return folder == p or folder in p.parents
 
 def check_replaceable(folder, kind:str, reads=(), flag:str='--overwrite') -> Path:
-    "Raise a one-line error unless `flag` may delete `folder`: a `kind` folder medsynth made, not holding cwd or `reads`."
+    """Raise a one-line error unless `flag` may delete `folder`: a `kind` folder medsynth made, not holding cwd or
+    `reads`."""
     f = Path(folder).resolve()
     for what, p in [('the current folder', Path.cwd()), *(('a folder this command reads', r) for r in reads if r)]:
         if _holds(f, p):
             raise ValueError(f"{folder}: {flag} would delete {what} ({p}); choose another output folder")
     m = marker(f)
     if m is None:
-        raise ValueError(f"{folder}: exists and was not made by medsynth (no {MARKER}); {flag} replaces only medsynth's "
+        raise ValueError(f"{folder}: exists and was not made by medsynth (no {MARKER}); {flag} replaces only "
+                         "medsynth's "
                          f"own {kind} folders: choose another folder or remove it yourself")
     if m['kind'] != kind:
         raise ValueError(f"{folder}: medsynth made it for {m['kind']}, not {kind}; {flag} will not replace it: "
@@ -64,7 +69,8 @@ def clear_folder(folder, kind:str, reads=(), keep=()):
     "Delete what `folder` holds (after `check_replaceable`), except the names in `keep`; the folder itself stays."
     f = check_replaceable(folder, kind, reads)
     for p in f.iterdir():
-        if p.name in keep: continue
+        if p.name in keep:
+            continue
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 # %% ../../nbs/03_core.folders.ipynb #1491c630
@@ -79,21 +85,28 @@ def _holder_text(fd) -> str:
     os.lseek(fd, 0, os.SEEK_SET)
     return os.read(fd, 4096).decode(errors='replace')
 
+# %% ../../nbs/03_core.folders.ipynb #f1eb488c
 def lock(folder) -> Path:
-    "Hold the writer's lock on `folder` until this process ends (re-entrant); raise a one-line error if another holds it."
+    """Hold the writer's lock on `folder` until this process ends (re-entrant); raise a one-line error if another holds
+    it."""
     lp = lock_path(folder)
-    if lp in _HELD: return lp
+    if lp in _HELD:
+        return lp
     lp.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             who = _describe(_holder_text(fd))
             os.close(fd)
             raise ValueError(f"{folder}: in use by {who}; wait for it to finish or stop it first") from None
-        try: same = os.stat(lp).st_ino == os.fstat(fd).st_ino     # not a file a releasing holder just unlinked
-        except FileNotFoundError: same = False
-        if same: break
+        try:  # not a file a releasing holder just unlinked
+            same = os.stat(lp).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
         os.close(fd)
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
@@ -101,34 +114,48 @@ def lock(folder) -> Path:
     _HELD[lp] = fd
     return lp
 
+# %% ../../nbs/03_core.folders.ipynb #c0dff5da
 def _describe(text:str) -> str:
-    try: h = json.loads(text)
-    except ValueError: return 'another process'
+    try:
+        h = json.loads(text)
+    except ValueError:
+        return 'another process'
     return f"pid {h.get('pid')} on {h.get('host')} (since {h.get('since')})"
 
 def unlock(folder):
     "Release this process's lock on `folder` (if held) and remove the lock file."
     lp = lock_path(folder)
     fd = _HELD.pop(lp, None)
-    if fd is None: return
-    try: lp.unlink()
-    except FileNotFoundError: pass
+    if fd is None:
+        return
+    try:
+        lp.unlink()
+    except FileNotFoundError:
+        pass
     os.close(fd)
 
+# %% ../../nbs/03_core.folders.ipynb #3b5992d1
 def holder(folder) -> dict|None:
     "Who holds the lock on `folder` (`pid`, `host`, `since`), or None when nobody does."
     lp = lock_path(folder)
-    if lp in _HELD: return dict(pid=os.getpid(), host=socket.gethostname())
-    try: fd = os.open(lp, os.O_RDONLY)
-    except OSError: return None
+    if lp in _HELD:
+        return dict(pid=os.getpid(), host=socket.gethostname())
     try:
-        try: fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fd = os.open(lp, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            try: return json.loads(_holder_text(fd))
-            except ValueError: return dict(pid=None, host=None)
+            try:
+                return json.loads(_holder_text(fd))
+            except ValueError:
+                return dict(pid=None, host=None)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
-    finally: os.close(fd)
+    finally:
+        os.close(fd)
 
 # %% ../../nbs/03_core.folders.ipynb #b3c5d55b
 @contextmanager
@@ -136,9 +163,11 @@ def holding(folder):
     "Hold the writer's lock on `folder` for the block (re-entrant: a lock held outside the block stays held)."
     outer = lock_path(folder) in _HELD
     lock(folder)
-    try: yield Path(folder)
+    try:
+        yield Path(folder)
     finally:
-        if not outer: unlock(folder)
+        if not outer:
+            unlock(folder)
 
 @contextmanager
 def new_folder(folder, kind:str, **info):
@@ -149,14 +178,17 @@ def new_folder(folder, kind:str, **info):
         mark(folder, kind, **info)
         yield folder
     except BaseException:
-        if created: shutil.rmtree(folder, ignore_errors=True)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
 
 # %% ../../nbs/03_core.folders.ipynb #dc0deb31
 def check_output(out, kind:str, overwrite:bool=False, reads=()):
     "Refuse an existing output folder `out` unless `overwrite` is given and may replace it (`check_replaceable`)."
-    if not Path(out).exists(): return
-    if not overwrite: raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
+    if not Path(out).exists():
+        return
+    if not overwrite:
+        raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
     check_replaceable(out, kind, reads)
 
 @contextmanager
@@ -172,9 +204,14 @@ def output_folder(out, kind:str, overwrite:bool=False, reads=()):
 # %% ../../nbs/03_core.folders.ipynb #d0900bb2
 def process_alive(pid, host=None) -> bool|None:
     "True/False for a process on this host; None when `host` is another machine (only its scheduler knows)."
-    if host and host != socket.gethostname(): return None
-    if not pid: return False
-    try: os.kill(int(pid), 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
+    if host and host != socket.gethostname():
+        return None
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
     return True

@@ -1,4 +1,4 @@
-"""One reader per format (PIL images, NIfTI, DICOM series), intensity normalisation, resize / crop / pad, and atomic writes. Every problem is a one-line `DataError` naming the file.
+"""One reader per format (images, NIfTI, DICOM), normalisation, resizing and atomic writes; errors name the file.
 
 Docs: https://medsynth.github.io/medsynth/core.io.html.md"""
 
@@ -30,8 +30,10 @@ def _new_dir(parent:Path, prefix:str) -> Path:
     "A new, uniquely named folder in `parent`, made with `os.mkdir(p, 0o777)` so the umask sets its permissions."
     for _ in range(100):
         p = parent/f"{prefix}{os.urandom(4).hex()}"
-        try: os.mkdir(p, 0o777)
-        except FileExistsError: continue
+        try:
+            os.mkdir(p, 0o777)
+        except FileExistsError:
+            continue
         return p
     raise FileExistsError(f"{parent}: no free temporary name {prefix}*")
 
@@ -44,9 +46,11 @@ def atomic_path(path, is_dir:bool=False):
     target = tmp if is_dir else tmp/path.name
     try:
         yield target
-        if is_dir and path.exists(): shutil.rmtree(path)
+        if is_dir and path.exists():
+            shutil.rmtree(path)
         os.replace(target, path)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../../nbs/02_core.io.ipynb #73bb2a76
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
@@ -65,16 +69,23 @@ def read_image(path, channels:int|None=None) -> np.ndarray:
                 mode = {1: 'L', 3: 'RGB'}.get(channels) or ('L' if im.mode in ('L', '1') else 'RGB')
                 a = np.asarray(im.convert(mode), dtype=np.float32) / 255.
                 a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    except FileNotFoundError: raise DataError(path, 'file not found') from None
-    except Exception as e: raise DataError(path, f'cannot be decoded as an image ({type(e).__name__}: {e})', 'the file is corrupt or truncated: replace or remove it') from None
-    if channels == 3 and a.shape[0] == 1: a = np.repeat(a, 3, 0)
+    except FileNotFoundError:
+        raise DataError(path, 'file not found') from None
+    except Exception as e:
+        raise DataError(path, f'cannot be decoded as an image ({type(e).__name__}: {e})',
+                        'the file is corrupt or truncated: replace or remove it') from None
+    if channels == 3 and a.shape[0] == 1:
+        a = np.repeat(a, 3, 0)
     return np.ascontiguousarray(a)
 
+# %% ../../nbs/02_core.io.ipynb #a170cf8e
 def write_png(path, a):
     "Write `(C, H, W)` or `(H, W)` values in [0, 1] as an 8-bit PNG, atomically."
     from PIL import Image
-    a = np.asarray(a); a = a[0] if a.ndim == 3 and a.shape[0] == 1 else (a.transpose(1, 2, 0) if a.ndim == 3 else a)
-    with atomic_path(path) as p: Image.fromarray(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)).save(p, format='PNG')
+    a = np.asarray(a)
+    a = a[0] if a.ndim == 3 and a.shape[0] == 1 else (a.transpose(1, 2, 0) if a.ndim == 3 else a)
+    with atomic_path(path) as p:
+        Image.fromarray(np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)).save(p, format='PNG')
 
 # %% ../../nbs/02_core.io.ipynb #c5c67ff1
 class Volume(NamedTuple):
@@ -86,7 +97,9 @@ class Volume(NamedTuple):
 def check_finite(a:np.ndarray, path):
     "Raise a `DataError` naming `path` if `a` holds NaN or Inf."
     bad = ~np.isfinite(a)
-    if bad.any(): raise DataError(path, f'{int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} Inf voxels of {a.size}', 'fix or remove the file (medsynth never guesses values)')
+    if bad.any():
+        raise DataError(path, f'{int(np.isnan(a).sum())} NaN and {int(np.isinf(a).sum())} Inf voxels of {a.size}',
+                        'fix or remove the file (medsynth never guesses values)')
     return a
 
 # %% ../../nbs/02_core.io.ipynb #2a92ac0d
@@ -95,28 +108,39 @@ def read_nifti(path) -> Volume:
     import nibabel as nib
     try:
         img = nib.as_closest_canonical(nib.load(str(path)))
-        a = np.ascontiguousarray(img.get_fdata(dtype=np.float32))      # canonical reorientation may leave negative strides, which torch refuses
-    except FileNotFoundError: raise DataError(path, 'file not found') from None
-    except Exception as e: raise DataError(path, f'not a readable NIfTI file ({type(e).__name__}: {e})', 'replace the file') from None
-    while a.ndim > 3 and a.shape[-1] == 1: a = a[..., 0]
-    if a.ndim == 2: a = a[..., None]
-    if a.ndim != 3: raise DataError(path, f'has shape {a.shape}; medsynth reads 3D volumes', 'split 4D series into one file per volume')
+        # canonical reorientation may leave negative strides, which torch refuses
+        a = np.ascontiguousarray(img.get_fdata(dtype=np.float32))
+    except FileNotFoundError:
+        raise DataError(path, 'file not found') from None
+    except Exception as e:
+        raise DataError(path, f'not a readable NIfTI file ({type(e).__name__}: {e})', 'replace the file') from None
+    while a.ndim > 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise DataError(path, f'has shape {a.shape}; medsynth reads 3D volumes',
+                        'split 4D series into one file per volume')
     return Volume(check_finite(a, path), tuple(float(s) for s in img.header.get_zooms()[:3]), str(path))
 
 def write_nifti(path, a, spacing=(1., 1., 1.)):
     "Write a 3D array with voxel `spacing` (mm) as NIfTI (RAS+ diagonal affine), atomically."
     import nibabel as nib
     a = np.asarray(a)
-    with atomic_path(path) as p: nib.save(nib.Nifti1Image(a, np.diag(list(spacing) + [1.])), str(p))
+    with atomic_path(path) as p:
+        nib.save(nib.Nifti1Image(a, np.diag(list(spacing) + [1.])), str(p))
 
 # %% ../../nbs/02_core.io.ipynb #d4925e1c
 def _dicom_headers(folder:Path):
     import pydicom
     out, skipped = [], []
     for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.')):
-        try: out.append((f, pydicom.dcmread(f, stop_before_pixels=True)))
-        except Exception: skipped.append(f.name)
-    if skipped: warnings.warn(f"{folder}: skipped {len(skipped)} files that are not DICOM: {', '.join(skipped[:5])}")
+        try:
+            out.append((f, pydicom.dcmread(f, stop_before_pixels=True)))
+        except Exception:
+            skipped.append(f.name)
+    if skipped:
+        warnings.warn(f"{folder}: skipped {len(skipped)} files that are not DICOM: {', '.join(skipped[:5])}")
     return out
 
 def _slice_position(ds):
@@ -128,9 +152,11 @@ def _slice_position(ds):
 
 def _slice_positions(heads) -> tuple:
     "`(positions, unit)`: along the slice normal in mm, or InstanceNumbers when a header lacks position or orientation."
-    def has(h, k): return getattr(h, k, None) is not None
+    def has(h, k):
+        return getattr(h, k, None) is not None
     placed = all(has(h, 'ImageOrientationPatient') and has(h, 'ImagePositionPatient') for h in heads)
-    if placed: return [_slice_position(h) for h in heads], 'mm'
+    if placed:
+        return [_slice_position(h) for h in heads], 'mm'
     return [float(getattr(h, 'InstanceNumber', 0) or 0) for h in heads], 'in InstanceNumber'
 
 # %% ../../nbs/02_core.io.ipynb #c79a8c71
@@ -140,22 +166,28 @@ IRREGULAR = ('error', 'allow')
 def _why(g:float, s:float, tol:float) -> str:
     "Why a gap `g` is off the spacing `s`: a whole number of spacings means missing slices."
     n = int(round(g / s))
-    if n < 2 or abs(g - n * s) > tol * s: return 'irregular spacing'
+    if n < 2 or abs(g - n * s) > tol * s:
+        return 'irregular spacing'
     return 'a missing slice?' if n == 2 else f'{n - 1} missing slices?'
 
+# %% ../../nbs/02_core.io.ipynb #fe3e6f40
 def slice_spacing(pos, names=None, unit:str='mm', path=None, irregular:str='error', tol:float=SPACING_TOL):
     """Spacing of slices at sorted positions `pos`: the lower median of the gaps between distinct positions (None if
     none). Duplicate positions, or gaps more than `tol` of it off, raise a one-line `DataError` (unless allowed)."""
     check_choice('irregular', irregular, IRREGULAR)
     gaps = np.diff(np.asarray(pos, float))
-    if len(gaps) == 0: return None
+    if len(gaps) == 0:
+        return None
     distinct = gaps > 1e-3 * gaps.max()
     s = float(np.sort(gaps[distinct])[(distinct.sum() - 1) // 2]) if distinct.any() else None   # an actual gap
     dup = np.flatnonzero(gaps <= tol * s) if s else np.arange(len(gaps))
     off = np.flatnonzero((gaps > tol * s) & (np.abs(gaps - s) > tol * s)) if s else []
-    if irregular == 'allow' or (len(dup) == 0 and len(off) == 0): return s
-    def pair(k): return f"slices {k + 1} and {k + 2}" + (f" ({names[k]}, {names[k + 1]})" if names else '')
-    def more(ix, what): return f" (and {len(ix) - 1} more {what})" if len(ix) > 1 else ''
+    if irregular == 'allow' or (len(dup) == 0 and len(off) == 0):
+        return s
+    def pair(k):
+        return f"slices {k + 1} and {k + 2}" + (f" ({names[k]}, {names[k + 1]})" if names else '')
+    def more(ix, what):
+        return f" (and {len(ix) - 1} more {what})" if len(ix) > 1 else ''
     problems, fixes = [], []
     if len(dup):
         at = f"{pos[dup[0]]:g} {unit}"
@@ -178,13 +210,17 @@ def read_dicom(path, irregular:str='error') -> Volume:
     positions (see `slice_spacing`)."""
     import pydicom
     path = Path(path)
-    if not path.exists(): raise DataError(path, 'file not found')
+    if not path.exists():
+        raise DataError(path, 'file not found')
     heads = _dicom_headers(path) if path.is_dir() else [(path, None)]
-    if not heads: raise DataError(path, 'folder holds no DICOM files', 'point to the folder of one series')
+    if not heads:
+        raise DataError(path, 'folder holds no DICOM files', 'point to the folder of one series')
     dz, unit = None, 'mm'
     if path.is_dir():
         series = {str(getattr(h, 'SeriesInstanceUID', '')) for _, h in heads}
-        if len(series) > 1: raise DataError(path, f'holds {len(series)} series ({", ".join(sorted(series)[:3])})', 'give one series folder per volume')
+        if len(series) > 1:
+            raise DataError(path, f'holds {len(series)} series ({", ".join(sorted(series)[:3])})',
+                            'give one series folder per volume')
         pos, unit = _slice_positions([h for _, h in heads])
         order = np.argsort(pos, kind='stable')                # ties keep file name order
         heads = [heads[i] for i in order]
@@ -195,16 +231,22 @@ def read_dicom(path, irregular:str='error') -> Volume:
         try:
             ds = pydicom.dcmread(f)
             a = ds.pixel_array.astype(np.float32)
-        except Exception as e: raise DataError(f, f'DICOM pixel data cannot be read ({type(e).__name__}: {e})', 'replace the file') from None
-        if a.ndim != 2: raise DataError(f, f'pixel data has shape {a.shape}; expected one 2D slice per file')
+        except Exception as e:
+            raise DataError(f, f'DICOM pixel data cannot be read ({type(e).__name__}: {e})',
+                            'replace the file') from None
+        if a.ndim != 2:
+            raise DataError(f, f'pixel data has shape {a.shape}; expected one 2D slice per file')
         slices.append(a * float(getattr(ds, 'RescaleSlope', 1) or 1) + float(getattr(ds, 'RescaleIntercept', 0) or 0))
-        if slices[0].shape != a.shape: raise DataError(f, f'slice shape {a.shape} differs from the first slice {slices[0].shape}')
+        if slices[0].shape != a.shape:
+            raise DataError(f, f'slice shape {a.shape} differs from the first slice {slices[0].shape}')
     px = [float(s) for s in getattr(ds, 'PixelSpacing', (1., 1.))]
-    if dz is None or unit != 'mm': dz = float(getattr(ds, 'SliceThickness', 1.) or 1.)   # one slice, or no mm positions
+    if dz is None or unit != 'mm':  # one slice, or no mm positions
+        dz = float(getattr(ds, 'SliceThickness', 1.) or 1.)
     vol = np.stack(slices, -1).transpose(1, 0, 2)   # (rows, cols, slices) -> (i = column, j = row, k = slice)
     first = heads[0][1] if heads[0][1] is not None else ds   # the first slice's header: origin of the affine
     return Volume(*_dicom_to_ras(vol, first, px, abs(dz)), str(path))
 
+# %% ../../nbs/02_core.io.ipynb #6ff7165c
 def _dicom_to_ras(vol, ds0, px, dz):
     "Reorient a DICOM volume to RAS+ through its patient-space affine (DICOM is LPS+), as NIfTI volumes are."
     import nibabel as nib
@@ -213,46 +255,63 @@ def _dicom_to_ras(vol, ds0, px, dz):
     A = np.eye(4)
     A[:3, 0], A[:3, 1], A[:3, 2], A[:3, 3] = iop[:3] * px[1], iop[3:] * px[0], np.cross(iop[:3], iop[3:]) * dz, ipp
     img = nib.as_closest_canonical(nib.Nifti1Image(vol, np.diag([-1., -1., 1., 1.]) @ A))
-    return check_finite(np.ascontiguousarray(np.asarray(img.dataobj, dtype=np.float32)), ds0.filename), tuple(float(z) for z in np.sqrt((img.affine[:3, :3] ** 2).sum(0)))   # float64, not the header's float32
+    return (check_finite(np.ascontiguousarray(np.asarray(img.dataobj, dtype=np.float32)), ds0.filename),
+            tuple(float(z) for z in np.sqrt((img.affine[:3, :3] ** 2).sum(0))))   # float64, not the header's float32
 
 # %% ../../nbs/02_core.io.ipynb #2574d065
 NIFTI_EXTS = ('.nii', '.nii.gz')
 
-def is_nifti(path) -> bool: return str(path).lower().endswith(NIFTI_EXTS)
+def is_nifti(path) -> bool:
+    return str(path).lower().endswith(NIFTI_EXTS)
 
 def read_volume(path, irregular:str='error') -> Volume:
     "Any volume medsynth reads: NIfTI file, DICOM file or DICOM series folder (`irregular`: see `read_dicom`)."
     check_choice('irregular', irregular, IRREGULAR)
     path = Path(path)
-    if not path.exists(): raise DataError(path, 'file not found', 'check the path (and the patterns or manifest that produced it)')
-    if is_nifti(path): return read_nifti(path)
+    if not path.exists():
+        raise DataError(path, 'file not found', 'check the path (and the patterns or manifest that produced it)')
+    if is_nifti(path):
+        return read_nifti(path)
     return read_dicom(path, irregular)
 
 # %% ../../nbs/02_core.io.ipynb #89d91213
-def percentile_normalise(x, lower:float=0.5, upper:float=99.5, nonzero:bool=True, out=(-1., 1.), path=None) -> np.ndarray:
+def percentile_normalise(x, lower:float=0.5, upper:float=99.5, nonzero:bool=True, out=(-1., 1.),
+                         path=None) -> np.ndarray:
     "Clip `x` to its [`lower`, `upper`] percentiles (of non-zero voxels if `nonzero`) and scale linearly to `out`."
     x = np.asarray(x, dtype=np.float32)
     v = x[x != 0] if nonzero else x.ravel()
-    if v.size == 0 or not np.any(x): raise DataError(path or '<array>', 'volume is all zero (nothing to normalise)', 'remove the file or exclude the subject')
+    if v.size == 0 or not np.any(x):
+        raise DataError(path or '<array>', 'volume is all zero (nothing to normalise)',
+                        'remove the file or exclude the subject')
     lo, hi = np.percentile(v, [lower, upper])
-    if hi <= lo: hi = lo + 1e-6
+    if hi <= lo:
+        hi = lo + 1e-6
     y = (np.clip(x, lo, hi) - lo) / (hi - lo)
     return (y * (out[1] - out[0]) + out[0]).astype(np.float32)
 
 # %% ../../nbs/02_core.io.ipynb #5f36c9c3
 FITS = ('resize', 'crop', 'pad', 'crop_or_pad')
 
+# %% ../../nbs/02_core.io.ipynb #ea647e11
 def fit(x, size, how:str='resize', mask:bool=False, path=None) -> np.ndarray:
     "Bring `x` `(C, *spatial)` to spatial `size` by `how` in `FITS`; `mask=True` keeps labels (nearest)."
     from monai.transforms import Resize, CenterSpatialCrop, SpatialPad
     check_choice('fit', how, FITS)
-    x = np.asarray(x); size = tuple(int(s) for s in size); shape = x.shape[1:]
-    if len(size) != len(shape): raise ValueError(f"size={size} has {len(size)} dims but the image has {len(shape)} spatial dims {shape}")
-    if shape == size: return x
+    x = np.asarray(x)
+    size = tuple(int(s) for s in size)
+    shape = x.shape[1:]
+    if len(size) != len(shape):
+        raise ValueError(f"size={size} has {len(size)} dims but the image has {len(shape)} spatial dims {shape}")
+    if shape == size:
+        return x
     if how == 'crop' and any(a < b for a, b in zip(shape, size)):
-        raise DataError(path or '<array>', f"image {'x'.join(map(str, shape))} is smaller than the crop size {'x'.join(map(str, size))}", "use fit='crop_or_pad' or fit='resize'")
+        raise DataError(path or '<array>',
+                        f"image {'x'.join(map(str, shape))} is smaller than the crop size {'x'.join(map(str, size))}",
+                        "use fit='crop_or_pad' or fit='resize'")
     if how == 'pad' and any(a > b for a, b in zip(shape, size)):
-        raise DataError(path or '<array>', f"image {'x'.join(map(str, shape))} is larger than the pad size {'x'.join(map(str, size))}", "use fit='crop_or_pad' or fit='resize'")
+        raise DataError(path or '<array>',
+                        f"image {'x'.join(map(str, shape))} is larger than the pad size {'x'.join(map(str, size))}",
+                        "use fit='crop_or_pad' or fit='resize'")
     if how == 'resize':
         shrink = any(a > b for a, b in zip(shape, size))
         mode = 'nearest-exact' if mask else 'area' if shrink else ('bilinear' if len(size) == 2 else 'trilinear')
@@ -260,7 +319,8 @@ def fit(x, size, how:str='resize', mask:bool=False, path=None) -> np.ndarray:
     else:
         t = torch.as_tensor(x, dtype=torch.float32)
         pad = SpatialPad(size, value=float(t.min())) if not mask else SpatialPad(size)
-        y = (CenterSpatialCrop(size)(pad(t)) if how == 'crop_or_pad' else CenterSpatialCrop(size)(t) if how == 'crop' else pad(t))
+        y = (CenterSpatialCrop(size)(pad(t)) if how == 'crop_or_pad' else CenterSpatialCrop(size)(t) if how == 'crop'
+             else pad(t))
     y = np.asarray(y.numpy() if hasattr(y, 'numpy') else y, dtype=np.float32)
     return np.round(y).astype(x.dtype) if mask else y
 
@@ -274,25 +334,34 @@ def file_sha256(path, n:int=16) -> str:
     "The first `n` hex digits of the file's SHA-256 (to record which weights produced a number)."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+        for b in iter(lambda: f.read(1 << 20), b''):
+            h.update(b)
     return h.hexdigest()[:n]
 
 def _unwrap(obj):
     if isinstance(obj, dict):
         for k in ('state_dict', 'model', 'model_state_dict'):
-            if isinstance(obj.get(k), dict): obj = obj[k]; break
-    if not isinstance(obj, dict): return {}
+            if isinstance(obj.get(k), dict):
+                obj = obj[k]
+                break
+    if not isinstance(obj, dict):
+        return {}
     sd = {}
     for k, v in obj.items():
-        if not torch.is_tensor(v): continue
-        for p in ('module.', '_orig_mod.'): k = k.removeprefix(p)
+        if not torch.is_tensor(v):
+            continue
+        for p in ('module.', '_orig_mod.'):
+            k = k.removeprefix(p)
         sd[k] = v
     return sd
 
+# %% ../../nbs/02_core.io.ipynb #60b9ecd8
 def _torch_load(path, what:str, fix:str):
-    "The object in `path` (`.pth`/`.pt` via `weights_only=True`, or `.safetensors`); a one-line `DataError` naming `what` and `fix` otherwise."
+    """The object in `path` (`.pth`/`.pt` via `weights_only=True`, or `.safetensors`); a one-line `DataError` naming
+    `what` and `fix` otherwise."""
     path = Path(path)
-    if not path.is_file(): raise DataError(path, f'{what} weights not found', fix)
+    if not path.is_file():
+        raise DataError(path, f'{what} weights not found', fix)
     try:
         if path.suffix == '.safetensors':
             from safetensors.torch import load_file
@@ -300,26 +369,35 @@ def _torch_load(path, what:str, fix:str):
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         g = re.search(r'GLOBAL ([\w.]+)', str(e))
-        if not g: raise DataError(path, 'cannot be read as a PyTorch weights file (not a pickle of tensors)', fix) from None
-        raise DataError(path, f'refused to load: the file holds Python objects ({g.group(1)}), not just tensors, and unpickling them could run code', fix) from None
-    except Exception as e: raise DataError(path, f'cannot be read as a PyTorch weights file ({type(e).__name__})', fix) from None
+        if not g:
+            raise DataError(path, 'cannot be read as a PyTorch weights file (not a pickle of tensors)', fix) from None
+        raise DataError(path,
+                        f'refused to load: the file holds Python objects ({g.group(1)}), not just tensors, and '
+                        'unpickling them could run code', fix) from None
+    except Exception as e:
+        raise DataError(path, f'cannot be read as a PyTorch weights file ({type(e).__name__})', fix) from None
 
 def read_weights(path, what:str, fix:str) -> dict:
-    "The state dict in `path`, unwrapped from the common layouts; a one-line `DataError` naming `what` and `fix` otherwise."
+    """The state dict in `path`, unwrapped from the common layouts; a one-line `DataError` naming `what` and `fix`
+    otherwise."""
     sd = _unwrap(_torch_load(path, what, fix))
-    if not sd: raise DataError(path, f'holds no state dict of tensors (expected {what} weights)', fix)
+    if not sd:
+        raise DataError(path, f'holds no state dict of tensors (expected {what} weights)', fix)
     return sd
 
 # %% ../../nbs/02_core.io.ipynb #6cfa720a
-def _eg(keys, n=3): return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
+def _eg(keys, n=3):
+    return ', '.join(keys[:n]) + (', ...' if len(keys) > n else '')
 
 def load_backbone(model:nn.Module, sd:dict, path, arch:str, fix:str, drop=()) -> nn.Module:
-    "Load `sd` into `model` after checking that every weight is there with its shape; keys under the prefixes in `drop` are skipped."
+    """Load `sd` into `model` after checking that every weight is there with its shape; keys under the prefixes in
+    `drop` are skipped."""
     sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in drop)}
     want = model.state_dict()
     missing = [k for k in want if k not in sd and not k.endswith('num_batches_tracked')]
     unexpected = [k for k in sd if k not in want]
-    shapes = [f"{k}: file {tuple(sd[k].shape)}, {arch} {tuple(want[k].shape)}" for k in sd if k in want and sd[k].shape != want[k].shape]
+    shapes = [f"{k}: file {tuple(sd[k].shape)}, {arch} {tuple(want[k].shape)}" for k in sd if k in want
+              and sd[k].shape != want[k].shape]
     if missing or unexpected or shapes:
         parts = ([f"{len(missing)} weights missing ({_eg(missing)})"] if missing else []) + \
                 ([f"{len(unexpected)} unexpected ({_eg(unexpected)})"] if unexpected else []) + \

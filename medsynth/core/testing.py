@@ -1,4 +1,4 @@
-r"""A Gaussian mixture whose noisy marginals, exact denoiser $E[x_0 \mid x_t]$, score and noisy class posterior are analytic: ground truth for samplers and guidance.
+"""A Gaussian mixture with analytic noisy marginals, denoiser, score and class posterior: ground truth for tests.
 
 Docs: https://medsynth.github.io/medsynth/core.testing.html.md"""
 
@@ -12,35 +12,48 @@ from fastcore.basics import patch
 from .basics import check_int
 
 # %% auto #0
-__all__ = ['GaussianMixture', 'image_mixture', 'sliced_wasserstein', 'mixture_zscores']
+__all__ = ['GaussianMixture', 'image_mixture', 'sliced_wasserstein', 'mixture_zscores', 'one_line', 'perturb']
 
 # %% ../../nbs/01_core.testing.ipynb #32697a4f
 class GaussianMixture:
-    "$p(x_0) = \\sum_k w_k N(\\mu_k, \\Sigma_k)$ in `d` dimensions (or as images of `shape`), with exact noisy marginals, denoiser, score and class posterior."
+    """$p(x_0) = \\sum_k w_k N(\\mu_k, \\Sigma_k)$ in `d` dimensions (or as images of `shape`), with exact noisy
+    marginals, denoiser, score and class posterior."""
     def __init__(self, means, covs, weights=None, labels=None, shape=None):
         self.means = torch.as_tensor(means, dtype=torch.float64)
         K, d = self.means.shape
         covs = torch.as_tensor(covs, dtype=torch.float64)
-        if covs.ndim == 1: covs = covs[:, None, None] * torch.eye(d, dtype=torch.float64)   # isotropic variances
-        elif covs.ndim == 2: covs = torch.diag_embed(covs)                                # diagonal variances
-        if covs.shape != (K, d, d): raise ValueError(f"covs has shape {tuple(covs.shape)}: expected ({K},), ({K}, {d}) or ({K}, {d}, {d})")
+        if covs.ndim == 1:  # isotropic variances
+            covs = covs[:, None, None] * torch.eye(d, dtype=torch.float64)
+        elif covs.ndim == 2:  # diagonal variances
+            covs = torch.diag_embed(covs)
+        if covs.shape != (K, d, d):
+            raise ValueError(f"covs has shape {tuple(covs.shape)}: expected ({K},), ({K}, {d}) or ({K}, {d}, {d})")
         self.covs = covs
-        w = torch.full((K,), 1. / K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
-        if w.shape != (K,) or (w < 0).any(): raise ValueError(f"weights must be {K} non-negative numbers, got {w.tolist()}")
+        w = (torch.full((K,), 1. / K, dtype=torch.float64) if weights is None
+             else torch.as_tensor(weights, dtype=torch.float64))
+        if w.shape != (K,) or (w < 0).any():
+            raise ValueError(f"weights must be {K} non-negative numbers, got {w.tolist()}")
         self.weights = w / w.sum()
         self.labels = torch.arange(K) if labels is None else torch.as_tensor(labels, dtype=torch.long)
         self.shape = tuple(shape) if shape is not None else (d,)
-        if math.prod(self.shape) != d: raise ValueError(f"shape={self.shape} does not hold d={d} values")
-        self._lam, self._U = torch.linalg.eigh(self.covs)  # Sigma_k = U diag(lam) U^T: every C_k^{-1} is then a rescaling
-        if (self._lam <= 0).any(): raise ValueError("covs must be positive definite: some component has an eigenvalue <= 0")
+        if math.prod(self.shape) != d:
+            raise ValueError(f"shape={self.shape} does not hold d={d} values")
+        # Sigma_k = U diag(lam) U^T: every C_k^{-1} is then a rescaling
+        self._lam, self._U = torch.linalg.eigh(self.covs)
+        if (self._lam <= 0).any():
+            raise ValueError("covs must be positive definite: some component has an eigenvalue <= 0")
 
     @property
-    def d(self): return self.means.shape[1]
+    def d(self):
+        return self.means.shape[1]
     @property
-    def K(self): return self.means.shape[0]
+    def K(self):
+        return self.means.shape[0]
     @property
-    def n_classes(self): return int(self.labels.max()) + 1
-    def __repr__(self): return f"GaussianMixture(K={self.K}, d={self.d}, shape={self.shape})"
+    def n_classes(self):
+        return int(self.labels.max()) + 1
+    def __repr__(self):
+        return f"GaussianMixture(K={self.K}, d={self.d}, shape={self.shape})"
 
 # %% ../../nbs/01_core.testing.ipynb #90887dea
 @patch
@@ -62,15 +75,18 @@ def sample(self:GaussianMixture, n:int, generator=None, y=None, dtype=torch.floa
 def _logw(self:GaussianMixture, y, n):
     "Log mixture weights, shape `(n, K)`; `-inf` for components whose label is not `y`."
     logw = self.weights.log().expand(n, self.K)
-    if y is None: return logw
+    if y is None:
+        return logw
     y = torch.as_tensor(y).reshape(-1).expand(n)
-    if (y < 0).any() or (y >= self.n_classes).any(): raise ValueError(f"y={y.unique().tolist()} is out of range: classes are 0..{self.n_classes - 1}")
+    if (y < 0).any() or (y >= self.n_classes).any():
+        raise ValueError(f"y={y.unique().tolist()} is out of range: classes are 0..{self.n_classes - 1}")
     return logw.masked_fill(self.labels[None] != y[:, None], -math.inf)
 
 # %% ../../nbs/01_core.testing.ipynb #062600b7
 @patch
 def _components(self:GaussianMixture, x, alpha, sigma):
-    "Per component: log N(x_t; alpha mu_k, C_k) `(n, K)`, and C_k^{-1}(x_t - alpha mu_k) in Sigma_k's eigenbasis `(n, K, d)`."
+    """Per component: log N(x_t; alpha mu_k, C_k) `(n, K)`, and C_k^{-1}(x_t - alpha mu_k) in Sigma_k's eigenbasis `(n,
+    K, d)`."""
     alpha, sigma = float(alpha), float(sigma)
     c = alpha**2 * self._lam + sigma**2                                            # eigenvalues of C_k, (K, d)
     r = torch.einsum('nkd,kde->nke', x[:, None, :] - alpha * self.means[None], self._U)
@@ -99,7 +115,8 @@ def class_posterior(self:GaussianMixture, x, alpha, sigma):
 # %% ../../nbs/01_core.testing.ipynb #9d4ef662
 @patch
 def denoise(self:GaussianMixture, x, alpha, sigma, y=None):
-    "The exact denoiser view $(E[x_0 \\mid x_t], E[\\epsilon \\mid x_t])$ for `x` of shape `(n, *shape)`; `y` conditions on a class."
+    """The exact denoiser view $(E[x_0 \\mid x_t], E[\\epsilon \\mid x_t])$ for `x` of shape `(n, *shape)`; `y`
+    conditions on a class."""
     xf = self._flat(x)
     logn, sol = self._components(xf, alpha, sigma)
     p = (self._logw(y, len(xf)) + logn).softmax(-1)                                  # (n, K)
@@ -126,16 +143,25 @@ def denoiser(self:GaussianMixture, schedule, y=None):
 # %% ../../nbs/01_core.testing.ipynb #1dda2850
 def _templates(size, K):
     "K distinct shapes in [-1, 1] on a `size` x `size` grid."
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size, dtype=torch.float64), torch.linspace(-1, 1, size, dtype=torch.float64), indexing='ij')
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size, dtype=torch.float64),
+                            torch.linspace(-1, 1, size, dtype=torch.float64), indexing='ij')
     r = (xx**2 + yy**2).sqrt()
-    shapes = [r < 0.6, (r > 0.35) & (r < 0.7), (xx.abs() < 0.25) & (yy.abs() < 0.75), (xx.abs() < 0.55) & (yy.abs() < 0.55),
-              (xx.abs() < 0.2) | (yy.abs() < 0.2), (xx + yy).abs() < 0.35, ((xx - 0.3)**2 + (yy + 0.3)**2).sqrt() < 0.45, yy > 0.2 * torch.sin(4 * xx)]
-    if K > len(shapes): raise ValueError(f"K={K} is not allowed: at most {len(shapes)} image components")
+    shapes = [r < 0.6, (r > 0.35) & (r < 0.7), (xx.abs() < 0.25) & (yy.abs() < 0.75),
+              (xx.abs() < 0.55) & (yy.abs() < 0.55),
+              (xx.abs() < 0.2) | (yy.abs() < 0.2), (xx + yy).abs() < 0.35,
+              ((xx - 0.3)**2 + (yy + 0.3)**2).sqrt() < 0.45, yy > 0.2 * torch.sin(4 * xx)]
+    if K > len(shapes):
+        raise ValueError(f"K={K} is not allowed: at most {len(shapes)} image components")
     return torch.stack([torch.where(m, 0.8, -0.8) for m in shapes[:K]])
 
-def image_mixture(size:int=16, K:int=4, channels:int=1, noise:float=0.05, n_fields:int=3, field_std:float=0.15, weights=None, seed:int=0):
-    "A `GaussianMixture` over `(channels, size, size)` images: shape templates as means, white plus smooth-field covariance."
-    check_int('size', size, lo=4); check_int('K', K); check_int('channels', channels)
+# %% ../../nbs/01_core.testing.ipynb #cb53180e
+def image_mixture(size:int=16, K:int=4, channels:int=1, noise:float=0.05, n_fields:int=3, field_std:float=0.15,
+                  weights=None, seed:int=0):
+    """A `GaussianMixture` over `(channels, size, size)` images: shape templates as means, white plus smooth-field
+    covariance."""
+    check_int('size', size, lo=4)
+    check_int('K', K)
+    check_int('channels', channels)
     g = torch.Generator().manual_seed(seed)
     means = _templates(size, K)[:, None].expand(K, channels, size, size).reshape(K, -1)
     d = means.shape[1]
@@ -150,9 +176,11 @@ def image_mixture(size:int=16, K:int=4, channels:int=1, noise:float=0.05, n_fiel
 
 # %% ../../nbs/01_core.testing.ipynb #91f92a39
 def sliced_wasserstein(x:torch.Tensor, y:torch.Tensor, n_proj:int=256, generator=None) -> float:
-    "Sliced Wasserstein-2 distance between sample sets `x` `(n, ...)` and `y` `(m, ...)`: root mean over random directions of the 1-D W2^2."
+    """Sliced Wasserstein-2 distance between sample sets `x` `(n, ...)` and `y` `(m, ...)`: root mean over random
+    directions of the 1-D W2^2."""
     x, y = x.reshape(len(x), -1).to(torch.float64), y.reshape(len(y), -1).to(torch.float64)
-    if x.shape[1] != y.shape[1]: raise ValueError(f"x has {x.shape[1]} features per sample and y {y.shape[1]}: they must match")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features per sample and y {y.shape[1]}: they must match")
     u = torch.randn(x.shape[1], n_proj, generator=generator, dtype=torch.float64)
     u = u / u.norm(dim=0, keepdim=True)
     px, py = (x @ u).sort(0).values, (y @ u).sort(0).values
@@ -163,8 +191,10 @@ def sliced_wasserstein(x:torch.Tensor, y:torch.Tensor, n_proj:int=256, generator
     return ((qx - qy)**2).mean().sqrt().item()
 
 def mixture_zscores(gm:GaussianMixture, x:torch.Tensor) -> dict:
-    "Standardised errors of samples `x` against the mixture: each component's weight, mean and per-coordinate variance, by soft assignment, divided by its standard error under exact sampling."
-    x = gm._flat(x); n = len(x)
+    """Standardised errors of samples `x` against the mixture: each component's weight, mean and per-coordinate
+    variance, by soft assignment, divided by its standard error under exact sampling."""
+    x = gm._flat(x)
+    n = len(x)
     p = gm.posterior(x, 1., 0.)
     nk = p.sum(0)
     var = gm.covs.diagonal(dim1=1, dim2=2)
@@ -175,3 +205,26 @@ def mixture_zscores(gm:GaussianMixture, x:torch.Tensor) -> dict:
     zv = (v - var) / (var * (2 / nk[:, None]).sqrt())
     z = torch.cat([zw, zm.flatten(), zv.flatten()])
     return dict(chi2=(z**2).mean().item(), max_z=z.abs().max().item())
+
+# %% ../../nbs/01_core.testing.ipynb #03b303a5
+def one_line(f, *words) -> str:
+    "Call `f`, expect a `ValueError` whose message is one line holding each of `words`; return the message."
+    try:
+        f()
+    except ValueError as e:
+        msg = str(e)
+    else:
+        raise AssertionError('no error')
+    assert '\n' not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg
+
+# %% ../../nbs/01_core.testing.ipynb #4bd67b58
+def perturb(m:torch.nn.Module, seed:int=0, scale:float=0.2) -> torch.nn.Module:
+    "`m` with Gaussian noise of std `scale` added to every parameter, in eval mode."
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return m.eval()

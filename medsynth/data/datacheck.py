@@ -1,4 +1,4 @@
-"""`check_data(path)` and `medsynth data check PATH`: what is there (counts, shapes, spacing, intensity ranges, classes, modalities) and every problem, each with its file.
+"""`medsynth data check PATH`: what the data holds (counts, shapes, spacing, intensities) and every problem.
 
 Docs: https://medsynth.github.io/medsynth/data.datacheck.html.md"""
 
@@ -26,42 +26,62 @@ class DataReport:
     summary: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)
     @property
-    def ok(self) -> bool: return not self.problems
+    def ok(self) -> bool:
+        return not self.problems
     def __str__(self):
         lines = [f"{self.path}: {self.layout or 'unknown layout'}"] + [f"  {k}: {v}" for k, v in self.summary.items()]
-        lines += [f"{len(self.problems)} problem(s):"] + [f"  {e}" for e in self.problems] if self.problems else ['no problems found']
+        lines += ([f"{len(self.problems)} problem(s):"] + [f"  {e}" for e in self.problems] if self.problems
+                  else ['no problems found'])
         return '\n'.join(lines)
 
-def _fmt_counts(c:Counter) -> str: return ', '.join(f"{k} ({v})" for k, v in c.most_common())
-def _shape(s) -> str: return 'x'.join(map(str, s))
+def _fmt_counts(c:Counter) -> str:
+    return ', '.join(f"{k} ({v})" for k, v in c.most_common())
+def _shape(s) -> str:
+    return 'x'.join(map(str, s))
 
 # %% ../../nbs/32_data.datacheck.ipynb #ed202e76
 def _check_fit(a, f, rep:DataReport, size, fit_mode):
     "Would `fit` accept this array? (crop needs images at least as large as `size`, pad at most.)"
-    if size is None or len(size) != a.ndim - 1 or fit_mode == 'resize': return
-    try: fit(a, size, fit_mode, path=f)
-    except DataError as e: rep.problems.append(e)
+    if size is None or len(size) != a.ndim - 1 or fit_mode == 'resize':
+        return
+    try:
+        fit(a, size, fit_mode, path=f)
+    except DataError as e:
+        rep.problems.append(e)
 
 def _check_images(files, rep:DataReport, size=None, fit_mode='resize'):
     shapes, chans, lo, hi = Counter(), {}, np.inf, -np.inf
     for f in files:
-        try: a = read_image(f)
-        except DataError as e: rep.problems.append(e); continue
+        try:
+            a = read_image(f)
+        except DataError as e:
+            rep.problems.append(e)
+            continue
         _check_fit(a, f, rep, size, fit_mode)
-        shapes[_shape(a.shape[1:])] += 1; chans[f] = a.shape[0]; lo, hi = min(lo, a.min()), max(hi, a.max())
+        shapes[_shape(a.shape[1:])] += 1
+        chans[f] = a.shape[0]
+        lo, hi = min(lo, a.min()), max(hi, a.max())
     if chans:
-        major, _ = Counter(chans.values()).most_common(1)[0]; name = {1: 'grayscale', 3: 'RGB'}
+        major, _ = Counter(chans.values()).most_common(1)[0]
+        name = {1: 'grayscale', 3: 'RGB'}
         for f, c in chans.items():
-            if c != major: rep.problems.append(DataError(f, f'is {name[c]} but most images are {name[major]}', 'convert it, or load with channels=1 or 3'))
-        rep.summary.update(shapes=_fmt_counts(shapes), channels=_fmt_counts(Counter(chans.values())), intensity=f"[{lo:.3f}, {hi:.3f}] (after scaling to [0, 1])")
+            if c != major:
+                rep.problems.append(DataError(f, f'is {name[c]} but most images are {name[major]}',
+                                              'convert it, or load with channels=1 or 3'))
+        rep.summary.update(shapes=_fmt_counts(shapes), channels=_fmt_counts(Counter(chans.values())),
+                           intensity=f"[{lo:.3f}, {hi:.3f}] (after scaling to [0, 1])")
 
+# %% ../../nbs/32_data.datacheck.ipynb #a8213d30
 def _check_classes(root:Path, rep:DataReport, size=None, fit_mode='resize'):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         files, labels, classes, skipped = scan_class_folders(root, errors=rep.problems)
     counts = np.bincount(labels, minlength=len(classes))
-    rep.summary.update(images=f"{len(files)} in {len(classes)} classes", classes=', '.join(f"{c}: {n}" for c, n in zip(classes, counts)))
-    if skipped: rep.summary['skipped'] = f"{len(skipped)} non-image files (ignored by the readers): " + ', '.join(str(p.relative_to(root)) for p in skipped[:5])
+    rep.summary.update(images=f"{len(files)} in {len(classes)} classes",
+                       classes=', '.join(f"{c}: {n}" for c, n in zip(classes, counts)))
+    if skipped:
+        names = ', '.join(str(p.relative_to(root)) for p in skipped[:5])
+        rep.summary['skipped'] = f"{len(skipped)} non-image files (ignored by the readers): {names}"
     _check_images(files, rep, size, fit_mode)
 
 # %% ../../nbs/32_data.datacheck.ipynb #ececefe0
@@ -70,21 +90,35 @@ def _check_volumes(subjects:list[dict], modalities, rep:DataReport, mask:str|Non
     for s in subjects:
         shapes = {}
         for m in modalities:
-            if m not in s: continue
-            try: v = read_volume(s[m])
-            except DataError as e: rep.problems.append(e); continue
-            a = v.array; shapes[m] = a.shape; inf = info[m]
-            inf['shapes'][_shape(a.shape)] += 1; inf['spacing'][_shape(f'{x:g}' for x in v.spacing)] += 1
+            if m not in s:
+                continue
+            try:
+                v = read_volume(s[m])
+            except DataError as e:
+                rep.problems.append(e)
+                continue
+            a = v.array
+            shapes[m] = a.shape
+            inf = info[m]
+            inf['shapes'][_shape(a.shape)] += 1
+            inf['spacing'][_shape(f'{x:g}' for x in v.spacing)] += 1
             inf['lo'], inf['hi'] = min(inf['lo'], float(a.min())), max(inf['hi'], float(a.max()))
-            if m != mask and not np.any(a): rep.problems.append(DataError(v.path, 'volume is all zero (nothing to normalise)', 'remove the file or exclude the subject'))
+            if m != mask and not np.any(a):
+                rep.problems.append(DataError(v.path, 'volume is all zero (nothing to normalise)',
+                                              'remove the file or exclude the subject'))
             _check_fit(a[None], v.path, rep, size, fit_mode)
         imgs = [m for m in modalities if m != mask and m in shapes]
         if mask in shapes and imgs and shapes[mask] != shapes[imgs[0]]:
-            rep.problems.append(DataError(s[mask], f"mask shape {shapes[mask]} does not match {imgs[0]} shape {shapes[imgs[0]]}", 'resample the mask to its image grid'))
+            rep.problems.append(DataError(s[mask],
+                                          f"mask shape {shapes[mask]} does not match {imgs[0]} shape {shapes[imgs[0]]}",
+                                          'resample the mask to its image grid'))
     rep.summary['subjects'] = len(subjects)
     for m, inf in info.items():
-        if inf['shapes']: rep.summary[m] = f"shapes {_fmt_counts(inf['shapes'])}; spacing {_fmt_counts(inf['spacing'])} mm; intensity [{inf['lo']:.4g}, {inf['hi']:.4g}]"
+        if inf['shapes']:
+            rep.summary[m] = (f"shapes {_fmt_counts(inf['shapes'])}; spacing {_fmt_counts(inf['spacing'])} mm; "
+                              f"intensity [{inf['lo']:.4g}, {inf['hi']:.4g}]")
 
+# %% ../../nbs/32_data.datacheck.ipynb #70e26bb8
 def _check_subject_folders(root:Path, modalities, patterns, rep:DataReport, size=None, fit_mode='resize'):
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
     entries = {s: [p for p in s.iterdir() if not p.name.startswith('.')] for s in dirs}
@@ -96,39 +130,70 @@ def _check_subject_folders(root:Path, modalities, patterns, rep:DataReport, size
         sub = dict(subject=s.name)
         for m in modalities:
             hits = match_modality(e, m, patterns)
-            if len(hits) == 1: sub[m] = hits[0]
-            else: rep.problems.append(DataError(s, f"no file for modality '{m}'" if not hits else f"{len(hits)} files match modality '{m}'", 'add or rename the file, or remove the subject'))
+            if len(hits) == 1:
+                sub[m] = hits[0]
+            else:
+                rep.problems.append(DataError(s,
+                                              f"no file for modality '{m}'" if not hits
+                                              else f"{len(hits)} files match modality '{m}'",
+                                              'add or rename the file, or remove the subject'))
         subjects.append(sub)
     rep.summary['modalities'] = ', '.join(modalities) or 'none recognised'
     missing = Counter(m for s in subjects for m in modalities if m not in s)
-    if missing: rep.summary['missing'] = ', '.join(f"{m} in {n} subject(s)" for m, n in missing.items())
+    if missing:
+        rep.summary['missing'] = ', '.join(f"{m} in {n} subject(s)" for m, n in missing.items())
     _check_volumes(subjects, modalities, rep, size=size, fit_mode=fit_mode)
 
 # %% ../../nbs/32_data.datacheck.ipynb #222f00dc
 def check_data(path, modalities=None, patterns:dict|None=None, size=None, fit_mode:str='resize') -> DataReport:
-    "Recognise the layout at `path`, read every file, and report contents and every problem (and, given `size`, images `fit_mode` cannot fit)."
-    path = Path(path); rep = DataReport(str(path)); kw = dict(size=tuple(size) if size else None, fit_mode=fit_mode)
-    if not path.exists(): rep.problems.append(DataError(path, 'path not found', 'check the path')); return rep
+    """Recognise the layout at `path`, read every file, and report contents and every problem (and, given `size`, images
+    `fit_mode` cannot fit)."""
+    path = Path(path)
+    rep = DataReport(str(path))
+    kw = dict(size=tuple(size) if size else None, fit_mode=fit_mode)
+    if not path.exists():
+        rep.problems.append(DataError(path, 'path not found', 'check the path'))
+        return rep
     if path.is_file():
         if path.suffix.lower() == '.csv':
             rep.layout = 'CSV manifest'
-            try: subs = read_manifest(path, modalities, errors=rep.problems)
-            except DataError as e: rep.problems.append(e); return rep
+            try:
+                subs = read_manifest(path, modalities, errors=rep.problems)
+            except DataError as e:
+                rep.problems.append(e)
+                return rep
             mods = modalities or [k for k in (subs[0] if subs else {}) if k != 'subject']
-            rep.summary['modalities'] = ', '.join(mods); _check_volumes(subs, mods, rep, **kw)
-        elif path.suffix.lower() in IMAGE_EXTS: rep.layout = 'image'; _check_images([path], rep, **kw)
-        else: rep.layout = 'volume'; _check_volumes([dict(subject=path.name, image=path)], ['image'], rep, **kw)
+            rep.summary['modalities'] = ', '.join(mods)
+            _check_volumes(subs, mods, rep, **kw)
+        elif path.suffix.lower() in IMAGE_EXTS:
+            rep.layout = 'image'
+            _check_images([path], rep, **kw)
+        else:
+            rep.layout = 'volume'
+            _check_volumes([dict(subject=path.name, image=path)], ['image'], rep, **kw)
         return rep
     dirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith('.')]
     files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith('.')]
-    if not dirs and not files: rep.problems.append(DataError(path, 'empty folder', 'point to the folder that holds the data')); return rep
-    if is_class_folders(path): rep.layout = 'class folders'; _check_classes(path, rep, **kw)
-    elif dirs and (any(is_nifti(p) for d in dirs for p in d.rglob('*')) or any(p.is_dir() for d in dirs for p in d.iterdir())):
-        rep.layout = 'subject folders'; _check_subject_folders(path, modalities, patterns, rep, **kw)
+    if not dirs and not files:
+        rep.problems.append(DataError(path, 'empty folder', 'point to the folder that holds the data'))
+        return rep
+    if is_class_folders(path):
+        rep.layout = 'class folders'
+        _check_classes(path, rep, **kw)
+    elif (dirs and (any(is_nifti(p) for d in dirs for p in d.rglob('*'))
+                    or any(p.is_dir() for d in dirs for p in d.iterdir()))):
+        rep.layout = 'subject folders'
+        _check_subject_folders(path, modalities, patterns, rep, **kw)
     elif files and any(p.suffix.lower() in IMAGE_EXTS for p in files):
-        rep.layout = 'image folder (no classes)'; _check_images([p for p in files if p.suffix.lower() in IMAGE_EXTS], rep, **kw)
+        rep.layout = 'image folder (no classes)'
+        _check_images([p for p in files if p.suffix.lower() in IMAGE_EXTS], rep, **kw)
     elif files and any(is_nifti(p) for p in files):
-        rep.layout = 'volume folder'; _check_volumes([dict(subject=p.name, image=p) for p in files if is_nifti(p)], ['image'], rep, **kw)
-    elif files: rep.layout = 'DICOM series'; _check_volumes([dict(subject=path.name, image=path)], ['image'], rep, **kw)
-    else: rep.problems.append(DataError(path, 'holds no images, volumes or DICOM files', f'supported: {", ".join(IMAGE_EXTS)}, .nii, .nii.gz, DICOM'))
+        rep.layout = 'volume folder'
+        _check_volumes([dict(subject=p.name, image=p) for p in files if is_nifti(p)], ['image'], rep, **kw)
+    elif files:
+        rep.layout = 'DICOM series'
+        _check_volumes([dict(subject=path.name, image=path)], ['image'], rep, **kw)
+    else:
+        rep.problems.append(DataError(path, 'holds no images, volumes or DICOM files',
+                                      f'supported: {", ".join(IMAGE_EXTS)}, .nii, .nii.gz, DICOM'))
     return rep

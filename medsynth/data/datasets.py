@@ -1,4 +1,4 @@
-"""Class folders, NIfTI / DICOM subjects (folders or a CSV manifest), 3D volumes and cached 2D slices, paired modalities on different grids, and imbalanced-class sampling.
+"""Class folders, NIfTI / DICOM subjects, volumes and cached slices, paired grids and class-balanced sampling.
 
 Docs: https://medsynth.github.io/medsynth/data.datasets.html.md"""
 
@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 from ..core.basics import check_choice
-from ..core.io import DataError, IMAGE_EXTS, atomic_path, read_image, read_volume, fit, FITS, percentile_normalise, is_nifti, spacing_size, IRREGULAR
+from ..core.io import (DataError, IMAGE_EXTS, atomic_path, read_image, read_volume, fit, FITS,
+                              percentile_normalise, is_nifti, spacing_size, IRREGULAR)
 
 # %% auto #0
 __all__ = ['DEFAULT_PATTERNS', 'scan_class_folders', 'is_class_folders', 'ClassFolderDataset', 'match_modality', 'find_subjects',
@@ -21,15 +22,19 @@ __all__ = ['DEFAULT_PATTERNS', 'scan_class_folders', 'is_class_folders', 'ClassF
 
 # %% ../../nbs/31_data.datasets.ipynb #a573d076
 def _raise_or_collect(err:DataError, errors:list|None):
-    if errors is None: raise err
+    if errors is None:
+        raise err
     errors.append(err)
 
-def _class_sort(names): return sorted(names, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
+def _class_sort(names):
+    return sorted(names, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
 
 def _must_be_dir(root) -> Path:
     root = Path(root)
-    if not root.exists(): raise DataError(root, 'path not found', 'check the path')
-    if not root.is_dir(): raise DataError(root, 'is a file, not a folder', 'give the folder that holds the data')
+    if not root.exists():
+        raise DataError(root, 'path not found', 'check the path')
+    if not root.is_dir():
+        raise DataError(root, 'is a file, not a folder', 'give the folder that holds the data')
     return root
 
 # %% ../../nbs/31_data.datasets.ipynb #c3efdb17
@@ -39,25 +44,37 @@ def scan_class_folders(root, errors:list|None=None):
     dirs = _class_sort([p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')])
     if not dirs:
         n_img = sum(p.suffix.lower() in IMAGE_EXTS for p in root.iterdir())
-        raise DataError(root, f"has no class folders{f' (it holds {n_img} images directly)' if n_img else ' (empty folder)' if not any(root.iterdir()) else ''}", 'arrange images as root/<class>/<image>')
+        why = f' (it holds {n_img} images directly)' if n_img else ' (empty folder)' if not any(root.iterdir()) else ''
+        raise DataError(root, f"has no class folders{why}", 'arrange images as root/<class>/<image>')
     files, labels, skipped, classes = [], [], [], []
     for c in dirs:
         imgs = []
         for p in sorted((root/c).rglob('*')):
-            if p.name.startswith('.') or not p.is_file(): continue
-            if p.name == 'manifest.csv': continue                  # a `medsynth sample` folder's provenance record
+            if p.name.startswith('.') or not p.is_file():
+                continue
+            if p.name == 'manifest.csv':  # a `medsynth sample` folder's provenance record
+                continue
             (imgs if p.suffix.lower() in IMAGE_EXTS else skipped).append(p)
-        if not imgs: _raise_or_collect(DataError(root/c, 'class folder holds no images', f'add images ({", ".join(IMAGE_EXTS)}) or remove the folder'), errors); continue
-        files += imgs; labels += [len(classes)] * len(imgs); classes.append(c)
-    if not files: raise DataError(root, 'no images in any class folder', f'supported formats: {", ".join(IMAGE_EXTS)}')
-    if skipped: warnings.warn(f"{root}: skipped {len(skipped)} non-image files: {', '.join(str(p.relative_to(root)) for p in skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
+        if not imgs:
+            _raise_or_collect(DataError(root/c, 'class folder holds no images',
+                                        f'add images ({", ".join(IMAGE_EXTS)}) or remove the folder'), errors)
+            continue
+        files += imgs
+        labels += [len(classes)] * len(imgs)
+        classes.append(c)
+    if not files:
+        raise DataError(root, 'no images in any class folder', f'supported formats: {", ".join(IMAGE_EXTS)}')
+    if skipped:
+        warnings.warn(f"{root}: skipped {len(skipped)} non-image files: "
+                      f"{', '.join(str(p.relative_to(root)) for p in skipped[:5])}{' ...' if len(skipped) > 5 else ''}")
     return files, np.array(labels), classes, skipped
 
 # %% ../../nbs/31_data.datasets.ipynb #8af8809b
 def is_class_folders(path) -> bool:
     "Whether `path` is laid out as class folders: sub-folders that hold images (at any depth)."
     p = Path(path)
-    return p.is_dir() and any(q.suffix.lower() in IMAGE_EXTS for d in p.iterdir() if d.is_dir() and not d.name.startswith('.') for q in d.rglob('*'))
+    return (p.is_dir() and any(q.suffix.lower() in IMAGE_EXTS for d in p.iterdir() if d.is_dir()
+                               and not d.name.startswith('.') for q in d.rglob('*')))
 
 # %% ../../nbs/31_data.datasets.ipynb #6f8f668b
 class ClassFolderDataset(Dataset):
@@ -72,33 +89,43 @@ class ClassFolderDataset(Dataset):
         if cache:
             ims = [self._load(i) for i in range(len(self.files))]
             shapes = {a.shape for a in ims}
-            if len(shapes) > 1: raise DataError(self.root, f'images have different shapes {sorted(shapes)[:3]}', 'pass size= to resize them to one size')
+            if len(shapes) > 1:
+                raise DataError(self.root, f'images have different shapes {sorted(shapes)[:3]}',
+                                'pass size= to resize them to one size')
             self._cache = torch.from_numpy(np.round(np.stack(ims) * 255).astype(np.uint8))   # 8-bit: 4x less memory
 
     def _load(self, i):
         a = read_image(self.files[i], self.channels)
         if self.channels is None:
-            if not hasattr(self, '_first'): self._first = (a.shape[0], self.files[i])
+            if not hasattr(self, '_first'):
+                self._first = (a.shape[0], self.files[i])
             elif a.shape[0] != self._first[0]:
                 kind = {1: 'grayscale', 3: 'RGB'}
-                raise DataError(self.files[i], f'is {kind[a.shape[0]]} but {self._first[1].name} is {kind[self._first[0]]}', 'pass channels=1 or channels=3 to convert every image')
+                raise DataError(self.files[i],
+                                f'is {kind[a.shape[0]]} but {self._first[1].name} is {kind[self._first[0]]}',
+                                'pass channels=1 or channels=3 to convert every image')
         return fit(a, self.size, self.fit_mode, path=self.files[i]) if self.size else a
 
-    def __len__(self): return len(self.files)
+    def __len__(self):
+        return len(self.files)
     def __getitem__(self, i):
         x = self._cache[i].float() / 255 if self._cache is not None else torch.from_numpy(self._load(i))
         return dict(image=x * 2 - 1, label=int(self.labels[i]))
-    def __repr__(self): return f"ClassFolderDataset({self.root}, {len(self)} images, counts={self.counts})"
+    def __repr__(self):
+        return f"ClassFolderDataset({self.root}, {len(self)} images, counts={self.counts})"
 
 # %% ../../nbs/31_data.datasets.ipynb #d4c20011
 DEFAULT_PATTERNS = dict(
-    t1=('*[_-]t1.nii*', '*[_-]t1n.nii*', 't1.nii*'), t1ce=('*[_-]t1ce.nii*', '*[_-]t1gd.nii*', '*[_-]t1c.nii*', 't1ce.nii*'),
+    t1=('*[_-]t1.nii*', '*[_-]t1n.nii*', 't1.nii*'),
+    t1ce=('*[_-]t1ce.nii*', '*[_-]t1gd.nii*', '*[_-]t1c.nii*', 't1ce.nii*'),
     t2=('*[_-]t2.nii*', '*[_-]t2w.nii*', 't2.nii*'), flair=('*[_-]flair.nii*', '*[_-]t2f.nii*', 'flair.nii*'),
-    seg=('*[_-]seg.nii*', 'seg.nii*', '*[_-]mask.nii*'), fa=('*[_-]fa.nii*', 'fa.nii*'), ct=('ct', '*[_-]ct.nii*', 'ct.nii*'))
+    seg=('*[_-]seg.nii*', 'seg.nii*', '*[_-]mask.nii*'), fa=('*[_-]fa.nii*', 'fa.nii*'),
+    ct=('ct', '*[_-]ct.nii*', 'ct.nii*'))
 
 def _patterns(m, patterns):
     p = (patterns or {}).get(m, DEFAULT_PATTERNS.get(m))
-    if p is None: raise ValueError(f"modality {m!r} has no default pattern: pass patterns={{{m!r}: '*{m}.nii*'}}")
+    if p is None:
+        raise ValueError(f"modality {m!r} has no default pattern: pass patterns={{{m!r}: '*{m}.nii*'}}")
     return (p,) if isinstance(p, str) else tuple(p)
 
 def match_modality(entries, m:str, patterns:dict|None=None) -> list:
@@ -106,50 +133,75 @@ def match_modality(entries, m:str, patterns:dict|None=None) -> list:
     pats = _patterns(m, patterns)
     return [p for p in entries if any(fnmatch.fnmatch(p.name.lower(), q.lower()) for q in pats)]
 
+# %% ../../nbs/31_data.datasets.ipynb #0eb622b6
 def find_subjects(root, modalities=('t1', 't1ce', 'seg'), patterns:dict|None=None, errors:list|None=None) -> list[dict]:
-    "Subjects under `root` (one folder each) with a path per modality; a missing or ambiguous modality raises (or goes to `errors`)."
+    """Subjects under `root` (one folder each) with a path per modality; a missing or ambiguous modality raises (or goes
+    to `errors`)."""
     root = _must_be_dir(root)
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
-    if not dirs: raise DataError(root, 'has no subject folders' + (' (empty folder)' if not any(root.iterdir()) else ''), 'arrange volumes as root/<subject>/<subject>_<modality>.nii.gz or give a CSV manifest')
+    if not dirs:
+        raise DataError(root, 'has no subject folders' + (' (empty folder)' if not any(root.iterdir()) else ''),
+                        'arrange volumes as root/<subject>/<subject>_<modality>.nii.gz or give a CSV manifest')
     subjects = []
     for s in dirs:
         entries = [p for p in s.iterdir() if not p.name.startswith('.')]
         sub, ok = dict(subject=s.name), True
         for m in modalities:
-            pats = _patterns(m, patterns); hits = match_modality(entries, m, patterns)
+            pats = _patterns(m, patterns)
+            hits = match_modality(entries, m, patterns)
             if len(hits) != 1:
-                what = f"no file for modality '{m}'" if not hits else f"{len(hits)} files match modality '{m}' ({', '.join(h.name for h in hits)})"
-                _raise_or_collect(DataError(s, f"{what} (patterns {', '.join(pats)}; folder holds {', '.join(sorted(p.name for p in entries)[:6]) or 'nothing'})",
-                                            'add or rename the file, remove the subject, or pass patterns=' if not hits else 'make the patterns more specific'), errors)
-                ok = False; break
+                what = (f"no file for modality '{m}'" if not hits
+                        else f"{len(hits)} files match modality '{m}' ({', '.join(h.name for h in hits)})")
+                _raise_or_collect(DataError(s,
+                                            f"{what} (patterns {', '.join(pats)}; folder holds "
+                                            f"{', '.join(sorted(p.name for p in entries)[:6]) or 'nothing'})",
+                                            'add or rename the file, remove the subject, or pass patterns=' if not hits
+                                            else 'make the patterns more specific'), errors)
+                ok = False
+                break
             sub[m] = hits[0]
-        if ok: subjects.append(sub)
+        if ok:
+            subjects.append(sub)
     return subjects
 
 # %% ../../nbs/31_data.datasets.ipynb #1f69de68
 def read_manifest(path, modalities=None, errors:list|None=None) -> list[dict]:
-    "Subjects from a CSV with a `subject` column and one path column per modality (relative paths are relative to the CSV)."
+    """Subjects from a CSV with a `subject` column and one path column per modality (relative paths are relative to the
+    CSV)."""
     path = Path(path)
-    if not path.is_file(): raise DataError(path, 'manifest not found', 'check the path')
-    with open(path, newline='') as f: rows = list(csv.DictReader(f))
+    if not path.is_file():
+        raise DataError(path, 'manifest not found', 'check the path')
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
     cols = list(rows[0]) if rows else []
-    if 'subject' not in cols: raise DataError(path, f"has no 'subject' column (columns: {', '.join(cols) or 'none'})", 'add a header row: subject,t1,t1ce,seg')
+    if 'subject' not in cols:
+        raise DataError(path, f"has no 'subject' column (columns: {', '.join(cols) or 'none'})",
+                        'add a header row: subject,t1,t1ce,seg')
     modalities = [c for c in cols if c != 'subject'] if modalities is None else list(modalities)
     for m in modalities:
-        if m not in cols: raise DataError(path, f"has no column for modality '{m}' (columns: {', '.join(cols)})", 'add the column or leave the modality out')
+        if m not in cols:
+            raise DataError(path, f"has no column for modality '{m}' (columns: {', '.join(cols)})",
+                            'add the column or leave the modality out')
     subjects = []
     for k, r in enumerate(rows, start=2):
         sub, ok = dict(subject=r['subject']), True
         for m in modalities:
             if not (r.get(m) or '').strip():
-                _raise_or_collect(DataError(path, f"row {k} (subject {r['subject']}): modality '{m}' is empty", 'fill it in or remove the row'), errors); ok = False; break
-            p = Path(r[m].strip()); sub[m] = p if p.is_absolute() else path.parent/p
-        if ok: subjects.append(sub)
+                _raise_or_collect(DataError(path, f"row {k} (subject {r['subject']}): modality '{m}' is empty",
+                                            'fill it in or remove the row'), errors)
+                ok = False
+                break
+            p = Path(r[m].strip())
+            sub[m] = p if p.is_absolute() else path.parent/p
+        if ok:
+            subjects.append(sub)
     return subjects
 
+# %% ../../nbs/31_data.datasets.ipynb #fe75fc43
 def subjects_from(path, modalities=('t1', 't1ce', 'seg'), patterns=None, errors=None) -> list[dict]:
     "Subjects from a folder of subject folders or a CSV manifest."
-    return read_manifest(path, modalities, errors) if str(path).lower().endswith('.csv') else find_subjects(path, modalities, patterns, errors)
+    return (read_manifest(path, modalities, errors) if str(path).lower().endswith('.csv')
+            else find_subjects(path, modalities, patterns, errors))
 
 # %% ../../nbs/31_data.datasets.ipynb #d459fc41
 def load_subject(sub:dict, modalities, mask:str|None='seg', size=None, fit_mode:str='resize', mask_of:str|None=None,
@@ -162,20 +214,27 @@ def load_subject(sub:dict, modalities, mask:str|None='seg', size=None, fit_mode:
     mask_of = mask_of or images[0]
     out, raw_shape, vox = {}, {}, {}
     for m in images:
-        v = read_volume(sub[m], irregular); raw_shape[m], vox[m] = v.array.shape, v.spacing
+        v = read_volume(sub[m], irregular)
+        raw_shape[m], vox[m] = v.array.shape, v.spacing
         out[m] = percentile_normalise(v.array, lower, upper, path=v.path)[None]
     if mask is not None and mask in modalities:
-        v = read_volume(sub[mask], irregular); a = v.array; vox['mask'] = v.spacing
+        v = read_volume(sub[mask], irregular)
+        a = v.array
+        vox['mask'] = v.spacing
         if a.shape != raw_shape[mask_of]:
-            raise DataError(v.path, f"mask shape {a.shape} does not match {mask_of} shape {raw_shape[mask_of]} ({Path(sub[mask_of]).name})", 'resample the mask to its image grid')
+            raise DataError(v.path,
+                            f"mask shape {a.shape} does not match {mask_of} shape {raw_shape[mask_of]} "
+                            f"({Path(sub[mask_of]).name})", 'resample the mask to its image grid')
         a = np.rint(a)
         out['mask'] = ((a > 0).astype(np.uint8) if mask_labels == 'binary' else a.astype(np.int16))[None]
     if spacing is not None:                                   # resample to a voxel spacing (mm), same field of view
-        for k in out: out[k] = fit(out[k], spacing_size(out[k].shape[1:], vox[k], spacing), 'resize', mask=(k == 'mask'))
+        for k in out:
+            out[k] = fit(out[k], spacing_size(out[k].shape[1:], vox[k], spacing), 'resize', mask=(k == 'mask'))
     if size is not None:
         for k in list(out):
             s = size.get(mask_of if k == 'mask' else k) if isinstance(size, dict) else size
-            if s is not None: out[k] = fit(out[k], s, fit_mode, mask=(k == 'mask'), path=sub[mask if k == 'mask' else k])
+            if s is not None:
+                out[k] = fit(out[k], s, fit_mode, mask=(k == 'mask'), path=sub[mask if k == 'mask' else k])
     return out
 
 # %% ../../nbs/31_data.datasets.ipynb #fdc86a0d
@@ -189,40 +248,52 @@ class VolumeDataset(Dataset):
         self.subjects = _as_subjects(data, modalities, patterns)
         self.kw = dict(modalities=modalities, mask=mask, size=size, fit_mode=fit_mode, **load_kw)
         self._cache = [self._load(i) for i in range(len(self.subjects))] if cache else None
-    def _load(self, i): return {k: torch.from_numpy(v) for k, v in load_subject(self.subjects[i], **self.kw).items()}
-    def __len__(self): return len(self.subjects)
-    def __getitem__(self, i): return dict(self._cache[i] if self._cache is not None else self._load(i), subject=self.subjects[i]['subject'])
+    def _load(self, i):
+        return {k: torch.from_numpy(v) for k, v in load_subject(self.subjects[i], **self.kw).items()}
+    def __len__(self):
+        return len(self.subjects)
+    def __getitem__(self, i):
+        return dict(self._cache[i] if self._cache is not None else self._load(i), subject=self.subjects[i]['subject'])
 
 # %% ../../nbs/31_data.datasets.ipynb #4fa6b203
 def _slices(vol:dict, axis:int, first:str, min_content:float, foreground_only:bool) -> list[int]:
     x = np.moveaxis(vol[first][0], axis, 0)
     keep = (x > -0.8).reshape(len(x), -1).mean(1) >= min_content
-    if foreground_only and 'mask' in vol: keep &= np.moveaxis(vol['mask'][0], axis, 0).reshape(len(x), -1).any(1)
+    if foreground_only and 'mask' in vol:
+        keep &= np.moveaxis(vol['mask'][0], axis, 0).reshape(len(x), -1).any(1)
     return np.flatnonzero(keep).tolist()
 
 def _take(vol:dict, axis:int, k:int, size, fit_mode, path) -> dict:
     "Slice `k` along `axis` of every array (a view: `np.take` would copy the whole Fortran-ordered volume each time)."
     ix = (slice(None),) * (axis + 1) + (k,)
-    return {key: fit(np.ascontiguousarray(v[ix]), size, fit_mode, mask=(key == 'mask'), path=path) if size else np.ascontiguousarray(v[ix])
+    return {key: fit(np.ascontiguousarray(v[ix]), size, fit_mode, mask=(key == 'mask'), path=path) if size
+            else np.ascontiguousarray(v[ix])
             for key, v in vol.items()}
 
 # %% ../../nbs/31_data.datasets.ipynb #e2f29d3f
 class SliceDataset(Dataset):
     "2D slices of 3D subjects as `{modality: (1, H, W), 'mask': (1, H, W), 'subject', 'slice'}`, cached."
-    def __init__(self, data, modalities=('t1', 't1ce', 'seg'), mask:str|None='seg', axis:int=2, size=(64, 64), fit_mode='resize',
-                 min_content:float=0.05, foreground_only:bool=False, patterns=None, cache:str|None='memory', cache_dir=None, **load_kw):
-        check_choice('cache', cache, ('memory', 'disk', None)); check_choice('axis', axis, (0, 1, 2))
-        if cache == 'disk' and cache_dir is None: raise ValueError("cache='disk' needs cache_dir= (a folder for the preprocessed slices)")
+    def __init__(self, data, modalities=('t1', 't1ce', 'seg'), mask:str|None='seg', axis:int=2, size=(64, 64),
+                 fit_mode='resize',
+                 min_content:float=0.05, foreground_only:bool=False, patterns=None, cache:str|None='memory',
+                 cache_dir=None, **load_kw):
+        check_choice('cache', cache, ('memory', 'disk', None))
+        check_choice('axis', axis, (0, 1, 2))
+        if cache == 'disk' and cache_dir is None:
+            raise ValueError("cache='disk' needs cache_dir= (a folder for the preprocessed slices)")
         self.subjects = _as_subjects(data, modalities, patterns)
         self.load_kw = dict(modalities=modalities, mask=mask, **load_kw)
         self.axis, self.size, self.fit_mode = axis, (size, size) if isinstance(size, int) else size, fit_mode
         self.min_content, self.foreground_only = min_content, foreground_only
         self.first = [m for m in modalities if m != mask][0]
         self.cache, self.cache_dir = cache, cache_dir
-        if cache == 'disk' and self._cache_file().exists(): self._read_cache()
-        else: self._build()
+        if cache == 'disk' and self._cache_file().exists():
+            self._read_cache()
+        else:
+            self._build()
 
-    def _volume(self, i): return load_subject(self.subjects[i], **self.load_kw)
+    def _volume(self, i):
+        return load_subject(self.subjects[i], **self.load_kw)
 
     def _build(self):
         self.index, arrays = [], {}
@@ -232,16 +303,23 @@ class SliceDataset(Dataset):
             self.index += [(i, k) for k in ks]
             if self.cache:
                 for k in ks:
-                    for key, v in _take(vol, self.axis, k, self.size, self.fit_mode, self.subjects[i][self.first]).items(): arrays.setdefault(key, []).append(v)
-        if not self.index: raise DataError(Path(self.subjects[0][self.first]).parent.parent if self.subjects else '<no subjects>', 'no slices with content', 'lower min_content or turn off foreground_only')
+                    for key, v in _take(vol, self.axis, k, self.size, self.fit_mode,
+                                        self.subjects[i][self.first]).items():
+                        arrays.setdefault(key, []).append(v)
+        if not self.index:
+            raise DataError(Path(self.subjects[0][self.first]).parent.parent if self.subjects else '<no subjects>',
+                            'no slices with content', 'lower min_content or turn off foreground_only')
         self.arrays = {k: torch.from_numpy(np.stack(v)) for k, v in arrays.items()} if self.cache else None
-        if self.cache == 'disk': self._write_cache()
+        if self.cache == 'disk':
+            self._write_cache()
 
 # %% ../../nbs/31_data.datasets.ipynb #67127e0b
 @torch.no_grad()
 def _fingerprint(self:SliceDataset) -> str:
-    files = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for s in self.subjects for k, p in sorted(s.items()) if k != 'subject']
-    cfg = dict(files=files, kw={k: str(v) for k, v in self.load_kw.items()}, axis=self.axis, size=self.size, fit=self.fit_mode,
+    files = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for s in self.subjects for k, p in sorted(s.items())
+             if k != 'subject']
+    cfg = dict(files=files, kw={k: str(v) for k, v in self.load_kw.items()}, axis=self.axis, size=self.size,
+               fit=self.fit_mode,
                min_content=self.min_content, fg=self.foreground_only)
     return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -249,7 +327,8 @@ SliceDataset._fingerprint = _fingerprint
 SliceDataset._cache_file = lambda self: Path(self.cache_dir)/f'slices-{self._fingerprint()}.pt'
 
 def _write_cache(self:SliceDataset):
-    with atomic_path(self._cache_file()) as p: torch.save(dict(index=self.index, arrays=self.arrays), p)
+    with atomic_path(self._cache_file()) as p:
+        torch.save(dict(index=self.index, arrays=self.arrays), p)
 
 def _read_cache(self:SliceDataset):
     c = torch.load(self._cache_file(), weights_only=True, mmap=True)
@@ -260,25 +339,34 @@ SliceDataset._write_cache, SliceDataset._read_cache = _write_cache, _read_cache
 # %% ../../nbs/31_data.datasets.ipynb #161a3b8a
 def _getitem(self:SliceDataset, j):
     i, k = self.index[j]
-    if self.arrays is not None: item = {key: v[j] for key, v in self.arrays.items()}
-    else: item = {key: torch.from_numpy(v) for key, v in _take(self._volume(i), self.axis, k, self.size, self.fit_mode, self.subjects[i][self.first]).items()}
+    if self.arrays is not None:
+        item = {key: v[j] for key, v in self.arrays.items()}
+    else:
+        item = {key: torch.from_numpy(v) for key, v in _take(self._volume(i), self.axis, k, self.size, self.fit_mode,
+                                                             self.subjects[i][self.first]).items()}
     return dict(item, subject=self.subjects[i]['subject'], slice=k)
 
 SliceDataset.__getitem__ = _getitem
 SliceDataset.__len__ = lambda self: len(self.index)
-SliceDataset.__repr__ = lambda self: f"SliceDataset({len(self.subjects)} subjects, {len(self)} slices, axis={self.axis}, size={self.size}, cache={self.cache!r})"
+SliceDataset.__repr__ = lambda self: (f"SliceDataset({len(self.subjects)} subjects, {len(self)} slices, "
+                                      f"axis={self.axis}, size={self.size}, cache={self.cache!r})")
 
 # %% ../../nbs/31_data.datasets.ipynb #4d234c1a
 def class_weights(labels, n_classes:int|None=None, scheme:str='inverse', beta:float=0.999) -> torch.Tensor:
     "Per-class loss weights: `'inverse'` n / (K * count), or `'effective'` (Cui et al. 2019) normalised to mean 1."
     check_choice('scheme', scheme, ('inverse', 'effective'))
-    labels = np.asarray(labels); K = n_classes or int(labels.max()) + 1
+    labels = np.asarray(labels)
+    K = n_classes or int(labels.max()) + 1
     counts = np.bincount(labels, minlength=K).astype(float)
-    if (counts == 0).any(): raise ValueError(f"class(es) {np.flatnonzero(counts == 0).tolist()} have no samples: class weights would be infinite")
+    if (counts == 0).any():
+        raise ValueError(f"class(es) {np.flatnonzero(counts == 0).tolist()} have no samples: class weights would be "
+                         "infinite")
     w = len(labels) / (K * counts) if scheme == 'inverse' else (1 - beta) / (1 - beta ** counts)
     return torch.as_tensor(w if scheme == 'inverse' else w * K / w.sum(), dtype=torch.float32)
 
 def balanced_sampler(labels, num_samples:int|None=None, generator=None) -> WeightedRandomSampler:
     "A sampler that draws each class equally often (with replacement): weight 1 / count per sample."
-    labels = np.asarray(labels); counts = np.bincount(labels)
-    return WeightedRandomSampler(torch.as_tensor(1. / counts[labels], dtype=torch.double), num_samples or len(labels), replacement=True, generator=generator)
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    return WeightedRandomSampler(torch.as_tensor(1. / counts[labels], dtype=torch.double), num_samples or len(labels),
+                                 replacement=True, generator=generator)

@@ -1,4 +1,4 @@
-"""What is generated from what: unconditional, class, seg, bravo, dual, translate. A mode turns a data batch into (target, conditioning) and generated tensors back into named images.
+"""What is generated from what (uncond, class, seg, bravo, dual, translate): a batch to target and conditioning.
 
 Docs: https://medsynth.github.io/medsynth/data.modes.html.md"""
 
@@ -23,35 +23,48 @@ class Mode:
     conds: tuple = ()
     label: bool = False
     mask_key: str = 'mask'
-    channels: int = 1                                # channels of each image key (3: RGB, e.g. dermoscopy); masks have one
+    # channels of each image key (3: RGB, e.g. dermoscopy); masks have one
+    channels: int = 1
 
-    def _c(self, k) -> int: return 1 if k == self.mask_key else self.channels
+    def _c(self, k) -> int:
+        return 1 if k == self.mask_key else self.channels
     @property
-    def channels_out(self) -> int: return sum(self._c(k) for k in self.targets)
+    def channels_out(self) -> int:
+        return sum(self._c(k) for k in self.targets)
     @property
-    def cond_channels(self) -> int: return sum(self._c(k) for k in self.conds)
+    def cond_channels(self) -> int:
+        return sum(self._c(k) for k in self.conds)
 
     def check_batch(self, batch:dict, where:str='the data'):
         "Raise a one-line error if `batch` lacks a key this mode needs."
         need = list(self.targets) + list(self.conds) + (['label'] if self.label else [])
         missing = [k for k in need if k not in batch]
         if missing:
-            fix = 'use data with masks (a seg modality) or another mode' if self.mask_key in missing else 'choose the mode\'s keys to match the data'
-            raise ValueError(f"mode {self.name!r} needs {', '.join(map(repr, missing))} but {where} yields {', '.join(map(repr, [k for k in batch if isinstance(batch[k], torch.Tensor)]))}: {fix}")
+            fix = ('use data with masks (a seg modality) or another mode' if self.mask_key in missing
+                   else 'choose the mode\'s keys to match the data')
+            raise ValueError(f"mode {self.name!r} needs {', '.join(map(repr, missing))} but {where} yields "
+                             f"{', '.join(map(repr, [k for k in batch if isinstance(batch[k], torch.Tensor)]))}: {fix}")
 
     def _img(self, batch, k):
         v = batch[k]
-        if v.shape[1] != self._c(k): raise ValueError(f"mode {self.name!r}: key {k!r} has {v.shape[1]} channels but the mode takes {self._c(k)}: set image_channels={v.shape[1]}" if k != self.mask_key else f"mode {self.name!r}: the mask {k!r} has {v.shape[1]} channels; masks have one")
+        if v.shape[1] != self._c(k):
+            raise ValueError(f"mode {self.name!r}: key {k!r} has {v.shape[1]} channels but the mode takes "
+                             f"{self._c(k)}: set image_channels={v.shape[1]}" if k != self.mask_key
+                             else f"mode {self.name!r}: the mask {k!r} has {v.shape[1]} channels; masks have one")
         return (v > 0).float() * 2 - 1 if k == self.mask_key else v.float()
 
     def split(self, batch:dict, generator=None):
-        "`(x0, cond, label)`: the target stacked on channels, conditioning images on the target's grid (or None), labels (or None). (`generator` is for views that draw, like `PyramidMode`.)"
+        """`(x0, cond, label)`: the target stacked on channels, conditioning images on the target's grid (or None),
+        labels (or None). (`generator` is for views that draw, like `PyramidMode`.)"""
         self.check_batch(batch)
         x0 = torch.cat([self._img(batch, k) for k in self.targets], 1)
         cond = None
         if self.conds:
             cs = [self._img(batch, k) for k in self.conds]
-            cs = [c if c.shape[2:] == x0.shape[2:] else F.interpolate(c, size=x0.shape[2:], mode='nearest' if k == self.mask_key else ('bilinear' if c.ndim == 4 else 'trilinear'))
+            cs = [c if c.shape[2:] == x0.shape[2:]
+                  else F.interpolate(c, size=x0.shape[2:],
+                                     mode='nearest' if k == self.mask_key
+                                     else ('bilinear' if c.ndim == 4 else 'trilinear'))
                   for k, c in zip(self.conds, cs)]
             cond = torch.cat(cs, 1)
         return x0, cond, (batch['label'].long() if self.label else None)
@@ -60,18 +73,22 @@ class Mode:
         "Generated `x` back to named images (masks thresholded to {0, 1})."
         out, i = {}, 0
         for k in self.targets:
-            v = x[:, i:i + self._c(k)]; i += self._c(k)
+            v = x[:, i:i + self._c(k)]
+            i += self._c(k)
             out[k] = (v > 0).to(torch.uint8) if k == self.mask_key else v
         return out
 
 # %% ../../nbs/33_data.modes.ipynb #a6219f02
 MODES = ('uncond', 'class', 'seg', 'bravo', 'dual', 'translate')
 
-def get_mode(name:str, image:str='image', images=('t1', 't1ce'), mask:str='mask', source:str='t1', target:str='t1ce', channels:int=1) -> Mode:
+def get_mode(name:str, image:str='image', images=('t1', 't1ce'), mask:str='mask', source:str='t1', target:str='t1ce',
+             channels:int=1) -> Mode:
     "A mode by name; keyword arguments name the batch keys it uses and the `channels` of each image (1, or 3 for RGB)."
     check_choice('mode', name, MODES)
-    return dict(uncond=lambda: Mode('uncond', (image,), channels=channels), **{'class': lambda: Mode('class', (image,), label=True, channels=channels)},
-                seg=lambda: Mode('seg', (mask,), mask_key=mask), bravo=lambda: Mode('bravo', (image,), (mask,), mask_key=mask, channels=channels),
+    return dict(uncond=lambda: Mode('uncond', (image,), channels=channels),
+                **{'class': lambda: Mode('class', (image,), label=True, channels=channels)},
+                seg=lambda: Mode('seg', (mask,), mask_key=mask),
+                bravo=lambda: Mode('bravo', (image,), (mask,), mask_key=mask, channels=channels),
                 dual=lambda: Mode('dual', tuple(images), (mask,), mask_key=mask, channels=channels),
                 translate=lambda: Mode('translate', (target,), (source,), mask_key=mask, channels=channels))[name]()
 
@@ -84,25 +101,35 @@ class PyramidMode:
     level: int|None = None
     aug_max: float = 0.3
 
-    def __getattr__(self, k):                       # name, targets, conds, label, mask_key, check_batch, unsplit: the base mode's
-        if k.startswith('__') or k == 'base': raise AttributeError(k)
+    # name, targets, conds, label, mask_key, check_batch, unsplit: the base mode's
+    def __getattr__(self, k):
+        if k.startswith('__') or k == 'base':
+            raise AttributeError(k)
         return getattr(self.base, k)
     @property
-    def shared(self) -> bool: return self.level is None
+    def shared(self) -> bool:
+        return self.level is None
     @property
-    def embedded_levels(self) -> int: return self.levels if self.shared else 1
+    def embedded_levels(self) -> int:
+        return self.levels if self.shared else 1
     @property
-    def channels_out(self) -> int: return self.base.channels_out
-    def has_coarse(self, level=None) -> bool: return self.shared or (level if level is not None else self.level) < self.levels - 1
+    def channels_out(self) -> int:
+        return self.base.channels_out
+    def has_coarse(self, level=None) -> bool:
+        return self.shared or (level if level is not None else self.level) < self.levels - 1
     @property
-    def cond_channels(self) -> int: return self.base.cond_channels + (self.base.channels_out + 1 if self.has_coarse() else 0)
+    def cond_channels(self) -> int:
+        return self.base.cond_channels + (self.base.channels_out + 1 if self.has_coarse() else 0)
 
     def level_cond(self, cond, level:int, like, coarse=None, s=0., generator=None):
-        "Conditioning for a target shaped `like` at `level`: the mode's own (carried down) and, where the level has one, the coarse image (`None`: unknown)."
+        """Conditioning for a target shaped `like` at `level`: the mode's own (carried down) and, where the level has
+        one, the coarse image (`None`: unknown)."""
         parts = [] if cond is None else [cond_at(cond, self.base.conds, self.base.mask_key, level).to(like)]
         if self.has_coarse(level):
-            if coarse is None: parts += [torch.zeros_like(like), torch.ones_like(like[:, :1])]
-            else: parts.append(coarse_cond(coarse, like.shape[2:], s, generator).to(like))
+            if coarse is None:
+                parts += [torch.zeros_like(like), torch.ones_like(like[:, :1])]
+            else:
+                parts.append(coarse_cond(coarse, like.shape[2:], s, generator).to(like))
         return torch.cat(parts, 1) if parts else None
 
     def split(self, batch:dict, generator=None):

@@ -1,4 +1,4 @@
-"""Procedural brain-MRI-like slices and volumes with lesions, masks, two contrasts, class labels and a second modality on another grid: the offline default data, with ground-truth statistics.
+"""Procedural brain-MRI-like images with lesions, masks, contrasts and labels: offline default data with truth.
 
 Docs: https://medsynth.github.io/medsynth/data.phantoms.html.md"""
 
@@ -62,9 +62,12 @@ FOV_MM = 192.
 
 def _size(name, size, dims=None):
     s = (size,) * (dims or 2) if isinstance(size, (int, np.integer)) else tuple(size)
-    if dims is not None and len(s) != dims: raise ValueError(f"{name}={size!r} has {len(s)} axes but the phantom is {dims}D")
-    if len(s) not in (2, 3): raise ValueError(f"{name}={size!r} is not allowed: give 2 or 3 axes")
-    for n in s: check_int(name, int(n), 16, 256, ' (phantom sizes are 16 to 256 per axis)')
+    if dims is not None and len(s) != dims:
+        raise ValueError(f"{name}={size!r} has {len(s)} axes but the phantom is {dims}D")
+    if len(s) not in (2, 3):
+        raise ValueError(f"{name}={size!r} is not allowed: give 2 or 3 axes")
+    for n in s:
+        check_int(name, int(n), 16, 256, ' (phantom sizes are 16 to 256 per axis)')
     return tuple(int(n) for n in s)
 
 # %% ../../nbs/30_data.phantoms.ipynb #fa7735c8
@@ -74,20 +77,25 @@ class BrainPhantom:
                  second_size=None, noise:float=0.02, seed:int=0):
         self.size = _size('size', size)
         self.dims = len(self.size)
-        self.second_size = _size('second_size', second_size, self.dims) if second_size is not None else tuple(min(256, round(n * 1.5)) for n in self.size)
+        self.second_size = (_size('second_size', second_size, self.dims) if second_size is not None
+                            else tuple(min(256, round(n * 1.5)) for n in self.size))
         self.classes = check_choice('classes', classes, ('binary', 'kinds'))
         if classes == 'binary':
-            if not 0 <= prevalence <= 1: raise ValueError(f"prevalence={prevalence} is not allowed: it must be in [0, 1]")
+            if not 0 <= prevalence <= 1:
+                raise ValueError(f"prevalence={prevalence} is not allowed: it must be in [0, 1]")
             self.kinds, self.probs = (LESION_KINDS[0],), np.array([1 - prevalence, prevalence])
             self.names = ('no_lesion', 'lesion')
         else:
-            self.kinds = LESION_KINDS[:check_int('k', k, 1, len(LESION_KINDS), f' ({len(LESION_KINDS)} lesion kinds are defined)')]
+            self.kinds = LESION_KINDS[:check_int('k', k, 1, len(LESION_KINDS),
+                                                 f' ({len(LESION_KINDS)} lesion kinds are defined)')]
             p = np.ones(k) if probs is None else np.asarray(probs, float)
-            if p.shape != (k,) or (p < 0).any() or p.sum() <= 0: raise ValueError(f"probs={probs!r} is not allowed: give {k} non-negative weights")
+            if p.shape != (k,) or (p < 0).any() or p.sum() <= 0:
+                raise ValueError(f"probs={probs!r} is not allowed: give {k} non-negative weights")
             self.probs, self.names = p / p.sum(), tuple(kd.name for kd in self.kinds)
         self.noise, self.seed = noise, seed
 
-    def __repr__(self): return f"BrainPhantom(size={self.size}, classes={self.classes!r}, names={self.names}, seed={self.seed})"
+    def __repr__(self):
+        return f"BrainPhantom(size={self.size}, classes={self.classes!r}, names={self.names}, seed={self.seed})"
 
 # %% ../../nbs/30_data.phantoms.ipynb #f1ec5d3d
 from fastcore.basics import patch
@@ -104,13 +112,19 @@ def anatomy(self:BrainPhantom, i:int) -> dict:
     lesions, vx = [], np.array([0.13 * head[0], 0.02 * head[1]]) + vent['shift'][:2]
     vr = np.array([0.06, 0.28]) * vent['scale']                # ventricle half-extents in x and y
     for _ in range(kind.count if has_lesion else 0):
-        r = rng.uniform(*kind.radius) * 0.65; e = rng.uniform(*kind.elongation); ang = rng.uniform(0, np.pi)
+        r = rng.uniform(*kind.radius) * 0.65
+        e = rng.uniform(*kind.elongation)
+        ang = rng.uniform(0, np.pi)
         reach = r * max(e, 1 / e)
         for _try in range(1000):                               # a centre in white matter, clear of the ventricles
             c = rng.uniform(-1, 1, 3) * head * 0.6
-            if kind.near_ventricles: c[0] = np.sign(c[0] or 1) * (vx[0] + vr[0] + reach + rng.uniform(0.01, 0.04)); c[1] = rng.uniform(-1, 1) * vr[1]
-            clear = all(abs(c[0] - sx * vx[0]) > vr[0] + reach + 0.02 or abs(c[1] - vx[1]) > vr[1] + reach + 0.02 for sx in (-1, 1))
-            if (kind.near_ventricles or clear) and np.linalg.norm(c / head) + reach / head.min() < 0.66: break
+            if kind.near_ventricles:
+                c[0] = np.sign(c[0] or 1) * (vx[0] + vr[0] + reach + rng.uniform(0.01, 0.04))
+                c[1] = rng.uniform(-1, 1) * vr[1]
+            clear = all(abs(c[0] - sx * vx[0]) > vr[0] + reach + 0.02
+                        or abs(c[1] - vx[1]) > vr[1] + reach + 0.02 for sx in (-1, 1))
+            if (kind.near_ventricles or clear) and np.linalg.norm(c / head) + reach / head.min() < 0.66:
+                break
         lesions.append(dict(centre=c, radii=np.array([r * e, r / e, r]), angle=ang))
     return dict(i=int(i), label=label, kind=kind, head=head, vent=vent, lesions=lesions,
                 field_seeds=rng.integers(0, 2**32, 4), noise_seed=rng.integers(0, 2**32))
@@ -118,29 +132,36 @@ def anatomy(self:BrainPhantom, i:int) -> dict:
 # %% ../../nbs/30_data.phantoms.ipynb #e710cf00
 def _rot(p, angle):
     "Rotate the first two coordinates of `p` `(*size, d)` by `angle`."
-    c, s = np.cos(angle), np.sin(angle); x, y = p[..., 0], p[..., 1]
+    c, s = np.cos(angle), np.sin(angle)
+    x, y = p[..., 0], p[..., 1]
     return torch.stack([c * x + s * y, -s * x + c * y] + ([p[..., 2]] if p.shape[-1] == 3 else []), -1)
 
+# %% ../../nbs/30_data.phantoms.ipynb #a748c357
 @patch
 def geometry(self:BrainPhantom, a:dict, size) -> dict:
     "Tissue masks and fields of anatomy `a` on a grid of `size` (2D grids are the axial plane z=0)."
-    p = _coords(size); d = len(size)
+    p = _coords(size)
+    d = len(size)
     fs = [np.random.default_rng(s) for s in a['field_seeds']]
     head = torch.as_tensor(a['head'][:d], dtype=torch.float32)
     rho = (p / head).norm(dim=-1) + 0.012 * _lattice_field(fs[0], d, 12, 1.0, p)
     gw = 0.70 + 0.045 * _lattice_field(fs[1], d, 24, 1.0, p)             # folded grey/white boundary
-    v = a['vent']; vc = torch.tensor([0.13, 0.06, 0.12])[:d] * v['scale']
+    v = a['vent']
+    vc = torch.tensor([0.13, 0.06, 0.12])[:d] * v['scale']
     vent = torch.zeros(size, dtype=torch.bool)
     for sx in (-1, 1):
         ctr = torch.tensor([sx * 0.13, 0.02, 0.05])[:d] * head + torch.as_tensor(v['shift'][:d], dtype=torch.float32)
         vent |= (((p - ctr) / torch.tensor([0.06, 0.28, 0.12])[:d] / v['scale']) ** 2).sum(-1) < 1
     les, core = torch.zeros(size, dtype=torch.bool), torch.zeros(size, dtype=torch.bool)
     for j, l in enumerate(a['lesions']):
-        q = _rot(p - torch.as_tensor(l['centre'][:d], dtype=torch.float32), l['angle']) / torch.as_tensor(l['radii'][:d], dtype=torch.float32)
+        q = _rot(p - torch.as_tensor(l['centre'][:d], dtype=torch.float32),
+                 l['angle']) / torch.as_tensor(l['radii'][:d], dtype=torch.float32)
         rl = q.norm(dim=-1) + 0.12 * _lattice_field(np.random.default_rng([int(a['field_seeds'][2]), j]), d, 16, 1.0, p)
-        les |= rl < 1; core |= rl < 0.6
+        les |= rl < 1
+        core |= rl < 0.6
     brain = rho < 0.82
-    les &= brain & ~vent; core &= les
+    les &= brain & ~vent
+    core &= les
     tex = _lattice_field(fs[3], d, 48 if d == 2 else 32, 0.8, p)
     return dict(rho=rho, brain=brain, gm=brain & (rho >= gw), wm=brain & (rho < gw) & ~vent, vent=vent & brain,
                 lesion=les, core=core, rim=les & ~core, texture=tex)
@@ -158,22 +179,32 @@ def render(self:BrainPhantom, i:int, size=None, second_size=None) -> dict:
     out['fa'] = self._tissues(a, second_size, fa=True)['fa']
     return out
 
+# %% ../../nbs/30_data.phantoms.ipynb #5c98502d
 @patch
 def _tissues(self:BrainPhantom, a:dict, size, fa:bool=False) -> dict:
-    g = self.geometry(a, size); kd = a['kind']; rho = g['rho']
+    g = self.geometry(a, size)
+    kd = a['kind']
+    rho = g['rho']
     rng = np.random.default_rng([int(a['noise_seed'])] + list(size))
     def rician(x):
         n = torch.as_tensor(rng.standard_normal((2,) + tuple(size)), dtype=torch.float32) * self.noise
         return torch.sqrt((x + n[0]) ** 2 + n[1] ** 2).numpy().astype(np.float32)
     if fa:
         x = torch.zeros(size)
-        x[g['gm']] = TISSUE_FA['gm']; x[g['wm']] = TISSUE_FA['wm']; x[g['vent'] | (g['brain'] & (rho >= 0.80))] = TISSUE_FA['csf']
+        x[g['gm']] = TISSUE_FA['gm']
+        x[g['wm']] = TISSUE_FA['wm']
+        x[g['vent'] | (g['brain'] & (rho >= 0.80))] = TISSUE_FA['csf']
         x = x * (1 + 0.15 * g['texture'] * g['wm'])
         x[g['lesion']] = 0.15
         return dict(fa=rician(x))
-    t = TISSUE_T1; x = torch.zeros(size)
-    x[rho < 1.0] = t['scalp']; x[rho < 0.93] = t['skull']; x[rho < 0.86] = t['csf']
-    x[g['gm']] = t['gm']; x[g['wm']] = t['wm']; x[g['vent']] = t['csf']
+    t = TISSUE_T1
+    x = torch.zeros(size)
+    x[rho < 1.0] = t['scalp']
+    x[rho < 0.93] = t['skull']
+    x[rho < 0.86] = t['csf']
+    x[g['gm']] = t['gm']
+    x[g['wm']] = t['wm']
+    x[g['vent']] = t['csf']
     x = x * (1 + 0.06 * g['texture'] * (g['gm'] | g['wm']))
     les = torch.full(size, kd.t1 * t['wm']) * (1 + 0.04 * g['texture'])
     pre = torch.where(g['lesion'], les, x)
@@ -185,37 +216,49 @@ def _tissues(self:BrainPhantom, a:dict, size, fa:bool=False) -> dict:
 # %% ../../nbs/30_data.phantoms.ipynb #2c7c1f73
 def lesion_stats(images, masks, ring:int=3, threshold:float=0.05) -> dict:
     "Prevalence, per-image lesion-area fraction and lesion/surround contrast of `images`, `masks` `(N, *spatial)`."
-    x = torch.as_tensor(np.asarray(images), dtype=torch.float32); m = torch.as_tensor(np.asarray(masks) > 0)
-    if x.shape != m.shape: raise ValueError(f"images {tuple(x.shape)} and masks {tuple(m.shape)} must have the same shape (N, *spatial)")
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
+    m = torch.as_tensor(np.asarray(masks) > 0)
+    if x.shape != m.shape:
+        raise ValueError(f"images {tuple(x.shape)} and masks {tuple(m.shape)} must have the same shape (N, *spatial)")
     pool = F.max_pool2d if x.ndim == 3 else F.max_pool3d
     near = pool(m[:, None].float(), 2 * ring + 1, 1, ring)[:, 0] > 0
     around = near & ~m & (x > threshold)
-    dims = tuple(range(1, x.ndim)); has = m.flatten(1).any(1)
-    inside = (x * m).sum(dims) / m.sum(dims).clamp(min=1); outside = (x * around).sum(dims) / around.sum(dims).clamp(min=1)
+    dims = tuple(range(1, x.ndim))
+    has = m.flatten(1).any(1)
+    inside = (x * m).sum(dims) / m.sum(dims).clamp(min=1)
+    outside = (x * around).sum(dims) / around.sum(dims).clamp(min=1)
     contrast = torch.where(has & (around.sum(dims) > 0), inside / outside.clamp(min=1e-6), torch.nan)
-    return dict(n=len(x), prevalence=has.float().mean().item(), area=m.flatten(1).float().mean(1).numpy(), contrast=contrast.numpy())
+    return dict(n=len(x), prevalence=has.float().mean().item(), area=m.flatten(1).float().mean(1).numpy(),
+                contrast=contrast.numpy())
 
 # %% ../../nbs/30_data.phantoms.ipynb #9a0d9e5d
 def _summary(v) -> dict:
-    v = np.asarray(v, float); v = v[np.isfinite(v)]
-    if not v.size: return dict(n=0)
-    return dict(n=int(v.size), mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else 0., q05=float(np.quantile(v, .05)), q50=float(np.median(v)), q95=float(np.quantile(v, .95)))
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return dict(n=0)
+    return dict(n=int(v.size), mean=float(v.mean()), std=float(v.std(ddof=1)) if v.size > 1 else 0.,
+                q05=float(np.quantile(v, .05)), q50=float(np.median(v)), q95=float(np.quantile(v, .95)))
 
 @patch
 def truth(self:BrainPhantom) -> dict:
     "Design values: class names and probabilities, lesion prevalence, tissue intensities."
     prev = float(self.probs[1]) if self.classes == 'binary' else 1.
-    return dict(classes=list(self.names), probs=self.probs.tolist(), prevalence=prev, tissue_t1=TISSUE_T1, tissue_fa=TISSUE_FA,
+    return dict(classes=list(self.names), probs=self.probs.tolist(), prevalence=prev, tissue_t1=TISSUE_T1,
+                tissue_fa=TISSUE_FA,
                 kinds=[asdict(k) for k in self.kinds])
 
 @patch
 def stats(self:BrainPhantom, n:int=200, start:int=0) -> dict:
-    "Measured ground truth over subjects `start`..`start+n`: class frequencies, prevalence, lesion area and contrast (pre and post) summaries."
+    """Measured ground truth over subjects `start`..`start+n`: class frequencies, prevalence, lesion area and contrast
+    (pre and post) summaries."""
     rs = [self.render(i) for i in range(start, start + n)]
-    labels = np.array([r['label'] for r in rs]); m = np.stack([r['mask'] for r in rs])
+    labels = np.array([r['label'] for r in rs])
+    m = np.stack([r['mask'] for r in rs])
     out = dict(n=n, class_freq=(np.bincount(labels, minlength=len(self.names)) / n).tolist())
     st = {key: lesion_stats(np.stack([r[key] for r in rs]), m) for key in ('t1', 't1ce')}
-    out.update(prevalence=st['t1']['prevalence'], area=_summary(st['t1']['area'][st['t1']['area'] > 0]))   # from the masks: the same for both contrasts
+    # from the masks: the same for both contrasts
+    out.update(prevalence=st['t1']['prevalence'], area=_summary(st['t1']['area'][st['t1']['area'] > 0]))
     out.update({f'contrast_{key}': _summary(v['contrast']) for key, v in st.items()})
     return out
 
@@ -223,19 +266,26 @@ def stats(self:BrainPhantom, n:int=200, start:int=0) -> dict:
 def _steps(n, progress):
     return track(range(n), 'phantoms') if progress else range(n)
 
-def _meta(ph, n, **kw): return dict(generator=repr(ph), seed=ph.seed, n=n, size=ph.size, second_size=ph.second_size, truth=ph.truth(), **kw)
+def _meta(ph, n, **kw):
+    return dict(generator=repr(ph), seed=ph.seed, n=n, size=ph.size, second_size=ph.second_size, truth=ph.truth(), **kw)
 
-def write_class_folders(root, ph:BrainPhantom, n:int, contrast:str='t1ce', folder_names:str='names', progress:bool=False) -> Path:
+def write_class_folders(root, ph:BrainPhantom, n:int, contrast:str='t1ce', folder_names:str='names',
+                        progress:bool=False) -> Path:
     "Write `n` 2D phantoms as PNG class folders under `root` (`folder_names` 'names' or 'index' as MGDM's 0/1/2)."
-    check_choice('contrast', contrast, ('t1', 't1ce', 'fa')); check_choice('folder_names', folder_names, ('names', 'index'))
-    if ph.dims != 2: raise ValueError(f"class folders hold 2D images; this phantom is {ph.dims}D (use write_subjects)")
+    check_choice('contrast', contrast, ('t1', 't1ce', 'fa'))
+    check_choice('folder_names', folder_names, ('names', 'index'))
+    if ph.dims != 2:
+        raise ValueError(f"class folders hold 2D images; this phantom is {ph.dims}D (use write_subjects)")
     names = ph.names if folder_names == 'names' else tuple(str(j) for j in range(len(ph.names)))
     root = Path(root)
     with atomic_path(root, is_dir=True) as tmp:
-        for j in range(len(names)): (tmp/names[j]).mkdir(parents=True)
+        for j in range(len(names)):
+            (tmp/names[j]).mkdir(parents=True)
         for i in _steps(check_int('n', n), progress):
-            r = ph.render(i); write_png(tmp/names[r['label']]/f'{i:05d}.png', np.clip(r[contrast], 0, 1))
-        (tmp/'phantom.json').write_text(json.dumps(_meta(ph, n, layout='classes', contrast=contrast, folders=list(names)), indent=1, default=str))
+            r = ph.render(i)
+            write_png(tmp/names[r['label']]/f'{i:05d}.png', np.clip(r[contrast], 0, 1))
+        (tmp/'phantom.json').write_text(json.dumps(_meta(ph, n, layout='classes', contrast=contrast,
+                                                         folders=list(names)), indent=1, default=str))
     return root
 
 # %% ../../nbs/30_data.phantoms.ipynb #73665449
@@ -243,13 +293,21 @@ SUBJECT_MODALITIES = ('t1', 't1ce', 'seg', 'fa')
 
 def write_subjects(root, ph:BrainPhantom, n:int, modalities=SUBJECT_MODALITIES, progress:bool=False) -> Path:
     "Write `n` 3D phantoms as NIfTI subject folders `root/sub-XXXX/sub-XXXX_<modality>.nii.gz`."
-    for m in modalities: check_choice('modality', m, SUBJECT_MODALITIES)
-    if ph.dims != 3: raise ValueError(f"subject folders hold 3D volumes; this phantom is {ph.dims}D (use write_class_folders)")
-    root = Path(root); sp1 = tuple(FOV_MM / s for s in ph.size); sp2 = tuple(FOV_MM / s for s in ph.second_size)
+    for m in modalities:
+        check_choice('modality', m, SUBJECT_MODALITIES)
+    if ph.dims != 3:
+        raise ValueError(f"subject folders hold 3D volumes; this phantom is {ph.dims}D (use write_class_folders)")
+    root = Path(root)
+    sp1 = tuple(FOV_MM / s for s in ph.size)
+    sp2 = tuple(FOV_MM / s for s in ph.second_size)
     with atomic_path(root, is_dir=True) as tmp:
         for i in _steps(check_int('n', n), progress):
-            r = ph.render(i); sub = f'sub-{i:04d}'; (tmp/sub).mkdir(parents=True)
+            r = ph.render(i)
+            sub = f'sub-{i:04d}'
+            (tmp/sub).mkdir(parents=True)
             vols = dict(t1=(r['t1'] * 1000, sp1), t1ce=(r['t1ce'] * 1000, sp1), seg=(r['mask'], sp1), fa=(r['fa'], sp2))
-            for m in modalities: write_nifti(tmp/sub/f'{sub}_{m}.nii.gz', vols[m][0], vols[m][1])
-        (tmp/'phantom.json').write_text(json.dumps(_meta(ph, n, layout='subjects', modalities=list(modalities)), indent=1, default=str))
+            for m in modalities:
+                write_nifti(tmp/sub/f'{sub}_{m}.nii.gz', vols[m][0], vols[m][1])
+        (tmp/'phantom.json').write_text(json.dumps(_meta(ph, n, layout='subjects', modalities=list(modalities)),
+                                                   indent=1, default=str))
     return root

@@ -1,1 +1,2 @@
-"""The diffusion core: noise schedules, parameterisations, training objectives, samplers, guidance and bridges. Knows tensors, not files."""
+"""The diffusion core: noise schedules, parameterisations, training objectives, samplers, guidance and bridges.
+Knows tensors, not files."""

@@ -1,4 +1,4 @@
-"""Image-to-image with a diffusion model: dual-bridge (DDIB) translation between classes through deterministic DDIM inversion, and SDEdit with a strength.
+"""Image to image with a diffusion model: dual-bridge (DDIB) translation between classes, and SDEdit.
 
 Docs: https://medsynth.github.io/medsynth/diffusion.bridge.html.md"""
 
@@ -17,19 +17,25 @@ __all__ = ['dual_bridge', 'sdedit']
 def _bind(den, key, value):
     return lambda x, t: den(x, t, **({} if value is None else {key: value}))
 
-def dual_bridge(den, schedule, x0, source, target, steps:int=100, key:str='label', decode=None, fixed_point:int=1, progress:bool=False):
-    "Translate `x0` from condition `source` to `target` (labels, one per image, or None): DDIM inversion, then DDIM decoding (through `decode(den)` if given)."
+def dual_bridge(den, schedule, x0, source, target, steps:int=100, key:str='label', decode=None, fixed_point:int=1,
+                progress:bool=False):
+    """Translate `x0` from condition `source` to `target` (labels, one per image, or None): DDIM inversion, then DDIM
+    decoding (through `decode(den)` if given)."""
     xT = invert(_bind(den, key, source), schedule, x0, steps=steps, fixed_point=fixed_point, progress=progress)
     dec = decode(den) if decode is not None else den
     return sample(_bind(dec, key, target), schedule, xT, steps=steps, sampler='ddim', progress=progress)
 
 # %% ../../nbs/15_diffusion.bridge.ipynb #16c0884c
-def sdedit(den, schedule, x0, strength:float, steps:int=50, sampler:str='ddim', generator=None, progress:bool=False, **options):
+def sdedit(den, schedule, x0, strength:float, steps:int=50, sampler:str='ddim', generator=None,
+           progress:bool=False, **options):
     "Noise `x0` to `strength` of the way and sample back with `sampler` (the grid's steps below that time)."
-    if not 0 <= strength <= 1: raise ValueError(f"strength={strength} is not allowed: it must be in [0, 1] (0 returns the input, 1 ignores it)")
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength={strength} is not allowed: it must be in [0, 1] (0 returns the input, 1 ignores "
+                         "it)")
     grid = schedule.grid(steps)
     ts = [t for t in grid if t <= strength * grid[0]]
-    if strength == 0 or len(ts) < 2: return x0.clone()
+    if strength == 0 or len(ts) < 2:
+        return x0.clone()
     a, s = schedule.alpha_sigma(torch.as_tensor(ts[0]))
     xt = a.to(x0) * x0 + s.to(x0) * randn(x0.shape, generator, x0.dtype, x0.device)
     return sample(den, schedule, xt, ts=ts, sampler=sampler, generator=generator, progress=progress, **options)

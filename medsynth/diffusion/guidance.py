@@ -1,4 +1,4 @@
-"""Classifier-free, classifier and uncertainty (measurement) guidance as wrappers that turn a denoiser into a denoiser, so that any sampler drives them and they compose.
+"""Classifier-free, classifier and uncertainty guidance as denoiser wrappers that compose under any sampler.
 
 Docs: https://medsynth.github.io/medsynth/diffusion.guidance.html.md"""
 
@@ -25,13 +25,17 @@ def shift_score(x0, eps, alpha, sigma, g):
 
 # %% ../../nbs/14_diffusion.guidance.ipynb #3d5cef11
 def classifier_free(den, w:float, key:str='label', null=None):
-    "The denoiser `den` under classifier-free guidance of weight `w` on the condition `key` (the unconditional call uses `null`)."
+    """The denoiser `den` under classifier-free guidance of weight `w` on the condition `key` (the unconditional call
+    uses `null`)."""
     def guided(x, t, **cond):
-        if w == 1: return den(x, t, **cond)
+        if w == 1:
+            return den(x, t, **cond)
         unc = {k: v for k, v in cond.items() if k != key}
-        if null is not None: unc[key] = torch.full_like(torch.as_tensor(cond[key]), null) if torch.is_tensor(cond.get(key)) else null
+        if null is not None:
+            unc[key] = torch.full_like(torch.as_tensor(cond[key]), null) if torch.is_tensor(cond.get(key)) else null
         x0c, ec = den(x, t, **cond)
-        if w == 0: return den(x, t, **unc)
+        if w == 0:
+            return den(x, t, **unc)
         x0u, eu = den(x, t, **unc)
         return x0u + w * (x0c - x0u), eu + w * (ec - eu)
     return guided
@@ -43,15 +47,21 @@ def measure_of(logits:torch.Tensor, measure:str, y=None) -> torch.Tensor:
     "Per-sample objective that guidance increases: `log p(y|x)`, or an uncertainty (entropy, -margin, -max p)."
     logp = logits.log_softmax(-1)
     if measure == 'log_prob':
-        if y is None: raise ValueError("measure 'log_prob' needs the target class y")
+        if y is None:
+            raise ValueError("measure 'log_prob' needs the target class y")
         yy = torch.as_tensor(y)
         if (yy < 0).any() or (yy >= logits.shape[-1]).any():
-            raise ValueError(f"class index {yy.unique().tolist()} is out of range: the classifier has {logits.shape[-1]} classes (0..{logits.shape[-1] - 1})")
+            raise ValueError(f"class index {yy.unique().tolist()} is out of range: the classifier has "
+                             f"{logits.shape[-1]} classes (0..{logits.shape[-1] - 1})")
         return logp.gather(-1, torch.as_tensor(y, device=logits.device).long().expand(len(logits))[:, None])[:, 0]
     p = logp.exp()
-    if measure == 'entropy': return -(p * logp).sum(-1)
-    if measure == 'margin': top = p.topk(2, -1).values; return -(top[:, 0] - top[:, 1])
-    if measure == 'least_confidence': return -p.max(-1).values
+    if measure == 'entropy':
+        return -(p * logp).sum(-1)
+    if measure == 'margin':
+        top = p.topk(2, -1).values
+        return -(top[:, 0] - top[:, 1])
+    if measure == 'least_confidence':
+        return -p.max(-1).values
     check_choice('measure', measure, MEASURES)
 
 def guidance_grad(classifier, x, t, measure:str='log_prob', y=None) -> torch.Tensor:
@@ -61,27 +71,36 @@ def guidance_grad(classifier, x, t, measure:str='log_prob', y=None) -> torch.Ten
         g, = torch.autograd.grad(measure_of(classifier(xg, t), measure, y).sum(), xg)
     return g.to(x)
 
-def classifier_guidance(den, schedule, classifier, scale:float, measure:str='log_prob', key:str='label', keep:bool=False):
-    "The denoiser `den` guided by `scale * grad measure(classifier(x_t, t))`; the target class is the condition `key` (passed on to `den` too if `keep`)."
+# %% ../../nbs/14_diffusion.guidance.ipynb #5c92a242
+def classifier_guidance(den, schedule, classifier, scale:float, measure:str='log_prob', key:str='label',
+                        keep:bool=False):
+    """The denoiser `den` guided by `scale * grad measure(classifier(x_t, t))`; the target class is the condition `key`
+    (passed on to `den` too if `keep`)."""
     check_choice('measure', measure, MEASURES)
     def guided(x, t, **cond):
         x0, eps = den(x, t, **(cond if keep else {k: v for k, v in cond.items() if k != key}))
-        if scale == 0: return x0, eps
+        if scale == 0:
+            return x0, eps
         a, s = _alpha_sigma(schedule, t, x)
         return shift_score(x0, eps, a, s, scale * guidance_grad(classifier, x, t, measure, cond.get(key)))
     return guided
 
 # %% ../../nbs/14_diffusion.guidance.ipynb #4f3253e0
-def mean_guidance(den, schedule, classifier, scale:float, ts, measure:str='log_prob', key:str='label', keep:bool=False, variance:str='small'):
+def mean_guidance(den, schedule, classifier, scale:float, ts, measure:str='log_prob', key:str='label', keep:bool=False,
+                  variance:str='small'):
     "Ancestral-mean classifier guidance (`mu' = mu + Sigma * scale * grad`) for `sampler='ddpm'` on the grid `ts`."
-    check_choice('measure', measure, MEASURES); check_choice('variance', variance, ('small', 'large'))
+    check_choice('measure', measure, MEASURES)
+    check_choice('variance', variance, ('small', 'large'))
     nxt = {float(a): float(b) for a, b in zip(list(ts)[:-1], list(ts)[1:])}
     def guided(x, t, **cond):
         x0, eps = den(x, t, **(cond if keep else {k: v for k, v in cond.items() if k != key}))
         tf = float(torch.as_tensor(t).reshape(-1)[0])
-        if scale == 0 or tf not in nxt: return x0, eps
-        (a_t, s_t), (a_s, s_s) = (tuple(float(v) for v in schedule.alpha_sigma(torch.as_tensor(u))) for u in (tf, nxt[tf]))
-        if s_s == 0: return x0, eps                                  # the last step has no variance to move the mean by
+        if scale == 0 or tf not in nxt:
+            return x0, eps
+        (a_t, s_t), (a_s,
+                     s_s) = (tuple(float(v) for v in schedule.alpha_sigma(torch.as_tensor(u))) for u in (tf, nxt[tf]))
+        if s_s == 0:  # the last step has no variance to move the mean by
+            return x0, eps
         var_ts = s_t ** 2 - (a_t / a_s) ** 2 * s_s ** 2
         sigma2 = var_ts * s_s ** 2 / s_t ** 2 if variance == 'small' else var_ts
         x0 = x0 + sigma2 * scale * guidance_grad(classifier, x, t, measure, cond.get(key)) / (a_s * var_ts / s_t ** 2)

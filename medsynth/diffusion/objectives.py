@@ -1,4 +1,4 @@
-r"""Which timesteps training visits (uniform, logit-normal, loss-aware importance sampling) and how their losses are weighted (none, Min-SNR-$\gamma$), correct for every parameterisation.
+"""Which timesteps training visits and how their losses are weighted, correct for every parameterisation.
 
 Docs: https://medsynth.github.io/medsynth/diffusion.objectives.html.md"""
 
@@ -17,32 +17,45 @@ __all__ = ['TIMESTEP_SAMPLERS', 'WEIGHTINGS', 'TimestepSampler', 'UniformSampler
 # %% ../../nbs/12_diffusion.objectives.ipynb #ebe475ef
 class TimestepSampler:
     "Base: `sample(n)` returns `(t, weights)`; `update(t, losses)` lets loss-aware samplers learn."
-    def __init__(self, schedule): self.schedule = schedule
-    def _draw_u(self, n, generator, device): raise NotImplementedError
+    def __init__(self, schedule):
+        self.schedule = schedule
+    def _draw_u(self, n, generator, device):
+        raise NotImplementedError
     def _to_t(self, u):
         "Map $u \\in (0, 1]$ to the schedule's time: a training step for discrete schedules."
-        if self.schedule.discrete: return (u * self.schedule.T).ceil().long().clamp(1, self.schedule.T) - 1
+        if self.schedule.discrete:
+            return (u * self.schedule.T).ceil().long().clamp(1, self.schedule.T) - 1
         return u
     def sample(self, n:int, generator=None, device=None):
         u = self._draw_u(check_int('n', n), generator, device)
         return self._to_t(u), torch.ones(n, device=device)
-    def update(self, t, losses): pass
-    def state_dict(self): return {}
-    def load_state_dict(self, state): pass
+    def update(self, t, losses):
+        pass
+    def state_dict(self):
+        return {}
+    def load_state_dict(self, state):
+        pass
 
 class UniformSampler(TimestepSampler):
     "Every time equally likely (Ho et al. 2020)."
-    def _draw_u(self, n, generator, device): return 1 - torch.rand(n, generator=generator, dtype=torch.float64).to(device)
-
-class LogitNormalSampler(TimestepSampler):
-    "Esser et al. (2024): $t = \\mathrm{sigmoid}(m + s z)$, favouring the middle times where rectified flow learns most."
-    def __init__(self, schedule, m:float=0., s:float=1.): super().__init__(schedule); self.m, self.s = m, s
     def _draw_u(self, n, generator, device):
-        return torch.sigmoid(self.m + self.s * torch.randn(n, generator=generator, dtype=torch.float64)).clamp(min=1e-12).to(device)
+        return 1 - torch.rand(n, generator=generator, dtype=torch.float64).to(device)
+
+# %% ../../nbs/12_diffusion.objectives.ipynb #4b9c90fb
+class LogitNormalSampler(TimestepSampler):
+    """Esser et al. (2024): $t = \\mathrm{sigmoid}(m + s z)$, favouring the middle times where rectified flow learns
+    most."""
+    def __init__(self, schedule, m:float=0., s:float=1.):
+        super().__init__(schedule)
+        self.m, self.s = m, s
+    def _draw_u(self, n, generator, device):
+        return torch.sigmoid(self.m + self.s * torch.randn(n, generator=generator,
+                                                           dtype=torch.float64)).clamp(min=1e-12).to(device)
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #7023fe45
 class LossSecondMomentSampler(TimestepSampler):
-    "Importance sampling $p \\propto \\sqrt{E[L^2]}$ over `n_bins` time bins (the training steps when discrete), uniform until every bin has `history` losses."
+    """Importance sampling $p \\propto \\sqrt{E[L^2]}$ over `n_bins` time bins (the training steps when discrete),
+    uniform until every bin has `history` losses."""
     def __init__(self, schedule, history:int=10, uniform_prob:float=1e-3, n_bins:int|None=None):
         super().__init__(schedule)
         self.n_bins = schedule.T if schedule.discrete else check_int('n_bins', n_bins or 1000)
@@ -53,10 +66,12 @@ class LossSecondMomentSampler(TimestepSampler):
         t = torch.as_tensor(t).cpu()
         return t.long() if self.schedule.discrete else (t * self.n_bins).ceil().long().clamp(1, self.n_bins) - 1
     @property
-    def warmed_up(self): return bool((self.counts == self.history).all())
+    def warmed_up(self):
+        return bool((self.counts == self.history).all())
     def probs(self):
         "Sampling probabilities of the bins."
-        if not self.warmed_up: return torch.full((self.n_bins,), 1. / self.n_bins, dtype=torch.float64)
+        if not self.warmed_up:
+            return torch.full((self.n_bins,), 1. / self.n_bins, dtype=torch.float64)
         p = self.losses.pow(2).mean(-1).sqrt()
         p = p / p.sum()
         return p * (1 - self.uniform_prob) + self.uniform_prob / self.n_bins
@@ -64,16 +79,24 @@ class LossSecondMomentSampler(TimestepSampler):
         p = self.probs()
         b = torch.multinomial(p, check_int('n', n), replacement=True, generator=generator)
         w = (1. / (self.n_bins * p[b])).float()
-        if self.schedule.discrete: return b.to(device), w.to(device)
-        u = (b + 1 - torch.rand(n, generator=generator, dtype=torch.float64)) / self.n_bins     # uniform inside the bin, in (0, 1]
+        if self.schedule.discrete:
+            return b.to(device), w.to(device)
+        # uniform inside the bin, in (0, 1]
+        u = (b + 1 - torch.rand(n, generator=generator, dtype=torch.float64)) / self.n_bins
         return u.to(device), w.to(device)
     def update(self, t, losses):
-        "Record per-sample `losses` (unweighted by importance) observed at times `t`; the oldest drops out once a bin is full."
+        """Record per-sample `losses` (unweighted by importance) observed at times `t`; the oldest drops out once a bin
+        is full."""
         for b, l in zip(self._bin(t).tolist(), torch.as_tensor(losses).detach().double().cpu().tolist()):
-            if self.counts[b] == self.history: self.losses[b] = torch.cat([self.losses[b, 1:], self.losses.new_tensor([l])])
-            else: self.losses[b, self.counts[b]] = l; self.counts[b] += 1
-    def state_dict(self): return dict(losses=self.losses.clone(), counts=self.counts.clone())
-    def load_state_dict(self, state): self.losses, self.counts = state['losses'].clone(), state['counts'].clone()
+            if self.counts[b] == self.history:
+                self.losses[b] = torch.cat([self.losses[b, 1:], self.losses.new_tensor([l])])
+            else:
+                self.losses[b, self.counts[b]] = l
+                self.counts[b] += 1
+    def state_dict(self):
+        return dict(losses=self.losses.clone(), counts=self.counts.clone())
+    def load_state_dict(self, state):
+        self.losses, self.counts = state['losses'].clone(), state['counts'].clone()
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #17901cb0
 TIMESTEP_SAMPLERS = dict(uniform=UniformSampler, logit_normal=LogitNormalSampler, loss_aware=LossSecondMomentSampler)
@@ -89,20 +112,25 @@ def loss_weight(schedule, t, prediction:str, weighting:str='none', gamma:float=5
     "Per-sample weight of the `prediction` MSE so that the objective is the chosen $x_0$-error weighting."
     check_choice('weighting', weighting, WEIGHTINGS)
     a, s = schedule.alpha_sigma(t)
-    if weighting == 'none': return torch.ones_like(a)
+    if weighting == 'none':
+        return torch.ones_like(a)
     return (a**2 / s**2).clamp(max=gamma) / x0_error_scale(prediction, a, s)**2
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #d1b474a7
-def diffusion_loss(out, x0, eps, t, schedule, prediction:str, weighting:str='none', gamma:float=5., importance=None, mask=None):
-    "Weighted MSE between network output `out` and the `prediction` target; returns `(loss, per_sample_unweighted)`. `mask` (0/1, broadcastable) restricts the mean to a region."
+def diffusion_loss(out, x0, eps, t, schedule, prediction:str, weighting:str='none', gamma:float=5.,
+                   importance=None, mask=None):
+    """Weighted MSE between network output `out` and the `prediction` target; returns `(loss, per_sample_unweighted)`.
+    `mask` (0/1, broadcastable) restricts the mean to a region."""
     a, s = schedule.alpha_sigma(t)
     target = from_x0_eps(x0, eps, a.to(x0.device), s.to(x0.device), prediction)
     se = (out - target)**2
     dims = tuple(range(1, se.ndim))
-    if mask is None: per = se.mean(dims)
+    if mask is None:
+        per = se.mean(dims)
     else:
         m = mask.expand_as(se).to(se.dtype)
         per = (se * m).sum(dims) / m.sum(dims).clamp(min=1)
     w = loss_weight(schedule, t, prediction, weighting, gamma).to(per)
-    if importance is not None: w = w * importance.to(per)
+    if importance is not None:
+        w = w * importance.to(per)
     return (w * per).mean(), per.detach()

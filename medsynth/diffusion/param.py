@@ -1,4 +1,4 @@
-r"""What the network predicts ($\epsilon$, $x_0$, $v$ or flow velocity), exact conversions between them under any schedule, and one denoiser view $(\hat x_0, \hat\epsilon)$.
+r"""What the network predicts ($\epsilon$, $x_0$, $v$ or velocity) and exact conversions between them.
 
 Docs: https://medsynth.github.io/medsynth/diffusion.param.html.md"""
 
@@ -16,11 +16,14 @@ __all__ = ['PREDICTIONS', 'to_x0_eps', 'from_x0_eps', 'convert', 'x0_error_scale
 PREDICTIONS = ('eps', 'x0', 'v', 'flow')
 
 def to_x0_eps(out, x, alpha, sigma, prediction:str):
-    "The denoiser view $(\\hat x_0, \\hat\\epsilon)$ of network output `out` at $x_t$ = `x`, with per-sample $\\alpha$, $\\sigma$."
+    """The denoiser view $(\\hat x_0, \\hat\\epsilon)$ of network output `out` at $x_t$ = `x`, with per-sample
+    $\\alpha$, $\\sigma$."""
     check_choice('prediction', prediction, PREDICTIONS)
     a, s = bcast(alpha, x), bcast(sigma, x)
-    if prediction == 'eps': return (x - s * out) / a, out
-    if prediction == 'x0':  return out, (x - a * out) / s
+    if prediction == 'eps':
+        return (x - s * out) / a, out
+    if prediction == 'x0':
+        return out, (x - a * out) / s
     if prediction == 'v':
         n = a**2 + s**2
         return (a * x - s * out) / n, (s * x + a * out) / n
@@ -41,28 +44,34 @@ def x0_error_scale(prediction:str, alpha, sigma):
     "$k$ such that a target error is $k$ times the implied $x_0$ error at fixed $x_t$ (per sample)."
     check_choice('prediction', prediction, PREDICTIONS)
     a, s = torch.as_tensor(alpha), torch.as_tensor(sigma)
-    return dict(eps=lambda: a / s, x0=lambda: torch.ones_like(a), v=lambda: (a**2 + s**2) / s, flow=lambda: (a + s) / s)[prediction]()
+    return dict(eps=lambda: a / s, x0=lambda: torch.ones_like(a), v=lambda: (a**2 + s**2) / s,
+                flow=lambda: (a + s) / s)[prediction]()
 
 # %% ../../nbs/11_diffusion.param.ipynb #8ed7ddfd
 class Denoiser:
-    "The denoiser view $(x_t, t) \\mapsto (\\hat x_0, \\hat\\epsilon)$ of a network `net(x, t_model, **cond)` trained with `prediction` on `schedule`."
+    """The denoiser view $(x_t, t) \\mapsto (\\hat x_0, \\hat\\epsilon)$ of a network `net(x, t_model, **cond)` trained
+    with `prediction` on `schedule`."""
     def __init__(self, net, schedule, prediction:str='eps'):
         self.net, self.schedule, self.prediction = net, schedule, check_choice('prediction', prediction, PREDICTIONS)
     def __call__(self, x, t, **cond):
         t = torch.as_tensor(t)
-        if t.ndim == 0: t = t.expand(x.shape[0])
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
         a, s = self.schedule.alpha_sigma(t)
         out = self.net(x, self.schedule.model_t(t).to(x.device), **cond)
         if out.shape != x.shape:
-            raise ValueError(f"the network returned shape {tuple(out.shape)} for input of shape {tuple(x.shape)}: a '{self.prediction}' network must return x's shape")
+            raise ValueError(f"the network returned shape {tuple(out.shape)} for input of shape {tuple(x.shape)}: a "
+                             f"'{self.prediction}' network must return x's shape")
         return to_x0_eps(out, x, a.to(x.device), s.to(x.device), self.prediction)
 
 def as_network(view, schedule, prediction:str):
-    "A network `(x, t_model, **cond) -> output` in `prediction` from a function `view(x, alpha, sigma, **cond) -> (x0, eps)`."
+    """A network `(x, t_model, **cond) -> output` in `prediction` from a function `view(x, alpha, sigma, **cond) -> (x0,
+    eps)`."""
     check_choice('prediction', prediction, PREDICTIONS)
     def net(x, tm, **cond):
         tm = torch.as_tensor(tm)
-        if tm.ndim and not (tm == tm.reshape(-1)[0]).all(): return torch.cat([net(xi[None], ti, **cond) for xi, ti in zip(x, tm)])
+        if tm.ndim and not (tm == tm.reshape(-1)[0]).all():
+            return torch.cat([net(xi[None], ti, **cond) for xi, ti in zip(x, tm)])
         a, s = schedule.model_alpha_sigma(tm.reshape(-1)[0] if tm.ndim else tm)
         x0, eps = view(x, a, s, **cond)
         return from_x0_eps(x0, eps, a, s, prediction)

@@ -1,4 +1,4 @@
-"""One step function per method (ancestral DDPM, DDIM, Euler, Heun, DPM-Solver++(2M) and (3M), DDIM inversion) with one signature, and one loop that drives any of them over any grid of times.
+"""DDPM, DDIM, Euler, Heun, DPM-Solver++ and DDIM inversion: one step signature, one loop over any time grid.
 
 Docs: https://medsynth.github.io/medsynth/diffusion.samplers.html.md"""
 
@@ -20,7 +20,8 @@ def _ab(schedule, t):
     a, s = schedule.alpha_sigma(t)
     return float(a), float(s)
 
-def _randn(x, generator): return randn(x.shape, generator, x.dtype, x.device)   # per-sample generators allowed
+def _randn(x, generator):  # per-sample generators allowed
+    return randn(x.shape, generator, x.dtype, x.device)
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #0512e1a0
 VARIANCES = ('small', 'large')
@@ -30,7 +31,8 @@ def ddpm_step(den, schedule, x, t, s, state, generator=None, variance:str='small
     check_choice('variance', variance, VARIANCES)
     (a_t, s_t), (a_s, s_s) = _ab(schedule, t), _ab(schedule, s)
     x0, _ = den(x, t)
-    if s_s == 0: return a_s * x0
+    if s_s == 0:
+        return a_s * x0
     a_ts = a_t / a_s
     var_ts = s_t**2 - a_ts**2 * s_s**2
     mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
@@ -40,10 +42,12 @@ def ddpm_step(den, schedule, x, t, s, state, generator=None, variance:str='small
 # %% ../../nbs/13_diffusion.samplers.ipynb #576aa42a
 def ddim_step(den, schedule, x, t, s, state, generator=None, eta:float=0.):
     "DDIM step from `t` to `s`; `eta` in [0, 1] scales the injected noise (0: deterministic)."
-    if not 0 <= eta <= 1: raise ValueError(f"eta={eta} is not allowed: it must be in [0, 1]")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta={eta} is not allowed: it must be in [0, 1]")
     (a_t, s_t), (a_s, s_s) = _ab(schedule, t), _ab(schedule, s)
     x0, eps = den(x, t)
-    if eta == 0 or s_s == 0: return a_s * x0 + s_s * eps
+    if eta == 0 or s_s == 0:
+        return a_s * x0 + s_s * eps
     c = eta * math.sqrt((s_t**2 - (a_t / a_s)**2 * s_s**2) * s_s**2 / s_t**2)
     return a_s * x0 + math.sqrt(max(s_s**2 - c**2, 0.)) * eps + c * _randn(x, generator)
 
@@ -57,22 +61,27 @@ def heun_step(den, schedule, x, t, s, state, generator=None):
     (a_t, s_t), (a_s, s_s) = _ab(schedule, t), _ab(schedule, s)
     x0, eps = den(x, t)
     x_e = a_s * x0 + s_s * eps
-    if s_s == 0 or a_t == 0: return x_e
+    if s_s == 0 or a_t == 0:
+        return x_e
     _, eps_e = den(x_e, s)
     return (a_s / a_t) * x + (s_s - a_s * s_t / a_t) * 0.5 * (eps + eps_e)
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #1f6eb66e
-def _lam(a, s): return math.log(a / s) if a > 0 else -math.inf
+def _lam(a, s):
+    return math.log(a / s) if a > 0 else -math.inf
 
 def _dpmpp_step(den, schedule, x, t, s, state, generator=None, order:int=2):
-    "DPM-Solver++ multistep step of `order` 2 or 3 in log-SNR time; `state` keeps the last `order - 1` data predictions."
+    """DPM-Solver++ multistep step of `order` 2 or 3 in log-SNR time; `state` keeps the last `order - 1` data
+    predictions."""
     (a_t, s_t), (a_s, s_s) = _ab(schedule, t), _ab(schedule, s)
     x0, _ = den(x, t)
-    if s_s == 0: return a_s * x0
+    if s_s == 0:
+        return a_s * x0
     h = _lam(a_s, s_s) - _lam(a_t, s_t)
     hist, phi = state.setdefault('history', []), math.expm1(-h)
     out = (s_s / s_t) * x - a_s * phi * x0                                       # first order (DDIM)
-    if len(hist) == 1:                                                           # second order: D = x0 + (x0 - x0_prev)/(2r)
+    # second order: D = x0 + (x0 - x0_prev)/(2r)
+    if len(hist) == 1:
         k = 1 / (2 * (hist[-1][1] / h))
         out = out - a_s * phi * k * (x0 - hist[-1][0])
     elif len(hist) == 2:                                                         # third order
@@ -101,53 +110,67 @@ def ddim_invert_step(den, schedule, x, t, s, state, generator=None, fixed_point:
     eps = den(x, t if s_t > 0 else s)[1]
     step = lambda e: (a_s / a_t) * x + (s_s - a_s * s_t / a_t) * e
     x_s = step(eps)
-    for _ in range(fixed_point): x_s = step(den(x_s, s)[1])
+    for _ in range(fixed_point):
+        x_s = step(den(x_s, s)[1])
     return x_s
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #2aead582
 def threshold_denoiser(den, schedule, clip_x0:float|None=None, dynamic_threshold:float|None=None):
-    "Wrap `den` so that $\\hat x_0$ is clipped to [-`clip_x0`, `clip_x0`] or dynamically thresholded at quantile `dynamic_threshold`."
-    if clip_x0 is None and dynamic_threshold is None: return den
+    """Wrap `den` so that $\\hat x_0$ is clipped to [-`clip_x0`, `clip_x0`] or dynamically thresholded at quantile
+    `dynamic_threshold`."""
+    if clip_x0 is None and dynamic_threshold is None:
+        return den
     if dynamic_threshold is not None and not 0 < dynamic_threshold < 1:
-        raise ValueError(f"dynamic_threshold={dynamic_threshold} is not allowed: it is a quantile in (0, 1), e.g. 0.995")
-    if clip_x0 is not None and clip_x0 <= 0: raise ValueError(f"clip_x0={clip_x0} is not allowed: it must be > 0, e.g. 1.0")
+        raise ValueError(f"dynamic_threshold={dynamic_threshold} is not allowed: it is a quantile in (0, 1), e.g. "
+                         "0.995")
+    if clip_x0 is not None and clip_x0 <= 0:
+        raise ValueError(f"clip_x0={clip_x0} is not allowed: it must be > 0, e.g. 1.0")
     def wrapped(x, t, **kw):
         x0, eps = den(x, t, **kw)
         if dynamic_threshold is not None:
             q = torch.quantile(x0.reshape(len(x0), -1).abs().float(), dynamic_threshold, dim=1)
             q = q.clamp(min=1., max=clip_x0 or math.inf).to(x0.dtype).reshape(-1, *[1] * (x0.ndim - 1))
             x0 = torch.maximum(torch.minimum(x0, q), -q) / q
-        else: x0 = x0.clamp(-clip_x0, clip_x0)
+        else:
+            x0 = x0.clamp(-clip_x0, clip_x0)
         a, s = _ab(schedule, t)
         return x0, (x - a * x0) / s if s > 0 else eps
     return wrapped
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #179bde4a
-SAMPLERS = dict(ddpm=ddpm_step, ddim=ddim_step, euler=euler_step, heun=heun_step, dpmpp_2m=dpmpp_2m_step, dpmpp_3m=dpmpp_3m_step)
+SAMPLERS = dict(ddpm=ddpm_step, ddim=ddim_step, euler=euler_step, heun=heun_step, dpmpp_2m=dpmpp_2m_step,
+                dpmpp_3m=dpmpp_3m_step)
 
 def _checked(den):
     "`den` with a shape check on its outputs (a wrong-shaped denoiser is a user error, not a broadcast)."
     def f(x, t, **kw):
         x0, eps = den(x, t, **kw)
         if x0.shape != x.shape or eps.shape != x.shape:
-            raise ValueError(f"the denoiser returned shapes {tuple(x0.shape)} and {tuple(eps.shape)} for x of shape {tuple(x.shape)}: both must equal x's shape")
+            raise ValueError(f"the denoiser returned shapes {tuple(x0.shape)} and {tuple(eps.shape)} for x of shape "
+                             f"{tuple(x.shape)}: both must equal x's shape")
         return x0, eps
     return f
 
 def _times(schedule, steps, spacing, ts, descending=True):
     "The grid of times: `ts` if given (checked), else the schedule's grid for `steps`."
-    if ts is None: return schedule.grid(steps, spacing)
+    if ts is None:
+        return schedule.grid(steps, spacing)
     ts = [t.item() if torch.is_tensor(t) else t for t in ts]
-    if len(ts) < 2: raise ValueError(f"ts={ts} is not allowed: give at least two times")
+    if len(ts) < 2:
+        raise ValueError(f"ts={ts} is not allowed: give at least two times")
     schedule.alpha_sigma(torch.tensor(ts))      # range check with a clear message
     pairs = list(zip(ts[:-1], ts[1:]))
     if not all((a > b) if descending else (a < b) for a, b in pairs):
-        raise ValueError(f"ts={ts} is not allowed: times must be strictly {'decreasing' if descending else 'increasing'}")
+        raise ValueError(f"ts={ts} is not allowed: times must be strictly "
+                         f"{'decreasing' if descending else 'increasing'}")
     return ts
 
+# %% ../../nbs/13_diffusion.samplers.ipynb #9e191d90
 def sample(den, schedule, x, steps:int=50, sampler:str='dpmpp_2m', spacing:str='uniform', ts=None,
-           clip_x0:float|None=None, dynamic_threshold:float|None=None, generator=None, progress:bool=False, callback=None, **options):
-    "Run `sampler` from noise `x` at the grid's first time to the clean end; `options` go to the step (`eta`, `variance`)."
+           clip_x0:float|None=None, dynamic_threshold:float|None=None, generator=None, progress:bool=False,
+           callback=None, **options):
+    """Run `sampler` from noise `x` at the grid's first time to the clean end; `options` go to the step (`eta`,
+    `variance`)."""
     step = SAMPLERS[check_choice('sampler', sampler, list(SAMPLERS))]
     ts = _times(schedule, steps, spacing, ts)
     den = threshold_denoiser(_checked(den), schedule, clip_x0, dynamic_threshold)
@@ -155,11 +178,13 @@ def sample(den, schedule, x, steps:int=50, sampler:str='dpmpp_2m', spacing:str='
     pairs = list(zip(ts[:-1], ts[1:]))
     for i, (t, s) in enumerate(track(pairs, 'sampling') if progress else pairs):
         x = step(den, schedule, x, t, s, state, generator, **options)
-        if callback is not None: callback(i, s, x)
+        if callback is not None:
+            callback(i, s, x)
     return x
 
 def invert(den, schedule, x0, steps:int=50, spacing:str="uniform", ts=None, fixed_point:int=1, progress:bool=False):
-    "Deterministic DDIM inversion of clean `x0` to the noise at the grid's first time (the reverse of `sample(..., sampler='ddim')` on the same grid)."
+    """Deterministic DDIM inversion of clean `x0` to the noise at the grid's first time (the reverse of `sample(...,
+    sampler='ddim')` on the same grid)."""
     ts = list(reversed(_times(schedule, steps, spacing, ts)))
     den, state = _checked(den), {}
     pairs = list(zip(ts[:-1], ts[1:]))

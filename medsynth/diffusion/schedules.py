@@ -1,4 +1,4 @@
-r"""Every strategy is $x_t = \alpha(t)\,x_0 + \sigma(t)\,\epsilon$: linear, scaled-linear and cosine DDPM, and rectified flow, in discrete and continuous time, with SNR and respacing.
+r"""Noise schedules as $x_t = \alpha(t)\,x_0 + \sigma(t)\,\epsilon$: DDPM and rectified flow, SNR and respacing.
 
 Docs: https://medsynth.github.io/medsynth/diffusion.schedules.html.md"""
 
@@ -20,14 +20,18 @@ __all__ = ['SCHEDULES', 'SPACINGS', 'NoiseSchedule', 'linear_betas', 'scaled_lin
 class NoiseSchedule:
     "Base class: a noise process $x_t = \\alpha(t) x_0 + \\sigma(t)\\epsilon$ over a time domain."
     name, discrete, vp = None, False, True
-    def _check_t(self, t): raise NotImplementedError
-    def _alpha_sigma(self, t): raise NotImplementedError
+    def _check_t(self, t):
+        raise NotImplementedError
+    def _alpha_sigma(self, t):
+        raise NotImplementedError
     def alpha_sigma(self, t):
         "$(\\alpha(t), \\sigma(t))$ as float64 tensors shaped like `t`."
         t = self._check_t(t)
         return self._alpha_sigma(t)
-    def alpha(self, t): return self.alpha_sigma(t)[0]
-    def sigma(self, t): return self.alpha_sigma(t)[1]
+    def alpha(self, t):
+        return self.alpha_sigma(t)[0]
+    def sigma(self, t):
+        return self.alpha_sigma(t)[1]
     def snr(self, t):
         "Signal-to-noise ratio $\\alpha^2/\\sigma^2$ (`inf` at the clean end)."
         a, s = self.alpha_sigma(t)
@@ -40,7 +44,8 @@ class NoiseSchedule:
         "Forward process $x_t = \\alpha(t) x_0 + \\sigma(t)\\epsilon$ with one `t` per sample (or one for all)."
         a, s = self.alpha_sigma(t)
         return bcast(a, x0) * x0 + bcast(s, x0) * eps
-    def __repr__(self): return f"{type(self).__name__}({self.name!r}, T={getattr(self, 'T', None)})"
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r}, T={getattr(self, 'T', None)})"
 
 # %% ../../nbs/10_diffusion.schedules.ipynb #cf86fd27
 def linear_betas(T:int, beta_start:float=1e-4, beta_end:float=0.02):
@@ -52,13 +57,15 @@ def scaled_linear_betas(T:int, beta_start:float=0.00085, beta_end:float=0.012):
     return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64)**2
 
 def cosine_alpha_bar(t, s:float=0.008):
-    "Nichol & Dhariwal (2021), eq. 17: $\\bar\\alpha(t) = f(t)/f(0)$, $f(t) = \\cos^2(\\frac{t+s}{1+s}\\frac{\\pi}{2})$, for $t \\in [0, 1]$."
+    """Nichol & Dhariwal (2021), eq. 17: $\\bar\\alpha(t) = f(t)/f(0)$, $f(t) =
+    \\cos^2(\\frac{t+s}{1+s}\\frac{\\pi}{2})$, for $t \\in [0, 1]$."""
     t = torch.as_tensor(t, dtype=torch.float64)
     f = lambda u: torch.cos((u + s) / (1 + s) * math.pi / 2)**2
     return f(t) / f(torch.zeros_like(t))
 
 def cosine_betas(T:int, s:float=0.008, max_beta:float=0.999):
-    "Nichol & Dhariwal (2021): $\\beta_t = \\min(1 - \\bar\\alpha(\\frac{t+1}{T})/\\bar\\alpha(\\frac{t}{T}), 0.999)$; the clip stops $\\bar\\alpha$ reaching 0 at $t = T$."
+    """Nichol & Dhariwal (2021): $\\beta_t = \\min(1 - \\bar\\alpha(\\frac{t+1}{T})/\\bar\\alpha(\\frac{t}{T}), 0.999)$;
+    the clip stops $\\bar\\alpha$ reaching 0 at $t = T$."""
     t = torch.arange(T + 1, dtype=torch.float64) / T
     ab = cosine_alpha_bar(t, s)
     return (1 - ab[1:] / ab[:-1]).clamp(max=max_beta)
@@ -71,7 +78,8 @@ class DiscreteSchedule(NoiseSchedule):
         self.alphas = torch.as_tensor(alphas, dtype=torch.float64)
         self.sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
         self.name, self.vp, self.T = name, vp, len(self.alphas)
-        self.timestep_map = torch.arange(self.T) if timestep_map is None else torch.as_tensor(timestep_map, dtype=torch.long)
+        self.timestep_map = (torch.arange(self.T) if timestep_map is None
+                             else torch.as_tensor(timestep_map, dtype=torch.long))
         self.base = self if base is None else base      # the schedule the network was trained on
         self._a = torch.cat([self.alphas.new_ones(1), self.alphas])    # index t+1, so t = -1 is clean
         self._s = torch.cat([self.sigmas.new_zeros(1), self.sigmas])
@@ -85,31 +93,40 @@ class DiscreteSchedule(NoiseSchedule):
     @property
     def alphas_cumprod(self):
         "$\\bar\\alpha_t = \\alpha_t^2$ (variance-preserving schedules only)."
-        if not self.vp: raise ValueError(f"alphas_cumprod is defined for variance-preserving schedules, not {self.name!r}")
+        if not self.vp:
+            raise ValueError(f"alphas_cumprod is defined for variance-preserving schedules, not {self.name!r}")
         return self.alphas**2
     @property
     def betas(self):
-        "$\\beta_t = 1 - \\bar\\alpha_t/\\bar\\alpha_{t-1}$, recomputed from the table (so respaced schedules have their own)."
+        """$\\beta_t = 1 - \\bar\\alpha_t/\\bar\\alpha_{t-1}$, recomputed from the table (so respaced schedules have
+        their own)."""
         ab = self.alphas_cumprod
         return 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
     @property
-    def t_clean(self): return -1
+    def t_clean(self):
+        return -1
     @property
-    def t_max(self): return self.T - 1
+    def t_max(self):
+        return self.T - 1
 
     def _check_t(self, t):
         t = torch.as_tensor(t)
         if t.is_floating_point():
-            if not torch.equal(t, t.round()): raise ValueError(f"t={t.tolist()} is not allowed: schedule {self.name!r} is discrete, t must be an integer step in [-1, {self.T - 1}]")
+            if not torch.equal(t, t.round()):
+                raise ValueError(f"t={t.tolist()} is not allowed: schedule {self.name!r} is discrete, t must be an "
+                                 f"integer step in [-1, {self.T - 1}]")
             t = t.long()
         if (t < -1).any() or (t > self.T - 1).any():
-            raise ValueError(f"t={t.tolist()} is outside [-1, {self.T - 1}] for discrete schedule {self.name!r} (-1 is the clean image)")
+            raise ValueError(f"t={t.tolist()} is outside [-1, {self.T - 1}] for discrete schedule {self.name!r} (-1 is "
+                             "the clean image)")
         return t
-    def _alpha_sigma(self, t): return self._a[t + 1], self._s[t + 1]
+    def _alpha_sigma(self, t):
+        return self._a[t + 1], self._s[t + 1]
     def model_t(self, t):
         "The time the network sees: the original training step (through `timestep_map`)."
         t = self._check_t(t)
-        if (t < 0).any(): raise ValueError("the network is never evaluated at the clean end t=-1")
+        if (t < 0).any():
+            raise ValueError("the network is never evaluated at the clean end t=-1")
         return self.timestep_map[t]
     def model_alpha_sigma(self, tm):
         "$(\\alpha, \\sigma)$ at a network time `tm` (a training step of the base schedule)."
@@ -124,11 +141,15 @@ class ContinuousSchedule(NoiseSchedule):
     def _check_t(self, t):
         t = torch.as_tensor(t, dtype=torch.float64)
         if torch.isnan(t).any() or (t < 0).any() or (t > 1).any():
-            raise ValueError(f"t={t.tolist()} is outside [0, 1] for continuous schedule {self.name!r} (0 is the clean image)")
+            raise ValueError(f"t={t.tolist()} is outside [0, 1] for continuous schedule {self.name!r} (0 is the clean "
+                             "image)")
         return t
-    def _alpha_sigma(self, t): return self.fn(t)
-    def model_t(self, t): return self._check_t(t) * self.time_scale
-    def model_alpha_sigma(self, tm): return self.alpha_sigma(torch.as_tensor(tm, dtype=torch.float64) / self.time_scale)
+    def _alpha_sigma(self, t):
+        return self.fn(t)
+    def model_t(self, t):
+        return self._check_t(t) * self.time_scale
+    def model_alpha_sigma(self, tm):
+        return self.alpha_sigma(torch.as_tensor(tm, dtype=torch.float64) / self.time_scale)
 
 def _vp_from_log_alpha_bar(log_ab):
     "VP coefficients from $\\log\\bar\\alpha$ (expm1 keeps $\\sigma$ accurate near $t = 0$)."
@@ -142,7 +163,8 @@ def get_schedule(name:str='linear', T:int=1000, continuous:bool=False, **kw) -> 
     check_choice('schedule', name, SCHEDULES)
     T = check_int('T', T, lo=2)
     if name == 'rflow':
-        if continuous: return ContinuousSchedule(lambda t: (1 - t, t), name, vp=False, **kw)
+        if continuous:
+            return ContinuousSchedule(lambda t: (1 - t, t), name, vp=False, **kw)
         t = torch.arange(1, T + 1, dtype=torch.float64) / T
         return DiscreteSchedule(1 - t, t, name, vp=False)
     if not continuous:
@@ -164,20 +186,24 @@ def get_schedule(name:str='linear', T:int=1000, continuous:bool=False, **kw) -> 
 SPACINGS = ('uniform', 'leading', 'respace', 'logsnr')
 
 def space_timesteps(T:int, section_counts) -> list:
-    "guided-diffusion's respacing rule: split $\\{0..T-1\\}$ into equal sections and take evenly strided steps (rounded) from each; `'ddimN'` takes an exact integer stride."
+    """guided-diffusion's respacing rule: split $\\{0..T-1\\}$ into equal sections and take evenly strided steps
+    (rounded) from each; `'ddimN'` takes an exact integer stride."""
     if isinstance(section_counts, str):
         if section_counts.startswith('ddim'):
             n = int(section_counts[4:])
             for stride in range(1, T):
-                if len(range(0, T, stride)) == n: return list(range(0, T, stride))
+                if len(range(0, T, stride)) == n:
+                    return list(range(0, T, stride))
             raise ValueError(f"section_counts={section_counts!r}: no integer stride gives exactly {n} of {T} steps")
         section_counts = [int(c) for c in section_counts.split(',')]
-    if isinstance(section_counts, int): section_counts = [section_counts]
+    if isinstance(section_counts, int):
+        section_counts = [section_counts]
     size, extra = divmod(T, len(section_counts))
     steps, start = [], 0
     for i, count in enumerate(section_counts):
         n = size + (i < extra)
-        if count > n: raise ValueError(f"section_counts={section_counts}: cannot take {count} steps from a section of {n}")
+        if count > n:
+            raise ValueError(f"section_counts={section_counts}: cannot take {count} steps from a section of {n}")
         stride = (n - 1) / (count - 1) if count > 1 else 1
         steps += [start + round(j * stride) for j in range(count)]
         start += n
@@ -187,7 +213,8 @@ def space_timesteps(T:int, section_counts) -> list:
 def _logsnr_times(s, n):
     "n noisy times evenly spaced in log-SNR between the schedule's noisiest and least-noisy usable times."
     if s.discrete:
-        t = torch.arange(s.T); lam = s.log_snr(t)
+        t = torch.arange(s.T)
+        lam = s.log_snr(t)
         lo, hi = lam[-1].clamp(min=-20.), lam[0]
         target = torch.linspace(lo, hi, n, dtype=torch.float64)
         idx = (lam[None] - target[:, None]).abs().argmin(1)
@@ -198,43 +225,60 @@ def _logsnr_times(s, n):
     target = torch.linspace(lo, hi, n, dtype=torch.float64)
     return np.interp(target.numpy(), lam.flip(0).numpy(), t.flip(0).numpy()).tolist()
 
+# %% ../../nbs/10_diffusion.schedules.ipynb #e671a394
 @patch
 def grid(self:NoiseSchedule, steps:int, spacing:str='uniform') -> list:
     "`steps + 1` descending times, from the noisiest to the clean end, for a sampler that takes `steps` steps."
     check_choice('spacing', spacing, SPACINGS)
     if self.discrete:
         steps = check_int('steps', steps, hi=self.T, why=f' (the number of training steps of schedule {self.name!r})')
-        if spacing == 'uniform': ts = np.round(np.arange(self.T, 0, -self.T / steps)).astype(int) - 1
-        elif spacing == 'leading': ts = (np.arange(steps) * (self.T // steps))[::-1]
-        elif spacing == 'respace': ts = space_timesteps(self.T, steps)[::-1]
-        else: ts = _logsnr_times(self, steps)
+        if spacing == 'uniform':
+            ts = np.round(np.arange(self.T, 0, -self.T / steps)).astype(int) - 1
+        elif spacing == 'leading':
+            ts = (np.arange(steps) * (self.T // steps))[::-1]
+        elif spacing == 'respace':
+            ts = space_timesteps(self.T, steps)[::-1]
+        else:
+            ts = _logsnr_times(self, steps)
         return [int(t) for t in ts] + [-1]
     steps = check_int('steps', steps)
-    if spacing == 'logsnr': return [1.] + _logsnr_times(self, steps)[1:] + [0.] if self.alpha(1.) == 0 else _logsnr_times(self, steps) + [0.]
-    if spacing != 'uniform': raise ValueError(f"spacing={spacing!r} is not allowed for continuous schedule {self.name!r}: choose 'uniform' or 'logsnr'")
+    if spacing == 'logsnr':
+        return ([1.] + _logsnr_times(self, steps)[1:] + [0.] if self.alpha(1.) == 0
+                else _logsnr_times(self, steps) + [0.])
+    if spacing != 'uniform':
+        raise ValueError(f"spacing={spacing!r} is not allowed for continuous schedule {self.name!r}: choose 'uniform' "
+                         "or 'logsnr'")
     return torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()
 
 # %% ../../nbs/10_diffusion.schedules.ipynb #440c7e47
 @patch
 def respace(self:DiscreteSchedule, use_timesteps) -> DiscreteSchedule:
-    "The schedule restricted to `use_timesteps` (a collection of training steps), with $\\beta$ recomputed from the kept $\\bar\\alpha$."
+    """The schedule restricted to `use_timesteps` (a collection of training steps), with $\\beta$ recomputed from the
+    kept $\\bar\\alpha$."""
     keep = torch.as_tensor(sorted(set(int(t) for t in use_timesteps)), dtype=torch.long)
-    if len(keep) == 0: raise ValueError("use_timesteps is empty: keep at least one training step")
+    if len(keep) == 0:
+        raise ValueError("use_timesteps is empty: keep at least one training step")
     self._check_t(keep)
-    if (keep < 0).any(): raise ValueError(f"use_timesteps contains {keep[keep < 0].tolist()}: keep training steps in [0, {self.T - 1}]")
-    return DiscreteSchedule(self.alphas[keep], self.sigmas[keep], self.name, self.vp, self.timestep_map[keep], self.base)
+    if (keep < 0).any():
+        raise ValueError(f"use_timesteps contains {keep[keep < 0].tolist()}: keep training steps in [0, {self.T - 1}]")
+    return DiscreteSchedule(self.alphas[keep], self.sigmas[keep], self.name, self.vp,
+                            self.timestep_map[keep], self.base)
 
 # %% ../../nbs/10_diffusion.schedules.ipynb #b7f75f25
 def plot_schedules(schedules, axs=None):
     "Plot $\\alpha$, $\\sigma$ and $\\log$ SNR against normalised time for each schedule."
     import matplotlib.pyplot as plt
-    if axs is None: _, axs = plt.subplots(1, 3, figsize=(12, 3.2))
+    if axs is None:
+        _, axs = plt.subplots(1, 3, figsize=(12, 3.2))
     for s in schedules:
         t = torch.arange(s.T) if s.discrete else torch.linspace(0, 1, 1001)
         u = (t + 1) / s.T if s.discrete else t
         a, sg = s.alpha_sigma(t)
         lab = f"{s.name} ({'discrete' if s.discrete else 'continuous'})"
-        for ax, v in zip(axs, (a, sg, s.log_snr(t).clamp(-25, 25))): ax.plot(u, v, label=lab, ls='-' if s.discrete else '--')
-    for ax, title in zip(axs, (r'$\alpha(t)$', r'$\sigma(t)$', r'$\log \mathrm{SNR}(t)$')): ax.set_title(title); ax.set_xlabel('t (fraction of T)')
+        for ax, v in zip(axs, (a, sg, s.log_snr(t).clamp(-25, 25))):
+            ax.plot(u, v, label=lab, ls='-' if s.discrete else '--')
+    for ax, title in zip(axs, (r'$\alpha(t)$', r'$\sigma(t)$', r'$\log \mathrm{SNR}(t)$')):
+        ax.set_title(title)
+        ax.set_xlabel('t (fraction of T)')
     axs[-1].legend(fontsize=7)
     return axs

@@ -1,4 +1,4 @@
-"""Images in [0, 1] -> one feature vector per image for FID, KID, precision/recall and memorization: Inception, torchvision, timm and MONAI (MedicalNet) networks from local weight files, and a domain encoder that medsynth trains on the real data itself.
+"""Images to one feature vector each for FID, KID, precision/recall and memorization, from local weights.
 
 Docs: https://medsynth.github.io/medsynth/evaluation.features.html.md"""
 
@@ -10,9 +10,10 @@ from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..core.basics import check_choice, track
 from ..core.io import DataError, file_sha256, read_weights, load_backbone   # weight files: see medsynth.core.io
-from medsynth.models.encoders import (_check_images, _device, IMAGENET_MEAN, IMAGENET_STD, drop_head, _imagenet_prep,
-    _close, load_timm, _gn, DomainEncoder, augment, nt_xent, MIN_ENCODER_IMAGES, train_encoder, ENCODER_FORMAT, save_encoder,
-    load_encoder)   # shared with the models layer
+# shared with the models layer
+from ..models.domain import (_check_images, _device, _gn, DomainEncoder, augment, nt_xent, MIN_ENCODER_IMAGES,
+                                    train_encoder, ENCODER_FORMAT, save_encoder, load_encoder)
+from ..models.encoders import IMAGENET_MEAN, IMAGENET_STD, drop_head, _imagenet_prep, _close, load_timm
 
 # %% auto #0
 __all__ = ['INCEPTION_FILE', 'MONAI_RESNETS', 'FEATURE_KINDS', 'FeatureExtractor', 'inception_features', 'torchvision_features',
@@ -21,27 +22,36 @@ __all__ = ['INCEPTION_FILE', 'MONAI_RESNETS', 'FEATURE_KINDS', 'FeatureExtractor
 # %% ../../nbs/61_evaluation.features.ipynb #bf769723
 class FeatureExtractor:
     "Images `(N, C, *spatial)` in [0, 1] -> features `(N, dim)` float64 on the CPU; `model(prep(x))` in batches."
-    def __init__(self, name:str, dim:int, dims, model:nn.Module, prep=None, channels:int=3, weights=None, info:dict|None=None):
-        self.name, self.dim, self.dims, self.model, self.prep, self.channels = name, int(dim), tuple(dims), model, prep, channels
+    def __init__(self, name:str, dim:int, dims, model:nn.Module, prep=None, channels:int=3, weights=None,
+                 info:dict|None=None):
+        self.name, self.dim, self.dims, self.model, self.prep, self.channels = (name, int(dim), tuple(dims), model,
+                                                                                prep, channels)
         self.weights = None if weights is None else str(weights)
         self.sha256 = None if weights is None else file_sha256(weights)
         self.info = dict(info or {})
         model.eval().requires_grad_(False)
 
-    def __repr__(self): return f"FeatureExtractor({self.name!r}, dim={self.dim}, dims={self.dims})"
-    def to(self, device): self.model.to(device); return self
+    def __repr__(self):
+        return f"FeatureExtractor({self.name!r}, dim={self.dim}, dims={self.dims})"
+    def to(self, device):
+        self.model.to(device)
+        return self
 
     def describe(self) -> dict:
         "Name, width and the weights file with its SHA-256 prefix: what metrics.json records about the features."
         d = dict(name=self.name, dim=self.dim, **self.info)
-        if self.weights: d.update(weights=self.weights, sha256=self.sha256)
+        if self.weights:
+            d.update(weights=self.weights, sha256=self.sha256)
         return d
 
     def __call__(self, images, batch_size:int=64, progress:bool=False) -> torch.Tensor:
-        x = _check_images(images, f"{self.name} features", self.dims, (1, 3) if self.channels == 3 else (self.channels,))
-        if len(x) == 0: return torch.zeros(0, self.dim, dtype=torch.float64)
+        x = _check_images(images, f"{self.name} features", self.dims,
+                          (1, 3) if self.channels == 3 else (self.channels,))
+        if len(x) == 0:
+            return torch.zeros(0, self.dim, dtype=torch.float64)
         dev, was_training = _device(self.model), self.model.training
-        self.model.eval(); out = []
+        self.model.eval()
+        out = []
         steps = range(0, len(x), batch_size)
         if progress:
             steps = track(steps, 'features')
@@ -49,24 +59,30 @@ class FeatureExtractor:
             with torch.no_grad():
                 for i in steps:
                     b = x[i:i + batch_size].to(dev)
-                    if b.shape[1] != self.channels: b = b.expand(-1, self.channels, *b.shape[2:])
+                    if b.shape[1] != self.channels:
+                        b = b.expand(-1, self.channels, *b.shape[2:])
                     f = self.model(self.prep(b) if self.prep else b)
-                    if isinstance(f, (tuple, list)): f = f[0]
+                    if isinstance(f, (tuple, list)):
+                        f = f[0]
                     out.append(f.flatten(1).double().cpu())
-        finally: self.model.train(was_training)
+        finally:
+            self.model.train(was_training)
         return torch.cat(out)
 
 # %% ../../nbs/61_evaluation.features.ipynb #3830b54b
 INCEPTION_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 
-def _to_uint8(x): return (x * 255).round().to(torch.uint8)
+def _to_uint8(x):
+    return (x * 255).round().to(torch.uint8)
 
 def inception_features(weights) -> FeatureExtractor:
     "torch-fidelity's InceptionV3 pool features (2048-d) from the local file `weights`."
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     fix = f"pass --feature-weights FILE (torch-fidelity's {INCEPTION_FILE}) or use --features domain"
-    read_weights(weights, 'Inception', fix)                    # refuses a file that is more than tensors before torch-fidelity unpickles it
-    try: net = FeatureExtractorInceptionV3('inception-v3-compat', ['2048'], feature_extractor_weights_path=str(weights))
+    # refuses a file that is more than tensors before torch-fidelity unpickles it
+    read_weights(weights, 'Inception', fix)
+    try:
+        net = FeatureExtractorInceptionV3('inception-v3-compat', ['2048'], feature_extractor_weights_path=str(weights))
     except RuntimeError as e:
         lines = [l.strip() for l in str(e).splitlines()[1:] if l.strip()]
         why = '; '.join(l if len(l) < 100 else l[:97] + '...' for l in lines[:3])
@@ -78,55 +94,69 @@ def torchvision_features(arch:str, weights, input_size:int=224) -> FeatureExtrac
     "A torchvision classifier `arch` with the local state dict `weights`; features are its classification head's input."
     import torchvision
     names = torchvision.models.list_models(module=torchvision.models)
-    if arch not in names: raise ValueError(f"--features torchvision:{arch}: torchvision has no classification model {arch!r}{_close(arch, names)}")
+    if arch not in names:
+        raise ValueError(f"--features torchvision:{arch}: torchvision has no classification model "
+                         f"{arch!r}{_close(arch, names)}")
     fix = f"pass --feature-weights FILE (a state dict of torchvision's {arch}) or use --features domain"
     sd = read_weights(weights, f'torchvision {arch}', fix)
     net = torchvision.models.get_model(arch, weights=None)
     dim, head = drop_head(net, arch)
     load_backbone(net, sd, weights, f"torchvision's {arch}", fix, drop=(head,))
-    return FeatureExtractor(f'torchvision:{arch}', dim, (2,), net, _imagenet_prep((input_size, input_size)), channels=3, weights=weights)
+    return FeatureExtractor(f'torchvision:{arch}', dim, (2,), net, _imagenet_prep((input_size, input_size)), channels=3,
+                            weights=weights)
 
 # %% ../../nbs/61_evaluation.features.ipynb #8300badc
 def timm_features(name:str, weights, input_size:int|None=None) -> FeatureExtractor:
     "A timm model `name` with the local weights file `weights`, `num_classes=0` (pooled features)."
     import timm
-    net = load_timm(name, weights, f"pass --feature-weights FILE (timm {name} weights) or use --features domain", f'--features timm:{name}')
+    net = load_timm(name, weights, f"pass --feature-weights FILE (timm {name} weights) or use --features domain",
+                    f'--features timm:{name}')
     cfg = timm.data.resolve_model_data_config(net)
     size = (input_size, input_size) if input_size else tuple(cfg['input_size'][1:])
     dim = getattr(net, 'head_hidden_size', None) or net.num_features
-    return FeatureExtractor(f'timm:{name}', dim, (2,), net, _imagenet_prep(size, cfg['mean'], cfg['std']), channels=cfg['input_size'][0], weights=weights)
+    return FeatureExtractor(f'timm:{name}', dim, (2,), net, _imagenet_prep(size, cfg['mean'], cfg['std']),
+                            channels=cfg['input_size'][0], weights=weights)
 
 # %% ../../nbs/61_evaluation.features.ipynb #4a43c42d
 MONAI_RESNETS = ('resnet10', 'resnet18', 'resnet34', 'resnet50')
 
 def zscore_foreground(x:torch.Tensor) -> torch.Tensor:
     "Each image of `x` `(N, C, ...)` minus the mean over its voxels > 0, divided by their standard deviation."
-    fg = (x > 0).to(x); dims = tuple(range(1, x.ndim))
+    fg = (x > 0).to(x)
+    dims = tuple(range(1, x.ndim))
     n = fg.sum(dims, keepdim=True)
     empty = n < 2
-    fg = torch.where(empty, torch.ones_like(fg), fg); n = fg.sum(dims, keepdim=True)
+    fg = torch.where(empty, torch.ones_like(fg), fg)
+    n = fg.sum(dims, keepdim=True)
     mean = (x * fg).sum(dims, keepdim=True) / n
     std = (((x - mean) ** 2 * fg).sum(dims, keepdim=True) / n).sqrt()
     return (x - mean) / std.clamp_min(1e-6)
 
+# %% ../../nbs/61_evaluation.features.ipynb #f3fda520
 def monai_features(name:str, weights, spatial_dims:int=3, in_channels:int=1) -> FeatureExtractor:
-    "A MONAI ResNet (`resnet10/18/34/50`) in MedicalNet's configuration with the local weights `weights` (MedicalNet layout accepted)."
+    """A MONAI ResNet (`resnet10/18/34/50`) in MedicalNet's configuration with the local weights `weights` (MedicalNet
+    layout accepted)."""
     from monai.networks.nets import resnet as mr
     check_choice('monai model', name, MONAI_RESNETS)
-    fix = f"pass --feature-weights FILE (MedicalNet {name.replace('resnet', 'resnet_')}.pth or a MONAI {name} state dict) or use --features domain"
+    fix = (f"pass --feature-weights FILE (MedicalNet {name.replace('resnet', 'resnet_')}.pth or a MONAI {name} state "
+           "dict) or use --features domain")
     sd = read_weights(weights, f'MONAI {name}', fix)
     block, layers, shortcut, bias_down, _ = mr.resnet_params[name]
-    net = getattr(mr, name)(spatial_dims=spatial_dims, n_input_channels=in_channels, conv1_t_stride=2, shortcut_type=shortcut,
+    net = getattr(mr, name)(spatial_dims=spatial_dims, n_input_channels=in_channels, conv1_t_stride=2,
+                            shortcut_type=shortcut,
                             bias_downsample=bias_down, feed_forward=False)
-    load_backbone(net, sd, weights, f"MONAI {name} ({spatial_dims}D, {in_channels} channel, MedicalNet layout)", fix, drop=('fc.',))
+    load_backbone(net, sd, weights, f"MONAI {name} ({spatial_dims}D, {in_channels} channel, MedicalNet layout)", fix,
+                  drop=('fc.',))
     dim = 2048 if block == 'bottleneck' else 512
-    return FeatureExtractor(f'monai:{name}', dim, (spatial_dims,), net, zscore_foreground, channels=in_channels, weights=weights)
+    return FeatureExtractor(f'monai:{name}', dim, (spatial_dims,), net, zscore_foreground, channels=in_channels,
+                            weights=weights)
 
 # %% ../../nbs/61_evaluation.features.ipynb #5862f990
 def encoder_features(enc:DomainEncoder, weights=None) -> FeatureExtractor:
     "The features of a trained `DomainEncoder` as a `FeatureExtractor` (`.encoder` is the network, to save)."
     c = enc.config
-    fe = FeatureExtractor('domain', enc.dim, (c['spatial_dims'],), enc, None, channels=c['in_channels'], weights=weights,
+    fe = FeatureExtractor('domain', enc.dim, (c['spatial_dims'],), enc, None, channels=c['in_channels'],
+                          weights=weights,
                           info=dict(trained=getattr(enc, 'trained', {})))
     fe.encoder = enc
     return fe
@@ -135,14 +165,23 @@ def encoder_features(enc:DomainEncoder, weights=None) -> FeatureExtractor:
 FEATURE_KINDS = ('domain', 'inception', 'torchvision', 'timm', 'monai')
 
 def get_extractor(spec:str, weights=None) -> FeatureExtractor:
-    "The extractor for `--features spec` (`inception`, `torchvision:<arch>`, `timm:<name>`, `monai:<resnet>`) with the local file `weights`."
+    """The extractor for `--features spec` (`inception`, `torchvision:<arch>`, `timm:<name>`, `monai:<resnet>`) with the
+    local file `weights`."""
     kind, _, name = str(spec).partition(':')
     check_choice('--features', kind, FEATURE_KINDS)
-    if kind == 'domain': raise ValueError("--features domain is trained on the real images: use medsynth.evaluation.evaluate (or train_encoder and encoder_features)")
-    if kind != 'inception' and not name: raise ValueError(f"--features {kind} needs a model name: {kind}:<name>, e.g. {dict(torchvision='torchvision:resnet50', timm='timm:resnet50', monai='monai:resnet50')[kind]}")
+    if kind == 'domain':
+        raise ValueError("--features domain is trained on the real images: use medsynth.evaluation.evaluate (or "
+                         "train_encoder and encoder_features)")
+    if kind != 'inception' and not name:
+        example = dict(torchvision='torchvision:resnet50', timm='timm:resnet50', monai='monai:resnet50')[kind]
+        raise ValueError(f"--features {kind} needs a model name: {kind}:<name>, e.g. {example}")
     if weights is None:
-        raise ValueError(f"--features {spec} needs --feature-weights FILE (a local weights file; nothing is downloaded), or use --features domain")
-    if kind == 'inception': return inception_features(weights)
-    if kind == 'torchvision': return torchvision_features(name, weights)
-    if kind == 'timm': return timm_features(name, weights)
+        raise ValueError(f"--features {spec} needs --feature-weights FILE (a local weights file; nothing is "
+                         "downloaded), or use --features domain")
+    if kind == 'inception':
+        return inception_features(weights)
+    if kind == 'torchvision':
+        return torchvision_features(name, weights)
+    if kind == 'timm':
+        return timm_features(name, weights)
     return monai_features(name, weights)

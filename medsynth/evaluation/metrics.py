@@ -1,4 +1,4 @@
-"""Fidelity (FID, KID, precision/recall, density/coverage), paired (SSIM, MS-SSIM, PSNR, MAE, LPIPS), diversity and memorization, each by the library that does it well and tested against an independent reference.
+"""Fidelity, paired, diversity and memorization metrics, each from the library that does it well, tested.
 
 Docs: https://medsynth.github.io/medsynth/evaluation.metrics.html.md"""
 
@@ -27,7 +27,8 @@ __all__ = ['MIN_IMAGES', 'MIN_IMAGES_WHY', 'MS_SSIM_WEIGHTS', 'LPIPS_FILES', 'ch
 # %% ../../nbs/60_evaluation.metrics.ipynb #1234d2a1
 MIN_IMAGES = dict(fid=2, kid=2, precision_recall=4, density_coverage=6, diversity=2)
 MIN_IMAGES_WHY = dict(fid='a covariance needs two samples', kid='an unbiased MMD needs two samples per subset',
-                      precision_recall='k=3 nearest neighbours need four points', density_coverage='k=5 nearest neighbours need six points',
+                      precision_recall='k=3 nearest neighbours need four points',
+                      density_coverage='k=5 nearest neighbours need six points',
                       diversity='a pair')
 
 def check_features(metric:str, real, synthetic, need:int|None=None):
@@ -35,24 +36,30 @@ def check_features(metric:str, real, synthetic, need:int|None=None):
     need = need or MIN_IMAGES[metric]
     r, s = (torch.as_tensor(np.asarray(f) if not torch.is_tensor(f) else f).double().cpu() for f in (real, synthetic))
     if r.ndim != 2 or s.ndim != 2 or r.shape[1] != s.shape[1]:
-        raise ValueError(f"{metric}: features must be (N, D) with the same D; got real {tuple(r.shape)} and synthetic {tuple(s.shape)}")
+        raise ValueError(f"{metric}: features must be (N, D) with the same D; got real {tuple(r.shape)} and synthetic "
+                         f"{tuple(s.shape)}")
     if min(len(r), len(s)) < need:
-        raise ValueError(f"{metric} needs at least {need} images per set ({MIN_IMAGES_WHY.get(metric, '')}); got real={len(r)}, synthetic={len(s)}")
+        raise ValueError(f"{metric} needs at least {need} images per set ({MIN_IMAGES_WHY.get(metric, '')}); got "
+                         f"real={len(r)}, synthetic={len(s)}")
     for n, f in (('real', r), ('synthetic', s)):
-        if not torch.isfinite(f).all(): raise ValueError(f"{metric}: {n} features contain NaN or Inf; check the images for NaN")
+        if not torch.isfinite(f).all():
+            raise ValueError(f"{metric}: {n} features contain NaN or Inf; check the images for NaN")
     return r, s
 
 # %% ../../nbs/60_evaluation.metrics.ipynb #2ce9f0ce
 def fid(real, synthetic) -> float:
     "Fréchet distance between Gaussian fits of two feature sets (torch-fidelity)."
     r, s = check_features('fid', real, synthetic)
-    return float(fid_statistics_to_metric(fid_features_to_statistics(r), fid_features_to_statistics(s), verbose=False)[KEY_METRIC_FID])
+    return float(fid_statistics_to_metric(fid_features_to_statistics(r), fid_features_to_statistics(s),
+                                          verbose=False)[KEY_METRIC_FID])
 
 def kid(real, synthetic, subsets:int=100, subset_size:int=1000, seed:int=0) -> dict:
-    "Kernel distance: mean and std of the unbiased MMD² (cubic kernel) over `subsets` random subsets of min(`subset_size`, N) (torch-fidelity)."
+    """Kernel distance: mean and std of the unbiased MMD² (cubic kernel) over `subsets` random subsets of
+    min(`subset_size`, N) (torch-fidelity)."""
     r, s = check_features('kid', real, synthetic)
     m = min(subset_size, len(r), len(s))
-    out = kid_features_to_metric(s, r, kid_subsets=subsets, kid_subset_size=m, verbose=False, kid_kernel='poly', kid_kernel_poly_degree=3,
+    out = kid_features_to_metric(s, r, kid_subsets=subsets, kid_subset_size=m, verbose=False, kid_kernel='poly',
+                                 kid_kernel_poly_degree=3,
                                  kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=seed)
     return dict(mean=out[KEY_METRIC_KID_MEAN], std=out[KEY_METRIC_KID_STD], subset_size=m)
 
@@ -60,10 +67,12 @@ def kid(real, synthetic, subsets:int=100, subset_size:int=1000, seed:int=0) -> d
 def precision_recall(real, synthetic, k:int=3) -> dict:
     "Improved precision and recall of `synthetic` against `real` features (torch-fidelity, `k` neighbours)."
     r, s = check_features('precision_recall', real, synthetic, k + 1)
-    out = prc_features_to_metric(s.float(), r.float(), prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    out = prc_features_to_metric(s.float(), r.float(), prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=False,
+                                 verbose=False)
     return dict(precision=out[KEY_METRIC_PRECISION], recall=out[KEY_METRIC_RECALL])
 
-def _cdist(a, b): return torch.cdist(a, b, compute_mode='donot_use_mm_for_euclid_dist')   # exact: a point is at distance 0 from itself
+def _cdist(a, b):  # exact: a point is at distance 0 from itself
+    return torch.cdist(a, b, compute_mode='donot_use_mm_for_euclid_dist')
 
 def knn_radii(x:torch.Tensor, k:int) -> torch.Tensor:
     "Distance from each row of `x` to its `k`-th nearest other row."
@@ -80,27 +89,38 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 def ms_ssim_scales(spatial, kernel:int=11) -> int:
     "How many MS-SSIM scales images of shape `spatial` support (MONAI's size rule, window `kernel`)."
-    fits = [L for L in range(2, 6) if all(s // max(1, L - 1) ** 2 > kernel - 1 and s // 2 ** (L - 1) >= kernel for s in spatial)]
-    if not fits: raise ValueError(f"ms_ssim needs at least {2 * kernel} px per side for two scales; images are {'x'.join(map(str, spatial))}: evaluate at a larger size or drop ms_ssim")
+    fits = [L for L in range(2, 6)
+            if all(s // max(1, L - 1) ** 2 > kernel - 1 and s // 2 ** (L - 1) >= kernel for s in spatial)]
+    if not fits:
+        raise ValueError(f"ms_ssim needs at least {2 * kernel} px per side for two scales; images are "
+                         f"{'x'.join(map(str, spatial))}: evaluate at a larger size or drop ms_ssim")
     return max(fits)
 
 def _check_pair(x, y, what='paired metrics'):
     x, y = torch.as_tensor(x).float(), torch.as_tensor(y).float()
-    if x.shape != y.shape: raise ValueError(f"{what}: synthetic {tuple(x.shape)} and real {tuple(y.shape)} must have the same shape (N, C, *spatial)")
-    if x.ndim not in (4, 5): raise ValueError(f"{what}: images must be (N, C, H, W) or (N, C, H, W, D); got {tuple(x.shape)}")
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()): raise ValueError(f"{what}: images contain NaN or Inf")
+    if x.shape != y.shape:
+        raise ValueError(f"{what}: synthetic {tuple(x.shape)} and real {tuple(y.shape)} must have the same shape (N, "
+                         "C, *spatial)")
+    if x.ndim not in (4, 5):
+        raise ValueError(f"{what}: images must be (N, C, H, W) or (N, C, H, W, D); got {tuple(x.shape)}")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError(f"{what}: images contain NaN or Inf")
     return x, y
 
 def ssim(x, y) -> torch.Tensor:
     "Per-image SSIM of `x` against `y`, `(N, C, *spatial)` in [0, 1] (MONAI, Gaussian 11 / 1.5)."
     x, y = _check_pair(x, y, 'ssim')
-    s, _ = compute_ssim_and_cs(x, y, spatial_dims=x.ndim - 2, kernel_size=(11,) * (x.ndim - 2), kernel_sigma=(1.5,) * (x.ndim - 2), data_range=1.)
+    s, _ = compute_ssim_and_cs(x, y, spatial_dims=x.ndim - 2, kernel_size=(11,) * (x.ndim - 2),
+                               kernel_sigma=(1.5,) * (x.ndim - 2), data_range=1.)
     return s.flatten(1).mean(1)
 
+# %% ../../nbs/60_evaluation.metrics.ipynb #77fe2a37
 def ms_ssim(x, y) -> torch.Tensor:
     "Per-image MS-SSIM with as many standard scales as the size allows (`ms_ssim_scales`; MONAI)."
     x, y = _check_pair(x, y, 'ms_ssim')
-    L = ms_ssim_scales(x.shape[2:]); w = torch.tensor(MS_SSIM_WEIGHTS[:L]); w = (w / w.sum()).tolist()
+    L = ms_ssim_scales(x.shape[2:])
+    w = torch.tensor(MS_SSIM_WEIGHTS[:L])
+    w = (w / w.sum()).tolist()
     return compute_ms_ssim(x, y, spatial_dims=x.ndim - 2, data_range=1., weights=w).flatten()
 
 def psnr(x, y) -> torch.Tensor:
@@ -118,14 +138,23 @@ LPIPS_FILES = dict(alex='alexnet-owt-7be5be79.pth', vgg='vgg16-397923af.pth')
 
 def _backbone_state(path) -> dict:
     path = Path(path)
-    if not path.is_file(): raise DataError(path, 'LPIPS backbone weights not found', "pass --lpips-weights FILE (torchvision's alexnet-owt-7be5be79.pth or vgg16-397923af.pth) or leave lpips out of --metrics")
-    try: sd = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise DataError(path, f'is not a plain torch weights file ({type(e).__name__})', 'give a torchvision state dict') from None
+    if not path.is_file():
+        raise DataError(path, 'LPIPS backbone weights not found',
+                        "pass --lpips-weights FILE (torchvision's alexnet-owt-7be5be79.pth or vgg16-397923af.pth) or "
+                        "leave lpips out of --metrics")
+    try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise DataError(path, f'is not a plain torch weights file ({type(e).__name__})',
+                        'give a torchvision state dict') from None
     sd = sd.get('state_dict', sd) if isinstance(sd, dict) else sd
-    return {k.removeprefix('module.').removeprefix('features.'): v for k, v in sd.items() if k.removeprefix('module.').startswith('features.')}
+    return {k.removeprefix('module.').removeprefix('features.'): v for k, v in sd.items()
+            if k.removeprefix('module.').startswith('features.')}
 
+# %% ../../nbs/60_evaluation.metrics.ipynb #1983b11a
 def lpips_model(weights=None, net:str='alex'):
-    "An `lpips.LPIPS` (v0.1 linear layers from the package) whose `net` backbone is loaded from a local torchvision file."
+    """An `lpips.LPIPS` (v0.1 linear layers from the package) whose `net` backbone is loaded from a local torchvision
+    file."""
     import lpips
     check_choice('lpips net', net, list(LPIPS_FILES))
     path = Path(weights) if weights else Path(torch.hub.get_dir())/'checkpoints'/LPIPS_FILES[net]
@@ -133,38 +162,50 @@ def lpips_model(weights=None, net:str='alex'):
     m = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
     mods = {k: mod for s in m.net.children() if isinstance(s, torch.nn.Sequential) for k, mod in s.named_children()}
     want = {f"{k}.{p}" for k, mod in mods.items() for p, _ in mod.named_parameters()}
-    if want - set(sd): raise DataError(path, f"is not a torchvision {net} backbone: missing {sorted(want - set(sd))[:3]}", f"give torchvision's {LPIPS_FILES[net]}")
+    if want - set(sd):
+        raise DataError(path, f"is not a torchvision {net} backbone: missing {sorted(want - set(sd))[:3]}",
+                        f"give torchvision's {LPIPS_FILES[net]}")
     for k, mod in mods.items():
         for p, t in mod.named_parameters():
-            if t.shape != sd[f"{k}.{p}"].shape: raise DataError(path, f"{k}.{p} has shape {tuple(sd[f'{k}.{p}'].shape)}, {net} needs {tuple(t.shape)}", f"give torchvision's {LPIPS_FILES[net]}")
-            with torch.no_grad(): t.copy_(sd[f"{k}.{p}"])
+            if t.shape != sd[f"{k}.{p}"].shape:
+                raise DataError(path, f"{k}.{p} has shape {tuple(sd[f'{k}.{p}'].shape)}, {net} needs {tuple(t.shape)}",
+                                f"give torchvision's {LPIPS_FILES[net]}")
+            with torch.no_grad():
+                t.copy_(sd[f"{k}.{p}"])
     m.weights_file = str(path)
     return m.eval().requires_grad_(False)
 
+# %% ../../nbs/60_evaluation.metrics.ipynb #cabe8ef5
 def lpips_distance(model, x, y, batch_size:int=32) -> torch.Tensor:
     "Per-image LPIPS between `x` and `y` `(N, C, *spatial)` in [0, 1]; volumes slice-wise along the last axis."
     x, y = _check_pair(x, y, 'lpips')
     if x.ndim == 5:
         n, d = len(x), x.shape[-1]
-        return lpips_distance(model, x.movedim(-1, 1).flatten(0, 1), y.movedim(-1, 1).flatten(0, 1), batch_size).view(n, d).mean(1)
+        return lpips_distance(model, x.movedim(-1, 1).flatten(0, 1), y.movedim(-1, 1).flatten(0, 1),
+                              batch_size).view(n, d).mean(1)
     rgb = lambda t: (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t) * 2 - 1
     dev = next(model.parameters()).device
     with torch.no_grad():
-        return torch.cat([model(rgb(a).to(dev), rgb(b).to(dev)).flatten().cpu() for a, b in zip(x.split(batch_size), y.split(batch_size))])
+        return torch.cat([model(rgb(a).to(dev), rgb(b).to(dev)).flatten().cpu() for a, b in zip(x.split(batch_size),
+                y.split(batch_size))])
 
 # %% ../../nbs/60_evaluation.metrics.ipynb #2fac8828
 def random_pairs(n:int, pairs:int, seed:int=0) -> torch.Tensor:
     "`pairs` random index pairs (i, j), i != j, from `n` items (all pairs when there are fewer)."
-    if n < 2: raise ValueError(f"diversity needs at least 2 images; got {n}")
+    if n < 2:
+        raise ValueError(f"diversity needs at least 2 images; got {n}")
     allp = torch.combinations(torch.arange(n), 2)
-    if len(allp) <= pairs: return allp
+    if len(allp) <= pairs:
+        return allp
     return allp[torch.randperm(len(allp), generator=torch.Generator().manual_seed(seed))[:pairs]]
 
 def diversity(x, pairs:int=200, lpips_net=None, seed:int=0) -> dict:
     "Mean pairwise MS-SSIM (and LPIPS when a model is given) over random distinct pairs of `x`."
-    p = random_pairs(len(x), pairs, seed); a, b = x[p[:, 0]], x[p[:, 1]]
+    p = random_pairs(len(x), pairs, seed)
+    a, b = x[p[:, 0]], x[p[:, 1]]
     out = dict(pairs=len(p), ms_ssim=float(ms_ssim(a, b).mean()))
-    if lpips_net is not None: out['lpips'] = float(lpips_distance(lpips_net, a, b).mean())
+    if lpips_net is not None:
+        out['lpips'] = float(lpips_distance(lpips_net, a, b).mean())
     return out
 
 # %% ../../nbs/60_evaluation.metrics.ipynb #53e2cbdd
@@ -174,15 +215,20 @@ def nearest(query:torch.Tensor, ref:torch.Tensor, chunk:int=1024):
     return torch.cat([o.values for o in out]), torch.cat([o.indices for o in out])
 
 def memorization_audit(train_f, heldout_f, synth_f, train_px, heldout_px, synth_px, quantile:float=0.01) -> dict:
-    "Nearest-training-image distances of synthetic vs held-out real images in feature and pixel space, and the flagged near-copies."
+    """Nearest-training-image distances of synthetic vs held-out real images in feature and pixel space, and the flagged
+    near-copies."""
     res = {}
-    for space, (tr, ho, sy, scale) in dict(feature=(train_f, heldout_f, synth_f, 1.), pixel=(train_px, heldout_px, synth_px, None)).items():
+    for space, (tr, ho, sy, scale) in dict(feature=(train_f, heldout_f, synth_f, 1.),
+                                           pixel=(train_px, heldout_px, synth_px, None)).items():
         tr, ho, sy = (torch.as_tensor(t).flatten(1).double() for t in (tr, ho, sy))
         sc = math.sqrt(tr.shape[1]) if scale is None else scale                 # pixel distances as RMSE per pixel
-        ds, idx = nearest(sy, tr); dh, _ = nearest(ho, tr); ds, dh = ds / sc, dh / sc
+        ds, idx = nearest(sy, tr)
+        dh, _ = nearest(ho, tr)
+        ds, dh = ds / sc, dh / sc
         thr = float(torch.quantile(dh, quantile))
         p = float(mannwhitneyu(ds.numpy(), dh.numpy(), alternative='less').pvalue)
-        res[space] = dict(synthetic=ds.tolist(), heldout=dh.tolist(), nearest=idx.tolist(), threshold=thr, flagged=torch.nonzero(ds < thr).flatten().tolist(),
+        res[space] = dict(synthetic=ds.tolist(), heldout=dh.tolist(), nearest=idx.tolist(), threshold=thr,
+                          flagged=torch.nonzero(ds < thr).flatten().tolist(),
                           median_ratio=float(ds.median() / dh.median().clamp(min=1e-12)), p_closer=p)
     flagged = sorted(set(res['feature']['flagged']) | set(res['pixel']['flagged']))
     return dict(quantile=quantile, flagged=flagged, flagged_fraction=len(flagged) / len(synth_f), **res)

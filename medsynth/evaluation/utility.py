@@ -1,4 +1,4 @@
-"""Is synthetic data useful? Train a small MONAI model on real, synthetic and real + synthetic data, test each on held-out real data, over several seeds.
+"""Is synthetic data useful? Train on real, synthetic and both; test on held-out real data; several seeds.
 
 Docs: https://medsynth.github.io/medsynth/evaluation.utility.html.md"""
 
@@ -21,18 +21,22 @@ __all__ = ['MIN_SEEDS', 'SETS', 'classification_metrics', 'segmentation_metrics'
 
 # %% ../../nbs/62_evaluation.utility.ipynb #fab65b93
 def classification_metrics(labels, probs) -> dict:
-    "Accuracy, balanced accuracy and AUROC (binary: class-1 probability; else macro one-vs-rest) of class probabilities `probs` (N, K) against `labels` (N,)."
+    """Accuracy, balanced accuracy and AUROC (binary: class-1 probability; else macro one-vs-rest) of class
+    probabilities `probs` (N, K) against `labels` (N,)."""
     y, p = torch.as_tensor(labels).long().cpu(), torch.as_tensor(probs).float().cpu()
     pred, k = p.argmax(1), p.shape[1]
-    recall = torch.stack([(pred[y == c] == c).float().mean() for c in y.unique()])     # classes present in the labels, as scikit-learn
+    # classes present in the labels, as scikit-learn
+    recall = torch.stack([(pred[y == c] == c).float().mean() for c in y.unique()])
     auc = compute_roc_auc(p[:, 1], y) if k == 2 else compute_roc_auc(p, F.one_hot(y, k), average='macro')
     return dict(accuracy=(pred == y).float().mean().item(), balanced_accuracy=recall.mean().item(), auroc=float(auc))
 
 # %% ../../nbs/62_evaluation.utility.ipynb #0e64dee3
 def segmentation_metrics(masks, preds) -> dict:
-    "Mean Dice and IoU of binary `preds` against `masks` (N, 1, *spatial), over the images whose ground truth has foreground."
+    """Mean Dice and IoU of binary `preds` against `masks` (N, 1, *spatial), over the images whose ground truth has
+    foreground."""
     m, p = torch.as_tensor(masks).long().cpu(), torch.as_tensor(preds).long().cpu()
-    d = DiceMetric(include_background=False, num_classes=2, ignore_empty=True, reduction='none')(p, m)[:, 0]   # NaN where the truth is empty
+    # NaN where the truth is empty
+    d = DiceMetric(include_background=False, num_classes=2, ignore_empty=True, reduction='none')(p, m)[:, 0]
     d = d[~d.isnan()]
     return dict(dice=d.mean().item(), iou=(d / (2 - d)).mean().item())
 
@@ -41,7 +45,8 @@ def classifier(spatial_dims:int, in_channels:int, classes:int, channels=(8, 16, 
     "Compact CNN from MONAI `Convolution` blocks with global max pooling; logits (N, `classes`)."
     layers, c = [], in_channels
     for i, o in enumerate(channels):
-        layers.append(Convolution(spatial_dims, c, o, strides=1 if i == 0 else 2, norm='batch', act='relu')); c = o
+        layers.append(Convolution(spatial_dims, c, o, strides=1 if i == 0 else 2, norm='batch', act='relu'))
+        c = o
     pool = nn.AdaptiveMaxPool2d(1) if spatial_dims == 2 else nn.AdaptiveMaxPool3d(1)
     return nn.Sequential(*layers, pool, nn.Flatten(), nn.Linear(c, classes))
 
@@ -53,31 +58,49 @@ def segmenter(spatial_dims:int, in_channels:int) -> nn.Module:
 MIN_SEEDS = 3
 
 def _images(name, s) -> torch.Tensor:
-    if not isinstance(s, dict) or 'images' not in s: raise ValueError(f"{name} must be a dict with 'images' (N, C, *spatial)")
+    if not isinstance(s, dict) or 'images' not in s:
+        raise ValueError(f"{name} must be a dict with 'images' (N, C, *spatial)")
     x = torch.as_tensor(s['images'])
-    if x.ndim not in (4, 5): raise ValueError(f"{name} images have shape {tuple(x.shape)}: give (N, C, H, W) or (N, C, D, H, W)")
-    if len(x) == 0: raise ValueError(f"{name} is empty: give at least one image")
-    if not x.is_floating_point(): raise ValueError(f"{name} images are {x.dtype}: give floats in [0, 1]")
-    if not torch.isfinite(x).all(): raise ValueError(f"{name} images hold {int((~torch.isfinite(x)).sum())} NaN/inf values: drop or repair those images")
+    if x.ndim not in (4, 5):
+        raise ValueError(f"{name} images have shape {tuple(x.shape)}: give (N, C, H, W) or (N, C, D, H, W)")
+    if len(x) == 0:
+        raise ValueError(f"{name} is empty: give at least one image")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} images are {x.dtype}: give floats in [0, 1]")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} images hold {int((~torch.isfinite(x)).sum())} NaN/inf values: drop or repair those "
+                         "images")
     lo, hi = x.min().item(), x.max().item()
-    if lo < 0 or hi > 1: raise ValueError(f"{name} images span [{lo:.3g}, {hi:.3g}], not [0, 1]: rescale them (e.g. (x + 1) / 2 for [-1, 1] data)")
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name} images span [{lo:.3g}, {hi:.3g}], not [0, 1]: rescale them (e.g. (x + 1) / 2 for "
+                         "[-1, 1] data)")
     return x.float()
 
+# %% ../../nbs/62_evaluation.utility.ipynb #bb3e28d0
 def _targets(task, name, s, x, classes):
     n = len(x)
     if task == 'classify':
         if 'labels' not in s or 'classes' not in s:
-            raise ValueError(f"task='classify' needs 'labels' and 'classes' in every set but {name} has {sorted(s)}" + ("; for masks use task='segment'" if 'masks' in s else ''))
+            raise ValueError(f"task='classify' needs 'labels' and 'classes' in every set but {name} has "
+                             f"{sorted(s)}" + ("; for masks use task='segment'" if 'masks' in s else ''))
         y = torch.as_tensor(s['labels'])
-        if y.shape != (n,) or y.is_floating_point(): raise ValueError(f"{name} labels must be integers of shape ({n},), got {y.dtype} {tuple(y.shape)}")
-        if y.min() < 0 or y.max() >= len(classes): raise ValueError(f"{name} labels span [{y.min()}, {y.max()}] but there are {len(classes)} classes: labels index 'classes'")
+        if y.shape != (n,) or y.is_floating_point():
+            raise ValueError(f"{name} labels must be integers of shape ({n},), got {y.dtype} {tuple(y.shape)}")
+        if y.min() < 0 or y.max() >= len(classes):
+            raise ValueError(f"{name} labels span [{y.min()}, {y.max()}] but there are {len(classes)} classes: labels "
+                             "index 'classes'")
         return y.long()
-    if 'masks' not in s: raise ValueError(f"task='segment' needs 'masks' in every set but {name} has {sorted(s)}" + ("; for labels use task='classify'" if 'labels' in s else ''))
+    if 'masks' not in s:
+        hint = "; for labels use task='classify'" if 'labels' in s else ''
+        raise ValueError(f"task='segment' needs 'masks' in every set but {name} has {sorted(s)}{hint}")
     m = torch.as_tensor(s['masks'])
-    if m.shape != (n, 1) + tuple(x.shape[2:]): raise ValueError(f"{name} masks are {tuple(m.shape)} but its images need masks {(n, 1) + tuple(x.shape[2:])}")
-    if not ((m == 0) | (m == 1)).all(): raise ValueError(f"{name} masks hold values other than 0 and 1: binarise them (e.g. mask > 0)")
+    if m.shape != (n, 1) + tuple(x.shape[2:]):
+        raise ValueError(f"{name} masks are {tuple(m.shape)} but its images need masks {(n, 1) + tuple(x.shape[2:])}")
+    if not ((m == 0) | (m == 1)).all():
+        raise ValueError(f"{name} masks hold values other than 0 and 1: binarise them (e.g. mask > 0)")
     return m.float()
 
+# %% ../../nbs/62_evaluation.utility.ipynb #3470a002
 def check_sets(task:str, real_train:dict, real_test:dict, synthetic:dict) -> dict:
     "Validate the three sets for `task`; returns {name: (images, targets)} and the class names (or None)."
     check_choice('task', task, ('classify', 'segment'))
@@ -86,56 +109,77 @@ def check_sets(task:str, real_train:dict, real_test:dict, synthetic:dict) -> dic
     ref = tuple(xs['real_train'].shape[1:])
     for k in ('real_test', 'synthetic'):
         if tuple(xs[k].shape[1:]) != ref:
-            raise ValueError(f"{k} images are {tuple(xs[k].shape[1:])} (C, *spatial) but real_train images are {ref}: resize (and match channels) before calling")
+            raise ValueError(f"{k} images are {tuple(xs[k].shape[1:])} (C, *spatial) but real_train images are {ref}: "
+                             "resize (and match channels) before calling")
     classes = None
     if task == 'classify':
-        if 'classes' not in real_train: _targets(task, 'real_train', real_train, xs['real_train'], [])
+        if 'classes' not in real_train:
+            _targets(task, 'real_train', real_train, xs['real_train'], [])
         classes = [str(c) for c in real_train['classes']]
         for k in ('real_test', 'synthetic'):
             if 'classes' in sets[k] and [str(c) for c in sets[k]['classes']] != classes:
-                raise ValueError(f"{k} classes {[str(c) for c in sets[k]['classes']]} differ from the real classes {classes}: relabel {k} onto the real class list")
-        if len(classes) < 2: raise ValueError(f"classification needs at least 2 classes, got {classes}")
+                raise ValueError(f"{k} classes {[str(c) for c in sets[k]['classes']]} differ from the real classes "
+                                 f"{classes}: relabel {k} onto the real class list")
+        if len(classes) < 2:
+            raise ValueError(f"classification needs at least 2 classes, got {classes}")
     out = {k: (xs[k], _targets(task, k, s, xs[k], classes)) for k, s in sets.items()}
     y = out['real_test'][1]
     if task == 'classify':
         missing = [c for c, n in zip(classes, torch.bincount(y, minlength=len(classes)).tolist()) if n < 1]
-        if missing: raise ValueError(f"real_test has no image of class {missing}: every class needs at least 1 test image (per-class recall, AUROC)")
-    elif not y.flatten(1).any(1).any(): raise ValueError("real_test masks are all empty: Dice needs test images with foreground")
+        if missing:
+            raise ValueError(f"real_test has no image of class {missing}: every class needs at least 1 test image "
+                             "(per-class recall, AUROC)")
+    elif not y.flatten(1).any(1).any():
+        raise ValueError("real_test masks are all empty: Dice needs test images with foreground")
     return out, classes
 
 # %% ../../nbs/62_evaluation.utility.ipynb #17aaf835
 def _flips(g, *ts):
-    "Flip each sample of the tensors `ts` (N, C, *spatial) along each spatial axis with probability 1/2, the same flips for all `ts`."
+    """Flip each sample of the tensors `ts` (N, C, *spatial) along each spatial axis with probability 1/2, the same
+    flips for all `ts`."""
     n, nd = len(ts[0]), ts[0].ndim
     for ax in range(2, nd):
         f = (torch.rand(n, generator=g) < 0.5).to(ts[0].device).view(n, *[1] * (nd - 1))
         ts = tuple(torch.where(f, t.flip(ax), t) for t in ts)
     return ts
 
-def fit_downstream(task:str, images, targets, classes:int, seed:int, steps:int=300, batch_size:int=32, lr:float=1e-3) -> nn.Module:
-    "Train a fresh classifier/segmenter on (`images`, `targets`) for `steps` AdamW steps on batches drawn with replacement; deterministic for `seed`."
+# %% ../../nbs/62_evaluation.utility.ipynb #febc2259
+def fit_downstream(task:str, images, targets, classes:int, seed:int, steps:int=300, batch_size:int=32,
+                   lr:float=1e-3) -> nn.Module:
+    """Train a fresh classifier/segmenter on (`images`, `targets`) for `steps` AdamW steps on batches drawn with
+    replacement; deterministic for `seed`."""
     dims = images.ndim - 2
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)                                  # the initial weights; the caller's RNG is left as it was
+        # the initial weights; the caller's RNG is left as it was
+        torch.manual_seed(seed)
         net = classifier(dims, images.shape[1], classes) if task == 'classify' else segmenter(dims, images.shape[1])
     net = net.to(images.device).train()
     g = torch.Generator().manual_seed(seed)
-    loss_fn = nn.CrossEntropyLoss() if task == 'classify' else DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+    loss_fn = (nn.CrossEntropyLoss() if task == 'classify'
+               else DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True))
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)   # decay to 0: the final weights are not a noisy snapshot
+    # decay to 0: the final weights are not a noisy snapshot
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         idx = torch.randint(0, len(images), (batch_size,), generator=g).to(images.device)
         x, y = images[idx], targets[idx]
-        if task == 'segment': x, y = _flips(g, x, y)
-        else: x, = _flips(g, x)
-        opt.zero_grad(); loss_fn(net(x), y).backward(); opt.step(); sched.step()
+        if task == 'segment':
+            x, y = _flips(g, x, y)
+        else:
+            x, = _flips(g, x)
+        opt.zero_grad()
+        loss_fn(net(x), y).backward()
+        opt.step()
+        sched.step()
     return net.eval()
 
+# %% ../../nbs/62_evaluation.utility.ipynb #87ec3f01
 @torch.no_grad()
 def evaluate_downstream(task:str, net:nn.Module, images, targets, batch_size:int=256) -> dict:
     "Metrics of a trained `net` on a test set: `classification_metrics` or `segmentation_metrics`."
     out = torch.cat([net(b) for b in images.split(batch_size)])
-    if task == 'classify': return classification_metrics(targets, out.softmax(1))
+    if task == 'classify':
+        return classification_metrics(targets, out.softmax(1))
     return segmentation_metrics(targets, out.argmax(1, keepdim=True))
 
 # %% ../../nbs/62_evaluation.utility.ipynb #3e6cc1aa
@@ -146,20 +190,28 @@ def _summary(v) -> dict:
     v = [float(x) for x in v]
     return dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)), values=v)
 
-def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str='classify', seeds=(0, 1, 2), steps:int=300,
+# %% ../../nbs/62_evaluation.utility.ipynb #27bdd72a
+def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str='classify', seeds=(0, 1, 2),
+                       steps:int=300,
                        batch_size:int=32, lr:float=1e-3, progress:bool=False) -> dict:
-    "Train on real, synthetic and real+synthetic for each seed (equal steps), test on `real_test`; mean, std and values of each metric."
+    """Train on real, synthetic and real+synthetic for each seed (equal steps), test on `real_test`; mean, std and
+    values of each metric."""
     check_choice('task', task, ('classify', 'segment'))
     seeds = tuple(seeds) if np.iterable(seeds) else (seeds,)
-    if len(seeds) < MIN_SEEDS: raise ValueError(f"seeds={seeds!r}: give at least {MIN_SEEDS} seeds (the spread over seeds needs >= {MIN_SEEDS} runs per training set)")
+    if len(seeds) < MIN_SEEDS:
+        raise ValueError(f"seeds={seeds!r}: give at least {MIN_SEEDS} seeds (the spread over seeds needs >= "
+                         f"{MIN_SEEDS} runs per training set)")
     seeds = tuple(check_int('seeds', s, 0) for s in seeds)
-    if len(set(seeds)) < len(seeds): raise ValueError(f"seeds={seeds!r} repeats a seed: repeated runs are identical and would understate the spread")
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"seeds={seeds!r} repeats a seed: repeated runs are identical and would understate the spread")
     steps, batch_size = check_int('steps', steps, 1), check_int('batch_size', batch_size, 1)
-    if not lr > 0: raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
     data, classes = check_sets(task, real_train, real_test, synthetic)
     (xr, yr), (xt, yt), (xs, ys) = data['real_train'], data['real_test'], data['synthetic']
     dev = xr.device
-    train = dict(zip(SETS, [(xr, yr), (xs.to(dev), ys.to(dev)), (torch.cat([xr, xs.to(dev)]), torch.cat([yr, ys.to(dev)]))]))
+    train = dict(zip(SETS,
+                     [(xr, yr), (xs.to(dev), ys.to(dev)), (torch.cat([xr, xs.to(dev)]), torch.cat([yr, ys.to(dev)]))]))
     k = len(classes) if classes else 2
     runs = [(name, seed) for name in SETS for seed in seeds]
     if progress:
@@ -167,14 +219,17 @@ def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str
     t0, vals = time.time(), {name: {} for name in SETS}
     for name, seed in runs:
         net = fit_downstream(task, *train[name], k, seed, steps, batch_size, lr)
-        for m, v in evaluate_downstream(task, net, xt.to(dev), yt.to(dev)).items(): vals[name].setdefault(m, []).append(v)
+        for m, v in evaluate_downstream(task, net, xt.to(dev), yt.to(dev)).items():
+            vals[name].setdefault(m, []).append(v)
     return dict(task=task, seeds=list(seeds), steps=steps, classes=classes,
                 n={'real': len(xr), 'synthetic': len(xs), 'real+synthetic': len(xr) + len(xs), 'test': len(xt)},
-                results={name: {m: _summary(v) for m, v in ms.items()} for name, ms in vals.items()}, seconds=round(time.time() - t0, 2))
+                results={name: {m: _summary(v) for m, v in ms.items()} for name, ms in vals.items()},
+                seconds=round(time.time() - t0, 2))
 
 # %% ../../nbs/62_evaluation.utility.ipynb #8f83d99e
 def utility_table(res:dict) -> str:
     "A markdown table of `downstream_utility`'s results: one row per training set, 'mean ± std' per metric."
     ms = list(res['results']['real'])
-    rows = [f"| {name} (n={res['n'][name]}) | " + ' | '.join(f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" for m in ms) + ' |' for name, r in res['results'].items()]
+    rows = [f"| {name} (n={res['n'][name]}) | " + ' | '.join(f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" for m in ms)
+            + ' |' for name, r in res['results'].items()]
     return '\n'.join([f"| trained on | {' | '.join(ms)} |", '|---|' + '---:|' * len(ms), *rows])

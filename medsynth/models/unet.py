@@ -1,4 +1,4 @@
-"""MONAI's `DiffusionModelUNet` sized by what a mode generates from what, and a time-conditioned noisy classifier (MONAI's `DiffusionModelEncoder`) for guidance.
+"""MONAI's `DiffusionModelUNet` sized by what a mode generates from what, and a noisy classifier for guidance.
 
 Docs: https://medsynth.github.io/medsynth/models.unet.html.md"""
 
@@ -17,96 +17,146 @@ __all__ = ['FUSIONS', 'DiffusionUNet', 'NoisyClassifier', 'count_params']
 FUSIONS = ('xattn', 'gated', 'concat', 'add')
 
 class _Gated(nn.Module):
-    "A cross-attention whose output is scaled by tanh(alpha), alpha starting at 0 (Flamingo's gated cross-attention): the pretrained path is untouched at first."
+    """A cross-attention whose output is scaled by tanh(alpha), alpha starting at 0 (Flamingo's gated cross-attention):
+    the pretrained path is untouched at first."""
     def __init__(self, attn):
-        super().__init__(); self.attn, self.alpha = attn, nn.Parameter(torch.zeros(()))
-    def forward(self, x, context=None): return torch.tanh(self.alpha) * self.attn(x, context=context)
+        super().__init__()
+        self.attn, self.alpha = attn, nn.Parameter(torch.zeros(()))
+    def forward(self, x, context=None):
+        return torch.tanh(self.alpha) * self.attn(x, context=context)
 
 def _repa_block(unet, name:str):
     "The UNet block whose output REPA aligns: 'mid' or 'down<i>'."
-    if name == 'mid': return unet.middle_block, unet.block_out_channels[-1]
+    if name == 'mid':
+        return unet.middle_block, unet.block_out_channels[-1]
     if name.startswith('down') and name[4:].isdigit() and int(name[4:]) < len(unet.down_blocks):
         return unet.down_blocks[int(name[4:])], unet.block_out_channels[int(name[4:])]
     raise ValueError(f"repa_block={name!r}: use 'mid' or 'down0' ... 'down{len(unet.down_blocks) - 1}'")
 
 # %% ../../nbs/40_models.unet.ipynb #a444abb9
 class DiffusionUNet(nn.Module):
-    "MONAI `DiffusionModelUNet` with medsynth's conditioning: `cond` images, `label` (null class = `num_classes`), pyramid `level`, `context` tokens, encoder `features` fused by `fusion`, and a REPA projector."
-    def __init__(self, spatial_dims:int=2, channels_out:int=1, cond_channels:int=0, num_classes:int|None=None, context_dim:int|None=None,
-                 channels=(32, 64, 64), attention_levels=(False, False, True), num_res_blocks:int=1, num_head_channels:int=32, norm_num_groups:int=32, levels:int=1,
-                 feature_dim:int|None=None, fusion:str='xattn', fusion_dim:int=64, repa_dim:int|None=None, repa_block:str='mid', repa_hidden:int=256):
+    """MONAI `DiffusionModelUNet` with medsynth's conditioning: `cond` images, `label` (null class = `num_classes`),
+    pyramid `level`, `context` tokens, encoder `features` fused by `fusion`, and a REPA projector."""
+    def __init__(self, spatial_dims:int=2, channels_out:int=1, cond_channels:int=0, num_classes:int|None=None,
+                 context_dim:int|None=None,
+                 channels=(32, 64, 64), attention_levels=(False, False, True), num_res_blocks:int=1,
+                 num_head_channels:int=32, norm_num_groups:int=32, levels:int=1,
+                 feature_dim:int|None=None, fusion:str='xattn', fusion_dim:int=64, repa_dim:int|None=None,
+                 repa_block:str='mid', repa_hidden:int=256):
         super().__init__()
-        self.spatial_dims, self.channels_out, self.cond_channels, self.num_classes = spatial_dims, channels_out, cond_channels, num_classes
-        self.levels, self.n_labels, self.feature_dim, self.repa_dim = levels, (1 if num_classes is None else num_classes + 1), feature_dim, repa_dim
+        self.spatial_dims, self.channels_out, self.cond_channels, self.num_classes = (spatial_dims, channels_out,
+                                                                                      cond_channels, num_classes)
+        self.levels, self.n_labels, self.feature_dim, self.repa_dim = (levels,
+                                                                       (1 if num_classes is None else num_classes + 1),
+                                                                       feature_dim, repa_dim)
         self.fusion = check_choice('fusion', fusion, FUSIONS) if feature_dim else None
         attn = self.fusion in ('xattn', 'gated')
-        if attn and context_dim is not None: raise ValueError("a network takes either raw context tokens (context_dim) or encoder features fused by attention (feature_dim), not both")
+        if attn and context_dim is not None:
+            raise ValueError("a network takes either raw context tokens (context_dim) or encoder features fused by "
+                             "attention (feature_dim), not both")
         self.context_dim = fusion_dim if attn else context_dim
         self.unet = DiffusionModelUNet(
-            spatial_dims=spatial_dims, in_channels=channels_out + cond_channels + (fusion_dim if self.fusion == 'concat' else 0), out_channels=channels_out,
-            channels=tuple(channels), attention_levels=tuple(attention_levels), num_res_blocks=num_res_blocks, num_head_channels=num_head_channels, norm_num_groups=norm_num_groups,
+            spatial_dims=spatial_dims,
+            in_channels=channels_out + cond_channels + (fusion_dim if self.fusion == 'concat' else 0),
+            out_channels=channels_out,
+            channels=tuple(channels), attention_levels=tuple(attention_levels), num_res_blocks=num_res_blocks,
+            num_head_channels=num_head_channels, norm_num_groups=norm_num_groups,
             num_class_embeds=None if num_classes is None and levels == 1 else self.n_labels * levels,
             with_conditioning=self.context_dim is not None, cross_attention_dim=self.context_dim)
         if self.fusion:
-            self.null_features = nn.Parameter(torch.zeros(1, 1, feature_dim))   # the learned 'no reference' token (feature dropout, unconditional sampling)
+            # the learned 'no reference' token (feature dropout, unconditional sampling)
+            self.null_features = nn.Parameter(torch.zeros(1, 1, feature_dim))
             emb = channels[0] * 4
-            self.fuse = dict(xattn=lambda: nn.Sequential(nn.Linear(feature_dim, fusion_dim), nn.LayerNorm(fusion_dim)), gated=lambda: nn.Sequential(nn.Linear(feature_dim, fusion_dim), nn.LayerNorm(fusion_dim)),
-                             concat=lambda: nn.Linear(feature_dim, fusion_dim), add=lambda: nn.Sequential(nn.Linear(feature_dim, emb), nn.SiLU(), nn.Linear(emb, emb)))[self.fusion]()
+            self.fuse = dict(xattn=lambda: nn.Sequential(nn.Linear(feature_dim, fusion_dim), nn.LayerNorm(fusion_dim)),
+                             gated=lambda: nn.Sequential(nn.Linear(feature_dim, fusion_dim), nn.LayerNorm(fusion_dim)),
+                             concat=lambda: nn.Linear(feature_dim, fusion_dim),
+                             add=lambda: nn.Sequential(nn.Linear(feature_dim, emb), nn.SiLU(),
+                                                       nn.Linear(emb, emb)))[self.fusion]()
             if self.fusion == 'gated':
                 for m in self.unet.modules():
-                    if hasattr(m, 'attn2'): m.attn2 = _Gated(m.attn2)
-            if self.fusion == 'add': self.unet.time_embed.register_forward_hook(lambda mod, inp, out: out + self._add.to(out) if self._add is not None else out)
+                    if hasattr(m, 'attn2'):
+                        m.attn2 = _Gated(m.attn2)
+            if self.fusion == 'add':
+                self.unet.time_embed.register_forward_hook(lambda mod, inp, out: out + self._add.to(out)
+                                                           if self._add is not None else out)
         self._add = None
-        if repa_dim:                                     # REPA: project a hidden state to the encoder's feature width, per position
+        # REPA: project a hidden state to the encoder's feature width, per position
+        if repa_dim:
             self.repa_block = repa_block
             block, c = _repa_block(self.unet, repa_block)
             Conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-            self.repa_proj = nn.Sequential(Conv(c, repa_hidden, 1), nn.SiLU(), Conv(repa_hidden, repa_hidden, 1), nn.SiLU(), Conv(repa_hidden, repa_dim, 1))
-            block.register_forward_hook(lambda mod, inp, out: setattr(self, 'repa_out', self.repa_proj(out[0] if isinstance(out, tuple) else out)))
+            self.repa_proj = nn.Sequential(Conv(c, repa_hidden, 1), nn.SiLU(), Conv(repa_hidden, repa_hidden, 1),
+                                           nn.SiLU(), Conv(repa_hidden, repa_dim, 1))
+            block.register_forward_hook(lambda mod, inp, out: setattr(self, 'repa_out',
+                                                                      self.repa_proj(out[0]
+                                                                                     if isinstance(out,
+                                                                                             tuple) else out)))
         self.repa_out = None
 
     def tokens(self, features, drop=None, n:int=1):
-        "The encoder tokens the network fuses: `features` `(B, L, D)` with the rows where `drop` is True (or all, for `None`) replaced by the null token."
-        if features is None: return self.null_features.expand(n, 1, -1)
+        """The encoder tokens the network fuses: `features` `(B, L, D)` with the rows where `drop` is True (or all, for
+        `None`) replaced by the null token."""
+        if features is None:
+            return self.null_features.expand(n, 1, -1)
         if features.ndim != 3 or features.shape[-1] != self.feature_dim:
-            raise ValueError(f"this network fuses {self.feature_dim}-wide encoder features (B, L, {self.feature_dim}); got {tuple(features.shape)}: use the encoder it was trained with")
-        if drop is None: return features
-        return torch.where(drop.view(-1, 1, 1).to(features.device), self.null_features.to(features).expand_as(features), features)
+            raise ValueError(f"this network fuses {self.feature_dim}-wide encoder features (B, L, {self.feature_dim}); "
+                             f"got {tuple(features.shape)}: use the encoder it was trained with")
+        if drop is None:
+            return features
+        return torch.where(drop.view(-1, 1, 1).to(features.device),
+                           self.null_features.to(features).expand_as(features), features)
 
     def forward(self, x, t, cond=None, label=None, level=None, context=None, features=None, drop=None):
         if (cond is None) != (self.cond_channels == 0) or (cond is not None and cond.shape[1] != self.cond_channels):
-            raise ValueError(f"this network takes {self.cond_channels} conditioning channels; got {None if cond is None else cond.shape[1]}")
-        if (level is None) != (self.levels == 1): raise ValueError(f"this network was built for {self.levels} pyramid level(s): {'pass level' if level is None else 'it takes no level'}")
-        if features is not None and not self.fusion: raise ValueError("this network was built without feature fusion (feature_dim=None): it takes no features")
-        if self.num_classes is not None and label is None: label = torch.full((x.shape[0],), self.num_classes, device=x.device)
-        if level is not None:                            # one embedding per (level, label) pair: the level shifts the label's row
+            raise ValueError(f"this network takes {self.cond_channels} conditioning channels; got "
+                             f"{None if cond is None else cond.shape[1]}")
+        if (level is None) != (self.levels == 1):
+            raise ValueError(f"this network was built for {self.levels} pyramid level(s): "
+                             f"{'pass level' if level is None else 'it takes no level'}")
+        if features is not None and not self.fusion:
+            raise ValueError("this network was built without feature fusion (feature_dim=None): it takes no features")
+        if self.num_classes is not None and label is None:
+            label = torch.full((x.shape[0],), self.num_classes, device=x.device)
+        # one embedding per (level, label) pair: the level shifts the label's row
+        if level is not None:
             level = torch.as_tensor(level, device=x.device).expand(x.shape[0])
             label = level * self.n_labels + (0 if label is None else label)
         h = x if cond is None else torch.cat([x, cond.to(x.dtype)], 1)
         if self.fusion:
             f = self.fuse(self.tokens(features, drop, x.shape[0]).to(x.dtype))
-            if self.fusion in ('xattn', 'gated'): context = f                      # attention over the tokens
-            elif self.fusion == 'concat':                                          # the pooled feature as constant channels
-                g = f.mean(1); h = torch.cat([h, g.view(*g.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:])], 1)
-            else: self._add = f.mean(1)                                            # the pooled feature added to the time embedding
+            if self.fusion in ('xattn', 'gated'):  # attention over the tokens
+                context = f
+            # the pooled feature as constant channels
+            elif self.fusion == 'concat':
+                g = f.mean(1)
+                h = torch.cat([h, g.view(*g.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:])], 1)
+            else:  # the pooled feature added to the time embedding
+                self._add = f.mean(1)
         t = torch.as_tensor(t, device=x.device)
-        try: return self.unet(h, t.expand(x.shape[0]) if t.ndim == 0 else t, context=context, class_labels=label)
-        finally: self._add = None
+        try:
+            return self.unet(h, t.expand(x.shape[0]) if t.ndim == 0 else t, context=context, class_labels=label)
+        finally:
+            self._add = None
 
 # %% ../../nbs/40_models.unet.ipynb #38f2cf85
 class NoisyClassifier(nn.Module):
     "Time-conditioned classifier $p(y \\mid x_t, t)$: MONAI's `DiffusionModelEncoder` for `input_shape` images."
     def __init__(self, num_classes:int, input_shape, spatial_dims:int=2, in_channels:int=1, channels=(32, 64, 64),
-                 attention_levels=(False, False, True), num_res_blocks:int=1, num_head_channels:int=32, norm_num_groups:int=32):
+                 attention_levels=(False, False, True), num_res_blocks:int=1, num_head_channels:int=32,
+                 norm_num_groups:int=32):
         super().__init__()
         self.num_classes, self.input_shape = num_classes, tuple(input_shape)
-        self.enc = DiffusionModelEncoder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes, input_shape=tuple(input_shape),
-                                         channels=tuple(channels), attention_levels=tuple(attention_levels), num_res_blocks=num_res_blocks,
+        self.enc = DiffusionModelEncoder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+                                         input_shape=tuple(input_shape),
+                                         channels=tuple(channels), attention_levels=tuple(attention_levels),
+                                         num_res_blocks=num_res_blocks,
                                          num_head_channels=num_head_channels, norm_num_groups=norm_num_groups)
     def forward(self, x, t):
-        if tuple(x.shape[2:]) != self.input_shape: raise ValueError(f"the classifier was built for images {self.input_shape}; got {tuple(x.shape[2:])}")
+        if tuple(x.shape[2:]) != self.input_shape:
+            raise ValueError(f"the classifier was built for images {self.input_shape}; got {tuple(x.shape[2:])}")
         t = torch.as_tensor(t, device=x.device)
         return self.enc(x, t.expand(x.shape[0]) if t.ndim == 0 else t)
 
 # %% ../../nbs/40_models.unet.ipynb #783234d5
-def count_params(m:nn.Module) -> int: return sum(p.numel() for p in m.parameters())
+def count_params(m:nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())

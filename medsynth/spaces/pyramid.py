@@ -1,4 +1,4 @@
-"""Gaussian and Laplacian image pyramids in 2D and 3D with exact reconstruction, masks carried to every level, and the noise-conditioning augmentation of cascaded (coarse-to-fine) diffusion.
+"""Gaussian and Laplacian pyramids in 2D and 3D with exact reconstruction, and cascaded-diffusion augmentation.
 
 Docs: https://medsynth.github.io/medsynth/spaces.pyramid.html.md"""
 
@@ -20,7 +20,8 @@ def _nearest(s:int, f:int) -> list:
     return sorted({v for v in (lo, hi) if v >= f})
 
 def check_levels(size, levels, where:str='size', factor:int=1) -> int:
-    "`levels` if `size` (one int per axis) is divisible by `2**(levels-1) * factor`, else a one-line error giving the nearest valid sizes."
+    """`levels` if `size` (one int per axis) is divisible by `2**(levels-1) * factor`, else a one-line error giving the
+    nearest valid sizes."""
     levels = check_int('levels', levels, 1, why=' (1 is a single scale; each further level halves the image)')
     f = 2 ** (levels - 1) * factor
     size = [int(s) for s in size]
@@ -28,7 +29,8 @@ def check_levels(size, levels, where:str='size', factor:int=1) -> int:
         opts = [_nearest(s, f) for s in size]
         alt = ' or '.join(str([o[i] if i < len(o) else o[-1] for o in opts]) for i in range(max(map(len, opts))))
         k = int(math.log2(factor))
-        why = f"{levels} levels" + (f" and a network that halves it {k} more time{'s' if k > 1 else ''}" if factor > 1 else '')
+        why = (f"{levels} levels" + (f" and a network that halves it {k} more time{'s' if k > 1 else ''}"
+                                     if factor > 1 else ''))
         raise ValueError(f"{where}={size} is not divisible by {f} ({why}): use {alt}")
     return levels
 
@@ -40,22 +42,27 @@ def level_size(size, level:int) -> list:
 _K = torch.tensor([1., 4., 6., 4., 1.]) / 16
 
 def _blur(x, gain:float=1.):
-    d = x.ndim - 2; C = x.shape[1]
+    d = x.ndim - 2
+    C = x.shape[1]
     for ax in range(d):
-        shape = [1] * d; shape[ax] = 5
+        shape = [1] * d
+        shape[ax] = 5
         k = (_K * gain).to(x).reshape(1, 1, *shape).repeat(C, 1, *[1] * d)
-        pad = [0, 0] * d; pad[2 * (d - 1 - ax)] = pad[2 * (d - 1 - ax) + 1] = 2
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - ax)] = pad[2 * (d - 1 - ax) + 1] = 2
         x = (F.conv2d if d == 2 else F.conv3d)(F.pad(x, pad, mode='replicate'), k, groups=C)
     return x
 
 def reduce(x):
     "Blur and subsample by 2 along every spatial axis (`x` is `(N, C, *spatial)`, 2D or 3D)."
-    if x.ndim not in (4, 5): raise ValueError(f"reduce takes (N, C, H, W) or (N, C, D, H, W); got shape {tuple(x.shape)}")
+    if x.ndim not in (4, 5):
+        raise ValueError(f"reduce takes (N, C, H, W) or (N, C, D, H, W); got shape {tuple(x.shape)}")
     return _blur(x)[(..., *[slice(None, None, 2)] * (x.ndim - 2))]
 
 def expand(x, size=None):
     "Upsample by 2 (to `size`): insert zeros, blur with gain 2 per axis."
-    d = x.ndim - 2; size = list(size or [2 * s for s in x.shape[2:]])
+    d = x.ndim - 2
+    size = list(size or [2 * s for s in x.shape[2:]])
     xp = F.pad(x, [1] * 2 * d, mode='replicate')     # one coarse sample of margin, so the border sees real neighbours
     up = x.new_zeros(*x.shape[:2], *[2 * s for s in xp.shape[2:]])
     up[(..., *[slice(None, None, 2)] * d)] = xp
@@ -66,7 +73,8 @@ def gaussian_pyramid(x, levels:int) -> list:
     "`[G_0 = x, G_1, ..., G_{levels-1}]`, each `reduce`d from the previous."
     check_levels(x.shape[2:], levels, 'image size')
     out = [x]
-    for _ in range(levels - 1): out.append(reduce(out[-1]))
+    for _ in range(levels - 1):
+        out.append(reduce(out[-1]))
     return out
 
 def laplacian_pyramid(x, levels:int) -> list:
@@ -77,42 +85,52 @@ def laplacian_pyramid(x, levels:int) -> list:
 def reconstruct(bands:list):
     "Invert `laplacian_pyramid`: expand the coarsest level and add the bands back, coarse to fine."
     x = bands[-1]
-    for b in reversed(bands[:-1]): x = b + expand(x, b.shape[2:])
+    for b in reversed(bands[:-1]):
+        x = b + expand(x, b.shape[2:])
     return x
 
 # %% ../../nbs/21_spaces.pyramid.ipynb #025d3447
 def back_project(x, coarse, iters:int=1):
     "`x` moved towards `reduce(x) == coarse` by `iters` back-projection steps; the detail `reduce` discards is kept."
-    for _ in range(iters): x = x + expand(coarse - reduce(x), x.shape[2:])
+    for _ in range(iters):
+        x = x + expand(coarse - reduce(x), x.shape[2:])
     return x
 
 # %% ../../nbs/21_spaces.pyramid.ipynb #8a87087c
 def downsample_mask(m, level:int):
     "Labels at `level`: the majority label of each `2**level` block (`m` is `(N, 1, *spatial)` with integer labels)."
-    if level == 0: return m
-    f = 2 ** level; pool = F.avg_pool2d if m.ndim == 4 else F.avg_pool3d
+    if level == 0:
+        return m
+    f = 2 ** level
+    pool = F.avg_pool2d if m.ndim == 4 else F.avg_pool3d
     labels = torch.unique(m)
     frac = torch.cat([pool((m == v).float(), f) for v in labels], 1)
     return labels.to(m.dtype)[frac.argmax(1, keepdim=True)]
 
 def cond_at(cond, keys, mask_key:str, level:int):
     "Conditioning channels (named `keys`, masks in $\\{-1, 1\\}$ as modes give them) at pyramid `level`."
-    if cond is None or level == 0: return cond
+    if cond is None or level == 0:
+        return cond
     out = []
     for k, c in zip(keys, cond.split(1, 1)):
-        if k == mask_key: out.append(downsample_mask((c > 0).long(), level).to(c.dtype) * 2 - 1)
-        else: out.append(gaussian_pyramid(c, level + 1)[-1])
+        if k == mask_key:
+            out.append(downsample_mask((c > 0).long(), level).to(c.dtype) * 2 - 1)
+        else:
+            out.append(gaussian_pyramid(c, level + 1)[-1])
     return torch.cat(out, 1)
 
 # %% ../../nbs/21_spaces.pyramid.ipynb #32f0d94e
 def augment(c, s, generator=None):
-    "Noise-conditioning augmentation: $\\cos(\\pi s/2)\\, c + \\sin(\\pi s/2)\\, \\epsilon$ with per-sample strength `s`."
+    """Noise-conditioning augmentation: $\\cos(\\pi s/2)\\, c + \\sin(\\pi s/2)\\, \\epsilon$ with per-sample strength
+    `s`."""
     eps = randn(c.shape, generator).to(c)
-    a = torch.cos(torch.pi * s / 2).to(c).reshape(-1, *[1] * (c.ndim - 1)); b = torch.sin(torch.pi * s / 2).to(c).reshape(-1, *[1] * (c.ndim - 1))
+    a = torch.cos(torch.pi * s / 2).to(c).reshape(-1, *[1] * (c.ndim - 1))
+    b = torch.sin(torch.pi * s / 2).to(c).reshape(-1, *[1] * (c.ndim - 1))
     return a * c + b * eps
 
 def coarse_cond(coarse, size, s, generator=None):
     "The coarse channels a finer level sees: the expanded, augmented coarse image and a constant map of `s`."
-    B = coarse.shape[0]; s = torch.as_tensor(s, dtype=torch.float32).expand(B) if torch.as_tensor(s).ndim == 0 else s
+    B = coarse.shape[0]
+    s = torch.as_tensor(s, dtype=torch.float32).expand(B) if torch.as_tensor(s).ndim == 0 else s
     up = augment(expand(coarse, size), s, generator)
     return torch.cat([up, s.to(up).reshape(B, *[1] * (up.ndim - 1)).expand(B, 1, *size)], 1)

@@ -1,4 +1,4 @@
-"""The first stage of a latent diffusion model: MONAI's `AutoencoderKL` trained with L1, a tiny KL term, and optional perceptual and adversarial losses; the latent scale factor; a `LatentSpace` that encodes to unit-variance latents and decodes back; atomic checkpoints.
+"""The first stage of latent diffusion: MONAI's `AutoencoderKL`, its training, latent scale and `LatentSpace`.
 
 Docs: https://medsynth.github.io/medsynth/spaces.vae.html.md"""
 
@@ -29,27 +29,36 @@ def downsampling_factor(channels) -> int:
     "How much each spatial axis shrinks: `2 ** (len(channels) - 1)`."
     return 2 ** (len(channels) - 1)
 
-def _fmt(size): return 'x'.join(map(str, size))
+def _fmt(size):
+    return 'x'.join(map(str, size))
 
 def check_size(size, factor:int):
-    "`size` (spatial) if every axis is divisible by `factor`, else a one-line `ValueError` with the nearest valid sizes."
+    """`size` (spatial) if every axis is divisible by `factor`, else a one-line `ValueError` with the nearest valid
+    sizes."""
     size = tuple(int(s) for s in size)
-    if all(s % factor == 0 for s in size): return size
-    lo = tuple(max(factor, s // factor * factor) for s in size); hi = tuple(-(-s // factor) * factor for s in size)
+    if all(s % factor == 0 for s in size):
+        return size
+    lo = tuple(max(factor, s // factor * factor) for s in size)
+    hi = tuple(-(-s // factor) * factor for s in size)
     near = ' or '.join(dict.fromkeys(_fmt(s) for s in (lo, hi)))
-    raise ValueError(f"image size {_fmt(size)} is not divisible by the autoencoder's downsampling factor {factor} (2 ** (len(channels) - 1)): resize, crop or pad to {near}")
+    raise ValueError(f"image size {_fmt(size)} is not divisible by the autoencoder's downsampling factor {factor} (2 "
+                     f"** (len(channels) - 1)): resize, crop or pad to {near}")
 
+# %% ../../nbs/20_spaces.vae.ipynb #f03662b8
 def build_autoencoder(spatial_dims:int=2, in_channels:int=1, latent_channels:int=4, channels=(32, 64), num_res_blocks=1,
                       attention_levels=None, norm_num_groups:int|None=None, **kwargs):
     "MONAI's `AutoencoderKL` (output channels = `in_channels`); `kwargs` go to it (e.g. `with_encoder_nonlocal_attn`)."
     from monai.networks.nets import AutoencoderKL
     check_choice('spatial_dims', spatial_dims, (2, 3))
     channels = tuple(int(c) for c in channels)
-    if not channels: raise ValueError("channels=() is not allowed: give one width per level, e.g. (32, 64)")
+    if not channels:
+        raise ValueError("channels=() is not allowed: give one width per level, e.g. (32, 64)")
     att = (False,) * len(channels) if attention_levels is None else tuple(bool(a) for a in attention_levels)
-    if len(att) != len(channels): raise ValueError(f"attention_levels={attention_levels!r} needs one entry per level of channels={channels}")
+    if len(att) != len(channels):
+        raise ValueError(f"attention_levels={attention_levels!r} needs one entry per level of channels={channels}")
     g = _groups(channels) if norm_num_groups is None else check_int('norm_num_groups', norm_num_groups)
-    if any(c % g for c in channels): raise ValueError(f"norm_num_groups={g} must divide every width in channels={channels}")
+    if any(c % g for c in channels):
+        raise ValueError(f"norm_num_groups={g} must divide every width in channels={channels}")
     return AutoencoderKL(spatial_dims, in_channels, in_channels, num_res_blocks=num_res_blocks, channels=channels,
                          attention_levels=att, latent_channels=latent_channels, norm_num_groups=g, **kwargs)
 
@@ -60,33 +69,48 @@ def kl_loss(z_mu:torch.Tensor, z_sigma:torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(1).mean()
 
 # %% ../../nbs/20_spaces.vae.ipynb #07f2a2e7
-def _unit(f:torch.Tensor, eps:float=1e-10): return f / (f.pow(2).sum(1, keepdim=True) + eps).sqrt()
+def _unit(f:torch.Tensor, eps:float=1e-10):
+    return f / (f.pow(2).sum(1, keepdim=True) + eps).sqrt()
 
 def feature_distance(fa, fb) -> torch.Tensor:
-    "Squared distance of channel-normalised features, averaged over positions, images and layers (tensors or lists of them)."
+    """Squared distance of channel-normalised features, averaged over positions, images and layers (tensors or lists of
+    them)."""
     fa, fb = ([f] if torch.is_tensor(f) else list(f) for f in (fa, fb))
-    if len(fa) != len(fb) or not fa: raise ValueError(f"feature_distance got {len(fa)} and {len(fb)} feature maps")
+    if len(fa) != len(fb) or not fa:
+        raise ValueError(f"feature_distance got {len(fa)} and {len(fb)} feature maps")
     return torch.stack([(_unit(a) - _unit(b)).pow(2).sum(1).mean() for a, b in zip(fa, fb)]).mean()
 
 def encoder_layers(enc:nn.Module):
     "A `DomainEncoder` as a perceptual network: images in [0, 1] -> the outputs of its stem and of each stage."
     def layers(x):
-        h = enc.stem(x); out = [h]
-        for s in enc.stages: h = s(h); out.append(h)
+        h = enc.stem(x)
+        out = [h]
+        for s in enc.stages:
+            h = s(h)
+            out.append(h)
         return out
     return layers
 
-def _slices(t): return t.movedim(-1, 1).flatten(0, 1) if t.ndim == 5 else t
+def _slices(t):
+    return t.movedim(-1, 1).flatten(0, 1) if t.ndim == 5 else t
 
+# %% ../../nbs/20_spaces.vae.ipynb #dd4e1d16
 def perceptual_loss(cfg, perceptual_net=None):
-    "The perceptual distance `(reconstruction, images) -> scalar` that `cfg` asks for (images in [-1, 1]), or None when its weight is 0."
-    if not cfg.perceptual_weight: return None
+    """The perceptual distance `(reconstruction, images) -> scalar` that `cfg` asks for (images in [-1, 1]), or None
+    when its weight is 0."""
+    if not cfg.perceptual_weight:
+        return None
     check_choice('perceptual', cfg.perceptual, ('lpips', 'encoder'))
     if cfg.perceptual == 'encoder':
-        if perceptual_net is None: raise ValueError("perceptual='encoder' with perceptual_weight > 0 needs perceptual_net: a feature network on [0, 1] images, e.g. encoder_layers(train_encoder(...)) (or set perceptual_weight=0)")
+        if perceptual_net is None:
+            raise ValueError("perceptual='encoder' with perceptual_weight > 0 needs perceptual_net: a feature network "
+                             "on [0, 1] images, e.g. encoder_layers(train_encoder(...)) (or set perceptual_weight=0)")
         return lambda a, b: feature_distance(perceptual_net((a + 1) / 2), perceptual_net((b + 1) / 2))
     net = perceptual_net
-    if net is None: raise ValueError("perceptual='lpips' with perceptual_weight > 0 needs perceptual_net: medsynth.evaluation.metrics.lpips_model(FILE) with torchvision's alexnet-owt-7be5be79.pth (or perceptual='encoder', or perceptual_weight=0)")
+    if net is None:
+        raise ValueError("perceptual='lpips' with perceptual_weight > 0 needs perceptual_net: "
+                         "medsynth.evaluation.metrics.lpips_model(FILE) with torchvision's alexnet-owt-7be5be79.pth "
+                         "(or perceptual='encoder', or perceptual_weight=0)")
     rgb = lambda t: (lambda s: s.expand(-1, 3, *s.shape[2:]) if s.shape[1] == 1 else s)(_slices(t))
     return lambda a, b: net.to(a.device)(rgb(a), rgb(b)).mean()
 
@@ -98,10 +122,14 @@ def build_discriminator(cfg):
                               in_channels=cfg.in_channels, out_channels=1)
 
 def _check_disc(cfg, size):
-    small = min(size); need = 3 * 2 ** cfg.disc_layers
+    small = min(size)
+    need = 3 * 2 ** cfg.disc_layers
     if small < need:
         fit = max(1, int(math.log2(small / 3))) if small >= 6 else 0
-        raise ValueError(f"disc_layers={cfg.disc_layers} is too deep for images of size {_fmt(size)} (needs {need} px per axis): use disc_layers={fit}" if fit else f"images of size {_fmt(size)} are too small for the patch discriminator (6 px per axis at least): set adversarial_weight=0")
+        raise ValueError(f"disc_layers={cfg.disc_layers} is too deep for images of size {_fmt(size)} (needs {need} px "
+                         f"per axis): use disc_layers={fit}" if fit
+                         else f"images of size {_fmt(size)} are too small for the patch discriminator (6 px per axis "
+                         "at least): set adversarial_weight=0")
 
 # %% ../../nbs/20_spaces.vae.ipynb #80048da4
 @dataclass
@@ -131,8 +159,10 @@ class AEConfig:
     seed: int = 0
 
     @property
-    def factor(self) -> int: return downsampling_factor(self.channels)
+    def factor(self) -> int:
+        return downsampling_factor(self.channels)
 
+# %% ../../nbs/20_spaces.vae.ipynb #cea5c71c
 def model_of(cfg:AEConfig):
     "The (untrained) `AutoencoderKL` that `cfg` describes."
     return build_autoencoder(cfg.spatial_dims, cfg.in_channels, cfg.latent_channels, cfg.channels, cfg.num_res_blocks,
@@ -144,30 +174,40 @@ def _check_images(x, cfg:AEConfig) -> torch.Tensor:
     x = torch.as_tensor(x)
     d = cfg.spatial_dims
     if x.ndim != d + 2 or x.shape[1] != cfg.in_channels or len(x) == 0:
-        raise ValueError(f"the autoencoder needs images (N, {cfg.in_channels}, {', '.join('HWD'[:d])}); got shape {tuple(x.shape)}")
+        raise ValueError(f"the autoencoder needs images (N, {cfg.in_channels}, {', '.join('HWD'[:d])}); got shape "
+                         f"{tuple(x.shape)}")
     x = x.float()
-    if not torch.isfinite(x).all(): raise ValueError("the autoencoder got images with NaN or Inf values")
-    if x.min() < -1.05 or x.max() > 1.05: raise ValueError(f"the autoencoder needs images in [-1, 1]; got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    if not torch.isfinite(x).all():
+        raise ValueError("the autoencoder got images with NaN or Inf values")
+    if x.min() < -1.05 or x.max() > 1.05:
+        raise ValueError(f"the autoencoder needs images in [-1, 1]; got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     check_size(x.shape[2:], cfg.factor)
     return x
 
 def autoencoder_loss(model, x, cfg:AEConfig, perceptual=None, disc=None, adv=None, generator=None):
-    "The generator's loss terms on the batch `x` (a dict with `loss`, `recon`, `kl`, `perceptual`, `adversarial`) and the reconstruction."
+    """The generator's loss terms on the batch `x` (a dict with `loss`, `recon`, `kl`, `perceptual`, `adversarial`) and
+    the reconstruction."""
     z_mu, z_sigma = model.encode(x)
-    eps = torch.randn(z_mu.shape, generator=generator, dtype=z_mu.dtype).to(z_mu.device) if generator is not None else torch.randn_like(z_mu)
+    eps = (torch.randn(z_mu.shape, generator=generator, dtype=z_mu.dtype).to(z_mu.device) if generator is not None
+           else torch.randn_like(z_mu))
     recon = model.decode(z_mu + z_sigma * eps)
     zero = recon.new_zeros(())
     t = dict(recon=(recon - x).abs().mean(), kl=kl_loss(z_mu, z_sigma),
              perceptual=perceptual(recon, x) if perceptual is not None else zero,
-             adversarial=adv(disc(recon)[-1], target_is_real=True, for_discriminator=False) if disc is not None else zero)
-    t['loss'] = t['recon'] + cfg.kl_weight * t['kl'] + cfg.perceptual_weight * t['perceptual'] + cfg.adversarial_weight * t['adversarial']
+             adversarial=adv(disc(recon)[-1], target_is_real=True, for_discriminator=False)
+             if disc is not None else zero)
+    t['loss'] = (t['recon'] + cfg.kl_weight * t['kl'] + cfg.perceptual_weight * t['perceptual']
+                 + cfg.adversarial_weight * t['adversarial'])
     return t, recon
 
 # %% ../../nbs/20_spaces.vae.ipynb #91d4df4a
 TERMS = ('loss', 'recon', 'kl', 'perceptual', 'adversarial', 'disc')
 
-def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discriminator=None, device=None, progress:bool=False):
-    "Train an `AutoencoderKL` on `images` `(N, C, *spatial)` in [-1, 1]; returns `(model, history)` with one value per step of each term in `TERMS`."
+# %% ../../nbs/20_spaces.vae.ipynb #245d936b
+def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discriminator=None, device=None,
+                      progress:bool=False):
+    """Train an `AutoencoderKL` on `images` `(N, C, *spatial)` in [-1, 1]; returns `(model, history)` with one value per
+    step of each term in `TERMS`."""
     cfg = cfg or AEConfig()
     check_choice('lr_schedule', cfg.lr_schedule, ('onecycle', 'constant'))
     check_choice('adv_criterion', cfg.adv_criterion, ('least_squares', 'hinge'))
@@ -175,12 +215,14 @@ def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discr
     x = _check_images(images, cfg)
     perc = perceptual_loss(cfg, perceptual_net)                        # a missing network fails before any work
     use_adv = cfg.adversarial_weight > 0
-    if use_adv: _check_disc(cfg, x.shape[2:])
+    if use_adv:
+        _check_disc(cfg, x.shape[2:])
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = model_of(cfg)
-        if use_adv and discriminator is None: discriminator = build_discriminator(cfg)
+        if use_adv and discriminator is None:
+            discriminator = build_discriminator(cfg)
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if use_adv:
@@ -188,8 +230,10 @@ def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discr
         discriminator.to(dev).train()
         adv = PatchAdversarialLoss(criterion=cfg.adv_criterion)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.disc_lr or cfg.lr)
-    cycle = lambda o, n: torch.optim.lr_scheduler.OneCycleLR(o, o.param_groups[0]['lr'], total_steps=max(n, 1), pct_start=0.15) if cfg.lr_schedule == 'onecycle' else None
-    sched, sched_d = cycle(opt, steps), cycle(opt_d, steps - cfg.adv_start) if use_adv else None   # the discriminator's cycle starts with it
+    cycle = lambda o, n: torch.optim.lr_scheduler.OneCycleLR(o, o.param_groups[0]['lr'], total_steps=max(n, 1),
+                                                             pct_start=0.15) if cfg.lr_schedule == 'onecycle' else None
+    # the discriminator's cycle starts with it
+    sched, sched_d = cycle(opt, steps), cycle(opt_d, steps - cfg.adv_start) if use_adv else None
     g = torch.Generator().manual_seed(cfg.seed)
     bs, order, pos = min(cfg.batch_size, len(x)), torch.randperm(len(x), generator=g), 0
     hist = {k: [] for k in TERMS}
@@ -197,40 +241,55 @@ def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discr
     if progress:
         it = track(it, 'autoencoder')
     for step in it:
-        if pos + bs > len(x): order, pos = torch.randperm(len(x), generator=g), 0
-        xb = x[order[pos:pos + bs]].to(dev); pos += bs
+        if pos + bs > len(x):
+            order, pos = torch.randperm(len(x), generator=g), 0
+        xb = x[order[pos:pos + bs]].to(dev)
+        pos += bs
         on = use_adv and step >= cfg.adv_start
         t, recon = autoencoder_loss(model, xb, cfg, perc, discriminator if on else None, adv if on else None, g)
-        if not torch.isfinite(t['loss']): raise FloatingPointError(f"autoencoder loss is {float(t['loss'])} at step {step}: lower lr (now {cfg.lr})")
-        opt.zero_grad(set_to_none=True); t['loss'].backward(); opt.step()
+        if not torch.isfinite(t['loss']):
+            raise FloatingPointError(f"autoencoder loss is {float(t['loss'])} at step {step}: lower lr (now {cfg.lr})")
+        opt.zero_grad(set_to_none=True)
+        t['loss'].backward()
+        opt.step()
         d = torch.zeros(())
         if on:
             opt_d.zero_grad(set_to_none=True)
             d = 0.5 * (adv(discriminator(recon.detach())[-1], target_is_real=False, for_discriminator=True)
                        + adv(discriminator(xb)[-1], target_is_real=True, for_discriminator=True))
-            d.backward(); opt_d.step()
-            if sched_d: sched_d.step()
-        if sched: sched.step()
-        for k in TERMS[:-1]: hist[k].append(t[k].item())
+            d.backward()
+            opt_d.step()
+            if sched_d:
+                sched_d.step()
+        if sched:
+            sched.step()
+        for k in TERMS[:-1]:
+            hist[k].append(t[k].item())
         hist['disc'].append(d.item())
     return model.eval(), hist
 
 # %% ../../nbs/20_spaces.vae.ipynb #51e5cc12
 @torch.no_grad()
 def latent_scale_factor(model, images, batch_size:int=64, sample:bool=False, generator=None) -> float:
-    "`1 / std` of the latents of `images` (z_mu, or posterior samples with `sample=True`), all elements pooled, as a python float."
+    """`1 / std` of the latents of `images` (z_mu, or posterior samples with `sample=True`), all elements pooled, as a
+    python float."""
     x = torch.as_tensor(images)
     dev, was = next(model.parameters()).device, model.training
-    model.eval(); s = s2 = 0.; n = 0
+    model.eval()
+    s = s2 = 0.
+    n = 0
     try:
         for b in x.split(batch_size):
             mu, sig = model.encode(b.float().to(dev))
             z = (mu + sig * torch.randn(mu.shape, generator=generator).to(mu) if sample else mu).double()
             s, s2, n = s + z.sum(), s2 + z.pow(2).sum(), n + z.numel()
-    finally: model.train(was)
-    if n < 2: raise ValueError(f"latent_scale_factor needs at least one image with two latent elements; got {n}")
+    finally:
+        model.train(was)
+    if n < 2:
+        raise ValueError(f"latent_scale_factor needs at least one image with two latent elements; got {n}")
     std = math.sqrt(max(float(s2 - s * s / n) / (n - 1), 0.))
-    if not std > 0: raise ValueError("the latents have zero variance: the autoencoder maps every image to the same latent")
+    if not std > 0:
+        raise ValueError("the latents have zero variance: the autoencoder maps every image to the same latent")
     return 1 / std
 
 # %% ../../nbs/20_spaces.vae.ipynb #661c25bc
@@ -249,17 +308,23 @@ class LatentSpace:
         self.latent_channels = self.model.latent_channels
 
     @property
-    def device(self): return next(self.model.parameters()).device
-    def to(self, device): self.model.to(device); return self
+    def device(self):
+        return next(self.model.parameters()).device
+    def to(self, device):
+        self.model.to(device)
+        return self
 
     def _check(self, x):
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"the autoencoder needs images (N, {self.in_channels}, {', '.join('HWD'[:self.spatial_dims])}); got shape {tuple(x.shape)}")
+            raise ValueError(f"the autoencoder needs images (N, {self.in_channels}, "
+                             f"{', '.join('HWD'[:self.spatial_dims])}); got shape {tuple(x.shape)}")
         check_size(x.shape[2:], self.factor)
 
     def encode(self, x, sample:bool=False, generator=None) -> torch.Tensor:
-        "Images -> scaled latents `(N, latent_channels, *spatial / factor)`: `z_mu * scale`, or a posterior sample with `sample=True`."
-        x = torch.as_tensor(x); self._check(x)
+        """Images -> scaled latents `(N, latent_channels, *spatial / factor)`: `z_mu * scale`, or a posterior sample
+        with `sample=True`."""
+        x = torch.as_tensor(x)
+        self._check(x)
         mu, sig = self.model.encode(x.float().to(self.device))
         z = mu + sig * torch.randn(mu.shape, generator=generator).to(mu) if sample else mu
         return z * self.scale
@@ -271,7 +336,8 @@ class LatentSpace:
     def latent_shape(self, image_shape) -> tuple:
         "The latent shape of an image shape: spatial `(H, W[, D])`, `(C, *spatial)` or `(N, C, *spatial)`."
         s, d = tuple(int(v) for v in image_shape), self.spatial_dims
-        if len(s) not in (d, d + 1, d + 2): raise ValueError(f"image shape {s} has {len(s)} axes; give {d} spatial axes, optionally after C and N")
+        if len(s) not in (d, d + 1, d + 2):
+            raise ValueError(f"image shape {s} has {len(s)} axes; give {d} spatial axes, optionally after C and N")
         sp = check_size(s[-d:], self.factor)
         return s[:max(len(s) - d - 1, 0)] + (self.latent_channels,) + tuple(v // self.factor for v in sp)
 
@@ -279,27 +345,38 @@ class LatentSpace:
 AE_FORMAT = 'medsynth.AutoencoderKL/1'
 AE_FIX = 'train one with train_autoencoder or give the path of autoencoder.pt'
 
-def _plain(v): return [_plain(a) for a in v] if isinstance(v, (list, tuple)) else v
+def _plain(v):
+    return [_plain(a) for a in v] if isinstance(v, (list, tuple)) else v
 
 def save_autoencoder(model, cfg:AEConfig, scale:float, path) -> Path:
     "Write `model`, its `cfg` and latent `scale` to `path` atomically."
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as p:
-        torch.save(dict(format=AE_FORMAT, config={k: _plain(v) for k, v in asdict(cfg).items()}, scale=float(scale), state_dict=sd), p)
+        torch.save(dict(format=AE_FORMAT, config={k: _plain(v) for k, v in asdict(cfg).items()}, scale=float(scale),
+                        state_dict=sd), p)
     return Path(path)
 
+# %% ../../nbs/20_spaces.vae.ipynb #06e2df5e
 def load_autoencoder(path, device='cpu') -> LatentSpace:
     "The `LatentSpace` saved at `path` by `save_autoencoder` (frozen, in eval mode)."
     path = Path(path)
-    if not path.is_file(): raise DataError(path, 'autoencoder checkpoint not found', AE_FIX)
-    try: obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise DataError(path, f'cannot be read as an autoencoder checkpoint ({type(e).__name__})', AE_FIX) from None
+    if not path.is_file():
+        raise DataError(path, 'autoencoder checkpoint not found', AE_FIX)
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise DataError(path, f'cannot be read as an autoencoder checkpoint ({type(e).__name__})', AE_FIX) from None
     if not isinstance(obj, dict) or obj.get('format') != AE_FORMAT or not isinstance(obj.get('state_dict'), dict):
         raise DataError(path, f'is not a medsynth autoencoder checkpoint (no format {AE_FORMAT!r})', AE_FIX)
     known = {f.name for f in fields(AEConfig)}
     conf = {k: tuple(v) if isinstance(v, list) else v for k, v in obj.get('config', {}).items() if k in known}
-    try: cfg = AEConfig(**conf); model = model_of(cfg)
-    except (TypeError, ValueError) as e: raise DataError(path, f"its config does not describe an autoencoder ({str(e).splitlines()[0]})", AE_FIX) from None
-    load_backbone(model, obj['state_dict'], path, f"the autoencoder of its config (channels {cfg.channels}, latent_channels {cfg.latent_channels})",
+    try:
+        cfg = AEConfig(**conf)
+        model = model_of(cfg)
+    except (TypeError, ValueError) as e:
+        raise DataError(path, f"its config does not describe an autoencoder ({str(e).splitlines()[0]})",
+                        AE_FIX) from None
+    load_backbone(model, obj['state_dict'], path,
+                  f"the autoencoder of its config (channels {cfg.channels}, latent_channels {cfg.latent_channels})",
                   're-save it with save_autoencoder from the model it was trained as')
     return LatentSpace(model.requires_grad_(False).to(device), float(obj['scale']), cfg)

@@ -1,1 +1,2 @@
-"""The published systems built from the layers below: multiscale (pyramid), PDS (dual-modal), M2D (foundation-model guided)."""
+"""The published systems built from the layers below: multiscale (pyramid), PDS (dual-modal), M2D
+(foundation-model guided)."""

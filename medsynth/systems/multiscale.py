@@ -1,4 +1,4 @@
-"""Pyramid (cascaded, coarse-to-fine) diffusion against single-scale diffusion at equal training compute: does it pay?
+"""Pyramid (coarse-to-fine) diffusion against single-scale diffusion at equal training compute: does it pay?
 
 Docs: https://medsynth.github.io/medsynth/systems.multiscale.html.md"""
 
@@ -14,7 +14,8 @@ from ..spaces.pyramid import reduce
 from ..training.config import TrainConfig, make_config, is_cascade
 from ..training.learner import train, train_stage
 from ..training.runs import load_run, sample_run
-from ..evaluation.evaluate import read_set, evaluate, ImageSet
+from ..evaluation.sets import read_set, ImageSet
+from ..evaluation.evaluate import evaluate
 from ..core.io import atomic_path
 
 # %% auto #0
@@ -22,49 +23,72 @@ __all__ = ['split_epochs', 'coarse_consistency', 'compare_scales']
 
 # %% ../../nbs/70_systems.multiscale.ipynb #03e074f5
 def split_epochs(epochs:int, levels:int) -> list:
-    "`epochs` shared out over `levels` networks, finest first (the finest gets the remainder): the same training network evaluations as one network trained `epochs`."
-    check_int('levels', levels); check_int('epochs', epochs, levels, why=f' (at least one epoch per level for {levels} levels)')
+    """`epochs` shared out over `levels` networks, finest first (the finest gets the remainder): the same training
+    network evaluations as one network trained `epochs`."""
+    check_int('levels', levels)
+    check_int('epochs', epochs, levels, why=f' (at least one epoch per level for {levels} levels)')
     return [epochs // levels + (i < epochs % levels) for i in range(levels)]
 
 # %% ../../nbs/70_systems.multiscale.ipynb #8dd4c841
 def coarse_consistency(levels:list) -> list:
-    "Per pair of adjacent generated levels (finest first): mean |reduce(fine) - coarse|, the same against a shuffled coarse, and their ratio."
+    """Per pair of adjacent generated levels (finest first): mean |reduce(fine) - coarse|, the same against a shuffled
+    coarse, and their ratio."""
     out = []
     for fine, coarse in zip(levels[:-1], levels[1:]):
-        r = reduce(fine.float()); c = coarse.float()
+        r = reduce(fine.float())
+        c = coarse.float()
         e, sh = (r - c).abs().mean().item(), (r - c.roll(1, 0)).abs().mean().item()
         out.append(dict(error=e, shuffled=sh, ratio=e / max(sh, 1e-12)))
     return out
 
 # %% ../../nbs/70_systems.multiscale.ipynb #ecc8f839
 def _sampled(run, n, out, seed, progress):
-    t0 = time.perf_counter(); sample_run(run, n, seed=seed, out=out, overwrite=True, progress=progress)
+    t0 = time.perf_counter()
+    sample_run(run, n, seed=seed, out=out, overwrite=True, progress=progress)
     return time.perf_counter() - t0
 
 def _real(cfg, synth, modality):
-    "The real side: the real image of each sample's conditioning when the samples carry it (held-out, same masks), else the data."
-    if synth.reference is None: return read_set(cfg.data, size=cfg.size, modality=modality, dims=cfg.dims)
+    """The real side: the real image of each sample's conditioning when the samples carry it (held-out, same masks),
+    else the data."""
+    if synth.reference is None:
+        return read_set(cfg.data, size=cfg.size, modality=modality, dims=cfg.dims)
     meta = Path(cfg.data)/'phantom.json'
-    return ImageSet(synth.path, 'real of the same conditioning', synth.reference, synth.files, masks=synth.masks, meta=json.loads(meta.read_text()) if meta.exists() else None)
+    return ImageSet(synth.path, 'real of the same conditioning', synth.reference, synth.files, masks=synth.masks,
+                    meta=json.loads(meta.read_text()) if meta.exists() else None)
 
-def compare_scales(cfg:TrainConfig, out, levels:int=3, level_steps=None, shared:bool=False, n:int=64, modality:str|None=None, encoder_steps:int=300,
+# %% ../../nbs/70_systems.multiscale.ipynb #e2559ee2
+def compare_scales(cfg:TrainConfig, out, levels:int=3, level_steps=None, shared:bool=False, n:int=64,
+                   modality:str|None=None, encoder_steps:int=300,
                    seed:int=0, progress:bool=False) -> list:
-    "Train `cfg` at a single scale and as a `levels`-level pyramid (sampled with `level_steps`, finest first) at equal training network evaluations; sample `n` images each; one row of quality and cost per method."
-    out = Path(out); base = dataclasses.asdict(cfg) | dict(levels=1, level=None, shared_levels=False, level_epochs=None, level_steps=None)
-    pyr = dict(base, levels=levels, shared_levels=shared, level_epochs=None if shared else split_epochs(cfg.epochs, levels), level_steps=level_steps)
+    """Train `cfg` at a single scale and as a `levels`-level pyramid (sampled with `level_steps`, finest first) at equal
+    training network evaluations; sample `n` images each; one row of quality and cost per method."""
+    out = Path(out)
+    base = dataclasses.asdict(cfg) | dict(levels=1, level=None, shared_levels=False, level_epochs=None,
+                                          level_steps=None)
+    pyr = dict(base, levels=levels, shared_levels=shared,
+               level_epochs=None if shared else split_epochs(cfg.epochs, levels), level_steps=level_steps)
     make_config(pyr, where='pyramid config')             # a bad pyramid fails before anything trains
     rows, enc = [], None
     for name, c in (('single', base), ('pyramid', pyr)):
-        tr = train_stage(c, out/name, progress=progress); mc = make_config(c)
+        tr = train_stage(c, out/name, progress=progress)
+        mc = make_config(c)
         secs = _sampled(out/name, n, out/f'samples-{name}', seed, progress)
-        synth = read_set(out/f'samples-{name}', modality=modality); real = _real(cfg, synth, modality)
-        ev = evaluate(real, synth, out/f'eval-{name}', metrics=['fid', 'kid'] + (['phantom'] if real.meta else []), encoder=enc,
+        synth = read_set(out/f'samples-{name}', modality=modality)
+        real = _real(cfg, synth, modality)
+        ev = evaluate(real, synth, out/f'eval-{name}', metrics=['fid', 'kid'] + (['phantom'] if real.meta else []),
+                      encoder=enc,
                       encoder_steps=encoder_steps, seed=seed, overwrite=True, progress=progress)
         enc = enc or out/f'eval-{name}'/'encoder.pt'
-        rows.append(dict(method=name if name == 'single' else f"pyramid ({levels} levels{', shared' if shared else ''})",
-                         train_epochs=sum(mc.level_epochs) if is_cascade(mc) else mc.epochs, train_seconds=tr.get('seconds'),
-                         sample_steps='+'.join(map(str, mc.level_steps or [mc.sample_steps] * mc.levels)), sample_seconds_per_image=secs / n,
-                         fid=ev['fid'], kid=ev['kid']['mean'], **{k: ev.get('phantom', {}).get(k) for k in ('intensity_w1', 'contrast_error')}))
-    for r in rows: r['sample_time_ratio'] = r['sample_seconds_per_image'] / rows[0]['sample_seconds_per_image']
-    with atomic_path(out/'scales.json') as p: p.write_text(json.dumps(rows, indent=1))
+        rows.append(dict(method=name if name == 'single'
+                         else f"pyramid ({levels} levels{', shared' if shared else ''})",
+                         train_epochs=sum(mc.level_epochs) if is_cascade(mc) else mc.epochs,
+                         train_seconds=tr.get('seconds'),
+                         sample_steps='+'.join(map(str, mc.level_steps or [mc.sample_steps] * mc.levels)),
+                         sample_seconds_per_image=secs / n,
+                         fid=ev['fid'], kid=ev['kid']['mean'],
+                         **{k: ev.get('phantom', {}).get(k) for k in ('intensity_w1', 'contrast_error')}))
+    for r in rows:
+        r['sample_time_ratio'] = r['sample_seconds_per_image'] / rows[0]['sample_seconds_per_image']
+    with atomic_path(out/'scales.json') as p:
+        p.write_text(json.dumps(rows, indent=1))
     return rows

@@ -25,88 +25,128 @@ __all__ = ['DiffusionLoss', 'DiffusionCB', 'PrecisionCB', 'StepCB', 'EMACB', 'Gu
 
 # %% ../../nbs/52_training.callbacks.ipynb #d08590fe
 class DiffusionLoss:
-    "The weighted diffusion objective (plus PDS's ROI term with `roi`); keeps the per-sample (unweighted) losses for the importance sampler."
+    """The weighted diffusion objective (plus PDS's ROI term with `roi`); keeps the per-sample (unweighted) losses for
+    the importance sampler."""
     def __init__(self, schedule, prediction, weighting, gamma, roi=None, roi_weight:float=0.):
-        self.schedule, self.prediction, self.weighting, self.gamma, self.roi, self.roi_weight = schedule, prediction, weighting, gamma, roi, roi_weight
+        self.schedule, self.prediction, self.weighting, self.gamma, self.roi, self.roi_weight = (schedule, prediction,
+                weighting, gamma, roi, roi_weight)
     def __call__(self, pred, x0, eps, t, importance):
         if self.roi is not None and self.roi_weight:
             from medsynth.systems.pds import pattern_aware_loss   # PDS in the trainer: to become a system plug-in
-            loss, self.per_sample = pattern_aware_loss(pred.float(), x0, eps, t.cpu(), self.schedule, self.prediction, self.roi, self.roi_weight, self.weighting, self.gamma, importance)
-        else: loss, self.per_sample = diffusion_loss(pred.float(), x0, eps, t.cpu(), self.schedule, self.prediction, self.weighting, self.gamma, importance)
+            loss, self.per_sample = pattern_aware_loss(pred.float(), x0, eps, t.cpu(), self.schedule, self.prediction,
+                                                       self.roi, self.roi_weight, self.weighting,
+                                                       self.gamma, importance)
+        else:
+            loss, self.per_sample = diffusion_loss(pred.float(), x0, eps, t.cpu(), self.schedule, self.prediction,
+                                                   self.weighting, self.gamma, importance)
         return loss
 
+# %% ../../nbs/52_training.callbacks.ipynb #6cf62cbb
 class DiffusionCB(Callback):
-    "Noising: batch dict -> `xb = (x_t, t_model, cond, label)`, `yb = (x0, eps, t, importance)`; importance-sampler updates."
+    """Noising: batch dict -> `xb = (x_t, t_model, cond, label)`, `yb = (x0, eps, t, importance)`; importance-sampler
+    updates."""
     order = -5
     def __init__(self, cfg:TrainConfig, mode, schedule, tsampler, num_classes=None, space=None, encoder=None):
-        self.cfg, self.mode, self.schedule, self.tsampler, self.num_classes, self.space, self.encoder = cfg, mode, schedule, tsampler, num_classes, space, encoder
+        self.cfg, self.mode, self.schedule, self.tsampler, self.num_classes, self.space, self.encoder = (cfg, mode,
+                schedule, tsampler, num_classes, space, encoder)
         self.gen = torch.Generator().manual_seed(cfg.seed)
     def before_fit(self):
         from fastai.learner import AvgLoss
-        if hasattr(self.learn, 'recorder'): self.learn.recorder.smooth_loss = AvgLoss()   # train_loss = the epoch's mean, not a smoothing across epochs
+        if hasattr(self.learn, 'recorder'):  # train_loss = the epoch's mean, not a smoothing across epochs
+            self.learn.recorder.smooth_loss = AvgLoss()
     def before_train(self):
-        if hasattr(self.learn, 'recorder'): self.learn.recorder.smooth_loss.reset()
-    def before_validate(self): self.vgen = torch.Generator().manual_seed(self.cfg.seed + 1_000_003 + self.epoch)
+        if hasattr(self.learn, 'recorder'):
+            self.learn.recorder.smooth_loss.reset()
+    def before_validate(self):
+        self.vgen = torch.Generator().manual_seed(self.cfg.seed + 1_000_003 + self.epoch)
     def before_batch(self):
         self.learn.stepped = False
         g = self.gen if self.training else self.vgen
-        x0, cond, label, *level = self.mode.split(self.xb[0], generator=g)     # a shared pyramid network also gets its level
+        # a shared pyramid network also gets its level
+        x0, cond, label, *level = self.mode.split(self.xb[0], generator=g)
         feats = fdrop = None
-        if self.encoder is not None:                    # the encoder's patch tokens of the clean image (fusion input, REPA target)
-            with torch.no_grad(): tok = self.encoder.to(x0.device)(x0)
+        # the encoder's patch tokens of the clean image (fusion input, REPA target)
+        if self.encoder is not None:
+            with torch.no_grad():
+                tok = self.encoder.to(x0.device)(x0)
             self.learn.tokens, self.learn.grid = tok.tokens, tok.grid
-            if self.cfg.fusion: feats = tok.tokens
+            if self.cfg.fusion:
+                feats = tok.tokens
         self.pixels = x0
-        if self.space is not None: x0, cond = to_latent(self.space.to(x0.device), x0, cond, self.xb[0].get('latent'))
-        world, rank = _dist(); B, dev = x0.shape[0], x0.device
+        if self.space is not None:
+            x0, cond = to_latent(self.space.to(x0.device), x0, cond, self.xb[0].get('latent'))
+        world, rank = _dist()
+        B, dev = x0.shape[0], x0.device
         t, w = self.tsampler.sample(B * world, generator=g)
         eps = torch.randn((B * world,) + tuple(x0.shape[1:]), generator=g)
         drop = torch.rand(B * world, generator=g) < self.cfg.cfg_dropout
         t, w, eps, drop = t[rank::world], w[rank::world], eps[rank::world].to(dev), drop[rank::world].to(dev)
-        if label is not None and self.training: label = torch.where(drop, torch.full_like(label, self.num_classes), label)
-        if feats is not None and self.training: fdrop = (torch.rand(B * world, generator=g) < self.cfg.feature_dropout)[rank::world].to(dev)
-        tail = (level[0] if level else None, None, feats, fdrop)        # the network's level, context, features and feature dropout, when used
-        self.learn.xb = (self.schedule.add_noise(x0, eps, t), self.schedule.model_t(t).to(dev), cond, label) + (tail if any(v is not None for v in tail) else ())
+        if label is not None and self.training:
+            label = torch.where(drop, torch.full_like(label, self.num_classes), label)
+        if feats is not None and self.training:
+            fdrop = (torch.rand(B * world, generator=g) < self.cfg.feature_dropout)[rank::world].to(dev)
+        # the network's level, context, features and feature dropout, when used
+        tail = (level[0] if level else None, None, feats, fdrop)
+        self.learn.xb = ((self.schedule.add_noise(x0, eps, t), self.schedule.model_t(t).to(dev), cond,
+                          label) + (tail if any(v is not None for v in tail) else ()))
         self.learn.yb = (x0, eps, t, w.to(dev))
         self._t = t
     def after_loss(self):
-        if not self.training: return
+        if not self.training:
+            return
         per = self.loss_func.per_sample.detach().cpu()
         t = self._t
         world, _ = _dist()
         if world > 1:                                  # every process keeps the same importance-sampler history
             import torch.distributed as dist
             ts, ps = [torch.empty_like(t) for _ in range(world)], [torch.empty_like(per) for _ in range(world)]
-            dist.all_gather(ts, t.contiguous()); dist.all_gather(ps, per.contiguous()); t, per = torch.cat(ts), torch.cat(ps)
+            dist.all_gather(ts, t.contiguous())
+            dist.all_gather(ps, per.contiguous())
+            t, per = torch.cat(ts), torch.cat(ps)
         self.tsampler.update(t, per)
 
 # %% ../../nbs/52_training.callbacks.ipynb #022f59f3
 class PrecisionCB(Callback):
     "Autocast in `precision` ('bf16' or 'fp16') on the model's device type; fp16 also creates `learn.scaler`."
     order = 10
-    def __init__(self, precision:str): self.precision = precision
+    def __init__(self, precision:str):
+        self.precision = precision
     def before_fit(self):
         dev = next(self.model.parameters()).device.type
         self.dtype = dict(bf16=torch.bfloat16, fp16=torch.float16)[self.precision]
         self.dev = dev
-        self.learn.scaler = torch.amp.GradScaler(dev, enabled=self.precision == 'fp16') if self.precision == 'fp16' else None
-    def before_batch(self): self.ctx = torch.autocast(self.dev, dtype=self.dtype); self.ctx.__enter__()
-    def after_pred(self): self.learn.pred = self.pred.float()
-    def after_loss(self): self.ctx.__exit__(None, None, None)
+        self.learn.scaler = (torch.amp.GradScaler(dev, enabled=self.precision == 'fp16')
+                             if self.precision == 'fp16' else None)
+    def before_batch(self):
+        self.ctx = torch.autocast(self.dev, dtype=self.dtype)
+        self.ctx.__enter__()
+    def after_pred(self):
+        self.learn.pred = self.pred.float()
+    def after_loss(self):
+        self.ctx.__exit__(None, None, None)
     def before_backward(self):
-        if getattr(self.learn, 'scaler', None) is not None: self.learn.loss_grad = self.learn.scaler.scale(self.loss_grad)
+        if getattr(self.learn, 'scaler', None) is not None:
+            self.learn.loss_grad = self.learn.scaler.scale(self.loss_grad)
 
+# %% ../../nbs/52_training.callbacks.ipynb #708f9b47
 class StepCB(Callback):
     "The optimiser step: unscale (fp16), clip to `clip`, step; marks `learn.stepped` for EMA."
-    order = 7                                          # after fastai's GradientAccumulation (6), which may skip the step
-    def __init__(self, clip:float|None): self.clip = clip
+    # after fastai's GradientAccumulation (6), which may skip the step
+    order = 7
+    def __init__(self, clip:float|None):
+        self.clip = clip
     def before_step(self):
         from fastai.callback.core import CancelStepException
         opt, scaler = self.learn.opt.opt, getattr(self.learn, 'scaler', None)
-        if scaler is not None: scaler.unscale_(opt)
-        if self.clip: nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.clip)
-        if scaler is not None: scaler.step(opt); scaler.update()
-        else: opt.step()
+        if scaler is not None:
+            scaler.unscale_(opt)
+        if self.clip:
+            nn.utils.clip_grad_norm_(self.learn.model.parameters(), self.clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         self.learn.stepped = True
         raise CancelStepException()
 
@@ -117,7 +157,8 @@ class EMACB(Callback):
     def __init__(self, net, beta, after, every):
         self.ema = EMA(net, beta=beta, update_after_step=after, update_every=every, include_online_model=False)
     def after_batch(self):
-        if self.training and getattr(self.learn, 'stepped', False): self.ema.update()
+        if self.training and getattr(self.learn, 'stepped', False):
+            self.ema.update()
 
 class GuardCB(Callback):
     "Stop at the first NaN/Inf loss; `learn.diverged` says where."
@@ -129,51 +170,72 @@ class GuardCB(Callback):
 
 # %% ../../nbs/52_training.callbacks.ipynb #68e6361d
 class ScalarLogCB(Callback):
-    "Training loss and learning rate per step, epoch metrics per epoch, to `log(name, value, step)`; steps count across resumes."
+    """Training loss and learning rate per step, epoch metrics per epoch, to `log(name, value, step)`; steps count
+    across resumes."""
     order = 70
-    def _step(self): return self.epoch * len(self.dls.train) + self.iter
+    def _step(self):
+        return self.epoch * len(self.dls.train) + self.iter
     def after_batch(self):
         if self.training and not _finding_lr(self.learn):
-            self.log('train/loss', float(self.loss), self._step()); self.log('train/lr', float(self.opt.hypers[-1]['lr']), self._step())
+            self.log('train/loss', float(self.loss), self._step())
+            self.log('train/lr', float(self.opt.hypers[-1]['lr']), self._step())
     def after_epoch(self):
         for n, v in zip(self.recorder.metric_names[1:-1], self.recorder.log[1:-1]):
-            if v is not None: self.log(f'epoch/{n}', float(v), (self.epoch + 1) * len(self.dls.train))
+            if v is not None:
+                self.log(f'epoch/{n}', float(v), (self.epoch + 1) * len(self.dls.train))
 
 class TensorBoardCB(ScalarLogCB):
     "Scalars to TensorBoard event files in `log_dir`."
-    def __init__(self, log_dir): self.log_dir = Path(log_dir)
+    def __init__(self, log_dir):
+        self.log_dir = Path(log_dir)
     def before_fit(self):
         from torch.utils.tensorboard import SummaryWriter
         self.w = SummaryWriter(str(self.log_dir))
-    def log(self, name, value, step): self.w.add_scalar(name, value, step)
-    def after_fit(self): self.w.close()
+    def log(self, name, value, step):
+        self.w.add_scalar(name, value, step)
+    def after_fit(self):
+        self.w.close()
 
+# %% ../../nbs/52_training.callbacks.ipynb #f3eb19ae
 class WandbCB(ScalarLogCB):
     "Scalars to Weights & Biases, offline by default (`wandb sync run/wandb/offline-run-*` uploads later)."
-    def __init__(self, run, cfg): self.run, self.cfg = Path(run), cfg
+    def __init__(self, run, cfg):
+        self.run, self.cfg = Path(run), cfg
     def before_fit(self):
         import wandb
-        self.wb = wandb.init(project='medsynth', name=self.run.name, dir=str(self.run), mode=os.environ.get('WANDB_MODE', 'offline'), config=asdict(self.cfg))
-    def log(self, name, value, step): self.wb.log({name: value}, step=step)
-    def after_fit(self): self.wb.finish()
+        self.wb = wandb.init(project='medsynth', name=self.run.name, dir=str(self.run),
+                             mode=os.environ.get('WANDB_MODE', 'offline'), config=asdict(self.cfg))
+    def log(self, name, value, step):
+        self.wb.log({name: value}, step=step)
+    def after_fit(self):
+        self.wb.finish()
 
 # %% ../../nbs/52_training.callbacks.ipynb #d0cb77aa
 def _truncate_history(path:Path, start:int):
-    "Keep the header and the rows of epochs before `start`: a run resumed from an earlier checkpoint logs each epoch once."
-    if not path.exists(): return
+    """Keep the header and the rows of epochs before `start`: a run resumed from an earlier checkpoint logs each epoch
+    once."""
+    if not path.exists():
+        return
     lines = path.read_text().splitlines(keepends=True)
-    keep = lines[:1] + [l for l in lines[1:] if l.split(',', 1)[0].strip().isdigit() and int(l.split(',', 1)[0]) < start]
+    keep = (lines[:1] + [l for l in lines[1:] if l.split(',', 1)[0].strip().isdigit()
+                         and int(l.split(',', 1)[0]) < start])
     if len(keep) != len(lines):
-        with atomic_path(path) as p: p.write_text(''.join(keep))
+        with atomic_path(path) as p:
+            p.write_text(''.join(keep))
 
 class RunLog(CSVLogger):
     "fastai's CSV logger for runs that resume: one header, and no lines for the epochs a resumed fit skips."
-    def __init__(self, fname): super().__init__(fname, append=True)
+    def __init__(self, fname):
+        super().__init__(fname, append=True)
     def before_fit(self):
-        f = self.path/self.fname; new = not f.exists() or f.stat().st_size == 0
+        f = self.path/self.fname
+        new = not f.exists() or f.stat().st_size == 0
         self.file = f.open('a')
-        if new: self.file.write(','.join(self.recorder.metric_names) + '\n')
+        if new:
+            self.file.write(','.join(self.recorder.metric_names) + '\n')
         self.old_logger, self.learn.logger = self.logger, self._write_line
     def _write_line(self, log):
-        if len(log) == len(self.recorder.metric_names): super()._write_line(log)
-        else: self.old_logger(log)
+        if len(log) == len(self.recorder.metric_names):
+            super()._write_line(log)
+        else:
+            self.old_logger(log)

@@ -23,58 +23,79 @@ __all__ = ['STOP_FILE_ENV', 'save_checkpoint', 'load_checkpoint', 'load_weights'
 # %% ../../nbs/53_training.checkpoint.ipynb #25f212f0
 def _rng_state() -> dict:
     _, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss), cached=float(cached)),
+    return dict(torch=torch.get_rng_state(),
+                numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_gauss),
+                           cached=float(cached)),
                 python=random.getstate())
 
 def _set_rng_state(s:dict):
-    torch.set_rng_state(s['torch']); n = s['numpy']
+    torch.set_rng_state(s['torch'])
+    n = s['numpy']
     np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
-    v, st, g = s['python']; random.setstate((v, tuple(st), g))
+    v, st, g = s['python']
+    random.setstate((v, tuple(st), g))
 
 def _plain(o):
     "Numpy scalars (fastai's schedules put them in optimiser hyper-parameters) as Python numbers, recursively."
-    if isinstance(o, np.generic): return o.item()
-    if isinstance(o, dict): return {k: _plain(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return type(o)(_plain(v) for v in o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, dict):
+        return {k: _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return type(o)(_plain(v) for v in o)
     return o
 
+# %% ../../nbs/53_training.checkpoint.ipynb #3e4325cb
 def save_checkpoint(path, **state):
     "Write `state` to `path` atomically (temporary file, then rename); a full disk is an `OSError` naming the path."
     path = Path(path)
     try:
-        with atomic_path(path) as p: torch.save(_plain(state), p)
-    except RuntimeError as e:           # torch's zip writer reports a failed write as a RuntimeError ("unexpected pos", ...)
+        with atomic_path(path) as p:
+            torch.save(_plain(state), p)
+    # torch's zip writer reports a failed write as a RuntimeError ("unexpected pos", ...)
+    except RuntimeError as e:
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
         full = free < (1 << 20)
-        why = 'No space left on device' if full else f"the checkpoint could not be written ({str(e).splitlines()[0][:120]})"
+        why = ('No space left on device' if full
+               else f"the checkpoint could not be written ({str(e).splitlines()[0][:120]})")
         raise OSError(errno.ENOSPC if full else errno.EIO, why, str(path)) from None
 
 def _checkpoint_problem(path:Path, e:Exception) -> str:
     "What is wrong with a checkpoint torch could not read, in words."
-    if path.stat().st_size == 0: return 'empty file (an interrupted copy or write?)'
-    with open(path, 'rb') as f: head = f.read(4)
+    if path.stat().st_size == 0:
+        return 'empty file (an interrupted copy or write?)'
+    with open(path, 'rb') as f:
+        head = f.read(4)
     msg = str(e).splitlines()[0][:120]
-    if head == b'PK\x03\x04': return f'truncated or corrupt checkpoint ({msg})'
+    if head == b'PK\x03\x04':
+        return f'truncated or corrupt checkpoint ({msg})'
     return f'not a PyTorch checkpoint ({type(e).__name__}: {msg})'
 
+# %% ../../nbs/53_training.checkpoint.ipynb #b04755b5
 def load_checkpoint(path) -> dict:
     "Load a checkpoint without executing code (`weights_only=True`); refuse anything else with a one-line error."
     import pickle
     path = Path(path)
-    if not path.is_file(): raise DataError(path, 'checkpoint not found', 'check the run folder (training writes checkpoints/last.pt)')
-    try: state = torch.load(path, map_location='cpu', weights_only=True)
+    if not path.is_file():
+        raise DataError(path, 'checkpoint not found', 'check the run folder (training writes checkpoints/last.pt)')
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         glob = re.search(r'unsupported global:? (?:GLOBAL )?(\S+)', str(e), re.I)   # torch's wording varies by version
-        if not glob: raise DataError(path, _checkpoint_problem(path, e)) from None
+        if not glob:
+            raise DataError(path, _checkpoint_problem(path, e)) from None
         raise DataError(path, f"refused: it holds Python objects that could run code ({glob[1][:120]})",
                         'only load checkpoints written by medsynth or another trusted source') from None
-    except Exception as e: raise DataError(path, _checkpoint_problem(path, e)) from None
-    if not isinstance(state, dict): raise DataError(path, f'not a medsynth checkpoint (it holds a {type(state).__name__})')
+    except Exception as e:
+        raise DataError(path, _checkpoint_problem(path, e)) from None
+    if not isinstance(state, dict):
+        raise DataError(path, f'not a medsynth checkpoint (it holds a {type(state).__name__})')
     return state
 
 def load_weights(net, state_dict, path):
     "`net.load_state_dict(state_dict)`, or a one-line error saying the checkpoint was made for another network."
-    try: net.load_state_dict(state_dict)
+    try:
+        net.load_state_dict(state_dict)
     except RuntimeError as e:
         why = next((l.strip() for l in str(e).splitlines()[1:] if l.strip()), str(e).splitlines()[0])[:200]
         raise DataError(path, f'does not fit the network its config describes ({why})',
@@ -82,7 +103,8 @@ def load_weights(net, state_dict, path):
     return net
 
 # %% ../../nbs/53_training.checkpoint.ipynb #cb0d2d04
-def _finding_lr(learn) -> bool: return any(type(c).__name__ == 'LRFinder' for c in learn.cbs)
+def _finding_lr(learn) -> bool:
+    return any(type(c).__name__ == 'LRFinder' for c in learn.cbs)
 
 STOP_FILE_ENV = 'MEDSYNTH_STOP_FILE'
 _stop = []
@@ -94,37 +116,58 @@ def request_stop(signum=None, frame=None):
 def install_stop_handler(signals=('SIGUSR1', 'SIGTERM')):
     "Make these signals checkpoint-and-stop instead of killing training (call from the main thread)."
     import signal
-    for s in signals: signal.signal(getattr(signal, s), request_stop)
+    for s in signals:
+        signal.signal(getattr(signal, s), request_stop)
 
 def stop_requested() -> str|None:
-    "Why training should stop now: a signal caught by `request_stop`, or the file named by `$MEDSYNTH_STOP_FILE` exists; else None."
-    if _stop: return f"signal {_stop[-1]}"
+    """Why training should stop now: a signal caught by `request_stop`, or the file named by `$MEDSYNTH_STOP_FILE`
+    exists; else None."""
+    if _stop:
+        return f"signal {_stop[-1]}"
     f = os.environ.get(STOP_FILE_ENV)
     return f"stop file {f}" if f and Path(f).exists() else None
 
+# %% ../../nbs/53_training.checkpoint.ipynb #9ad6ad2f
 def _any_rank(flag:bool) -> bool:
     "True on every process if `flag` is True on any (ranks must agree on stopping, or DDP hangs)."
     import torch.distributed as dist
-    if _dist()[0] == 1: return flag
-    t = torch.tensor([float(flag)]); dist.all_reduce(t, op=dist.ReduceOp.MAX); return bool(t.item())
+    if _dist()[0] == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
+# %% ../../nbs/53_training.checkpoint.ipynb #77bfc98e
 class CheckpointCB(Callback):
-    "Write `checkpoints/last.pt` every `save_every` epochs, at the last epoch, when the time budget runs out and when a stop is requested (then stop)."
+    """Write `checkpoints/last.pt` every `save_every` epochs, at the last epoch, when the time budget runs out and when
+    a stop is requested (then stop)."""
     order = 60                                         # after the Recorder and CSV logger have written the epoch
     def __init__(self, run:Path, cfg:TrainConfig, net, ema_cb, dcb, budget_s=None):
         self.run, self.cfg, self.net, self.ema_cb, self.dcb, self.budget_s = run, cfg, net, ema_cb, dcb, budget_s
-    def before_fit(self): self.t0 = time.time(); self.learn.stopped_early = False; self.learn.preempted = None
+    def before_fit(self):
+        self.t0 = time.time()
+        self.learn.stopped_early = False
+        self.learn.preempted = None
     def after_epoch(self):
-        if _finding_lr(self.learn): return
+        if _finding_lr(self.learn):
+            return
         why = stop_requested()
         stop = _any_rank(why is not None)
         over = stop or (self.budget_s is not None and time.time() - self.t0 > self.budget_s)
-        if _dist()[1] == 0 and (over or self.epoch + 1 == self.n_epoch or (self.epoch + 1) % self.cfg.save_every == 0): self.save()
-        if stop: self.learn.preempted = why or 'another process'
-        if over and self.epoch + 1 < self.n_epoch: self.learn.stopped_early = True; raise CancelFitException()
+        if _dist()[1] == 0 and (over or self.epoch + 1 == self.n_epoch or (self.epoch + 1) % self.cfg.save_every == 0):
+            self.save()
+        if stop:
+            self.learn.preempted = why or 'another process'
+        if over and self.epoch + 1 < self.n_epoch:
+            self.learn.stopped_early = True
+            raise CancelFitException()
     def save(self):
         sc = getattr(self.learn, 'scaler', None)
-        save_checkpoint(self.run/'checkpoints'/'last.pt', model=self.net.state_dict(), ema=self.ema_cb.ema.state_dict(), opt=self.learn.opt.opt.state_dict(),
-                        scaler=sc.state_dict() if sc is not None else None, gen=self.dcb.gen.get_state() if self.dcb else None, tsampler=self.dcb.tsampler.state_dict() if self.dcb else None,
-                        rng=_rng_state(), epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()), config=asdict(self.cfg),
+        save_checkpoint(self.run/'checkpoints'/'last.pt', model=self.net.state_dict(), ema=self.ema_cb.ema.state_dict(),
+                        opt=self.learn.opt.opt.state_dict(),
+                        scaler=sc.state_dict() if sc is not None else None,
+                        gen=self.dcb.gen.get_state() if self.dcb else None,
+                        tsampler=self.dcb.tsampler.state_dict() if self.dcb else None,
+                        rng=_rng_state(), epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()),
+                        config=asdict(self.cfg),
                         repa_e=self.learn.repa_ecb.state_dict() if getattr(self.learn, 'repa_ecb', None) else None)

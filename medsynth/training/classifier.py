@@ -33,10 +33,15 @@ __all__ = ['NoisyLabelCB', 'train_classifier', 'load_classifier']
 class NoisyLabelCB(Callback):
     "Noise a class batch to random times: `xb = (x_t, t_model)`, `yb = (label,)`."
     order = -5
-    def __init__(self, cfg, schedule): self.schedule, self.tsampler, self.gen = schedule, get_timestep_sampler(cfg.timestep_sampler, schedule), torch.Generator().manual_seed(cfg.seed)
+    def __init__(self, cfg, schedule):
+        self.schedule, self.tsampler, self.gen = (schedule, get_timestep_sampler(cfg.timestep_sampler, schedule),
+                                                  torch.Generator().manual_seed(cfg.seed))
     def before_batch(self):
-        b = self.xb[0]; x0 = b['image'].float(); dev = x0.device
-        t, _ = self.tsampler.sample(len(x0), generator=self.gen); eps = torch.randn(x0.shape, generator=self.gen).to(dev)
+        b = self.xb[0]
+        x0 = b['image'].float()
+        dev = x0.device
+        t, _ = self.tsampler.sample(len(x0), generator=self.gen)
+        eps = torch.randn(x0.shape, generator=self.gen).to(dev)
         self.learn.xb = (self.schedule.add_noise(x0, eps, t), self.schedule.model_t(t).to(dev))
         self.learn.yb = (b['label'].long(),)
 
@@ -44,38 +49,57 @@ def train_classifier(cfg:TrainConfig, run, progress:bool=True) -> dict:
     "Train a time-conditioned classifier on `cfg.data` (class folders); writes `run/checkpoints/classifier.pt`."
     run = Path(run)
     tr, va, classes = build_datasets(make_config(dict(asdict(cfg), mode='class')))
-    if not classes: raise ValueError(f"{cfg.data}: the classifier needs class folders (root/<class>/<image>)")
+    if not classes:
+        raise ValueError(f"{cfg.data}: the classifier needs class folders (root/<class>/<image>)")
     dls = build_dataloaders(tr, va, cfg)
     with holding(run):
-        with new_folder(run, 'train'): (run/'logs').mkdir(parents=True, exist_ok=True)
+        with new_folder(run, 'train'):
+            (run/'logs').mkdir(parents=True, exist_ok=True)
         return _train_classifier(cfg, run, dls, classes, progress)
 
+# %% ../../nbs/59_training.classifier.ipynb #feedefb9
 def _train_classifier(cfg, run, dls, classes, progress):
     torch.manual_seed(cfg.seed)
-    net = NoisyClassifier(len(classes), cfg.size, cfg.dims, 1, tuple(cfg.channels), tuple(cfg.attention_levels), cfg.num_res_blocks, cfg.num_head_channels, min(32, cfg.channels[0]))
-    learn = Learner(dls, net, loss_func=nn.CrossEntropyLoss(), metrics=accuracy, opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
+    net = NoisyClassifier(len(classes), cfg.size, cfg.dims, 1, tuple(cfg.channels), tuple(cfg.attention_levels),
+                          cfg.num_res_blocks, cfg.num_head_channels, min(32, cfg.channels[0]))
+    learn = Learner(dls, net, loss_func=nn.CrossEntropyLoss(), metrics=accuracy,
+                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
                     cbs=[NoisyLabelCB(cfg, schedule_of(cfg)), GuardCB(), RunLog('logs/classifier.csv')], path=run)
     if not progress:
         from fastai.callback.progress import ProgressCallback
-        learn.remove_cb(ProgressCallback); learn.logger = lambda *a: None
-    learn.diverged = None; learn.fit_one_cycle(cfg.epochs, cfg.lr)
-    if learn.diverged: raise RuntimeError(f"{run}: classifier training stopped: {learn.diverged}")
-    save_checkpoint(run/'checkpoints'/'classifier.pt', model=net.state_dict(), classes=list(classes), config=asdict(cfg))
+        learn.remove_cb(ProgressCallback)
+        learn.logger = lambda *a: None
+    learn.diverged = None
+    learn.fit_one_cycle(cfg.epochs, cfg.lr)
+    if learn.diverged:
+        raise RuntimeError(f"{run}: classifier training stopped: {learn.diverged}")
+    save_checkpoint(run/'checkpoints'/'classifier.pt', model=net.state_dict(), classes=list(classes),
+                    config=asdict(cfg))
     (run/'classes.json').write_text(json.dumps(classes))
     return dict(run=str(run), classes=classes, valid_accuracy=float(learn.recorder.values[-1][-1]))
 
 # %% ../../nbs/59_training.classifier.ipynb #2080d9b5
 def load_classifier(path, schedule=None, classes:int|None=None, size=None):
-    "The noisy classifier in `path` (a run folder or `classifier.pt`) as `classifier(x, t)` at `schedule`'s times; checks class count and size."
-    p = Path(path); p = p/'checkpoints'/'classifier.pt' if p.is_dir() else p
-    if not p.is_file(): raise ValueError(f"{p}: no classifier checkpoint; guidance needs one: train it with `medsynth train data=... --classifier --run RUN` and pass RUN")
-    state = load_checkpoint(p); cfg = make_config(state['config'], where=str(p)); names = state['classes']
+    """The noisy classifier in `path` (a run folder or `classifier.pt`) as `classifier(x, t)` at `schedule`'s times;
+    checks class count and size."""
+    p = Path(path)
+    p = p/'checkpoints'/'classifier.pt' if p.is_dir() else p
+    if not p.is_file():
+        raise ValueError(f"{p}: no classifier checkpoint; guidance needs one: train it with `medsynth train data=... "
+                         "--classifier --run RUN` and pass RUN")
+    state = load_checkpoint(p)
+    cfg = make_config(state['config'], where=str(p))
+    names = state['classes']
     if classes is not None and classes != len(names):
-        raise ValueError(f"{p}: the classifier knows {len(names)} classes ({', '.join(names)}), the model {classes}; train the classifier on the model's class folders")
+        raise ValueError(f"{p}: the classifier knows {len(names)} classes ({', '.join(names)}), the model {classes}; "
+                         "train the classifier on the model's class folders")
     if size is not None and tuple(size) != tuple(cfg.size):
-        raise ValueError(f"{p}: the classifier was trained on {'x'.join(map(str, cfg.size))} images, the samples are {'x'.join(map(str, size))}; train it at the model's size")
-    net = NoisyClassifier(len(names), cfg.size, cfg.dims, 1, tuple(cfg.channels), tuple(cfg.attention_levels), cfg.num_res_blocks, cfg.num_head_channels, min(32, cfg.channels[0]))
-    net.load_state_dict(state['model']); net.eval().requires_grad_(False)
+        raise ValueError(f"{p}: the classifier was trained on {'x'.join(map(str, cfg.size))} images, the samples are "
+                         f"{'x'.join(map(str, size))}; train it at the model's size")
+    net = NoisyClassifier(len(names), cfg.size, cfg.dims, 1, tuple(cfg.channels), tuple(cfg.attention_levels),
+                          cfg.num_res_blocks, cfg.num_head_channels, min(32, cfg.channels[0]))
+    net.load_state_dict(state['model'])
+    net.eval().requires_grad_(False)
     sched = schedule or schedule_of(cfg)
     def classifier(x, t):
         t = torch.as_tensor(t)

@@ -10,6 +10,7 @@ import dataclasses, difflib, math
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import yaml
+from fastcore.docments import docments
 from ..core.basics import check_choice, check_int
 from ..diffusion.param import PREDICTIONS
 from ..diffusion.objectives import TIMESTEP_SAMPLERS, WEIGHTINGS
@@ -20,98 +21,108 @@ from ..spaces.pyramid import check_levels
 from ..models.unet import FUSIONS
 
 # %% auto #0
-__all__ = ['CONFIG_HELP', 'CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'TrainConfig', 'config_help', 'make_config',
-           'is_cascade', 'level_config', 'load_config']
+__all__ = ['CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'TrainConfig', 'config_help', 'make_config', 'is_cascade',
+           'level_config', 'load_config']
 
 # %% ../../nbs/50_training.config.ipynb #f676a2a0
 @dataclass
 class TrainConfig:
-    "Every option of a training run (see the notebook for what each does)."
-    data: str = ''                    # class folders, subject folders or a CSV manifest
+    "Every option of a training run; each field's comment is its documentation (`medsynth train --help`, the docs)."
+    data: str = ''                        # class folders, subject folders or a CSV manifest
+    # subject modalities to read (seg becomes the 'mask' key)
     modalities: list = field(default_factory=lambda: ['t1', 't1ce', 'seg'])
-    mode: str = 'bravo'               # uncond, class, seg, bravo, dual, translate, pair
-    image: str = 't1ce'               # target key (uncond, class, bravo); class folders use 'image'
-    image_channels: int = 1           # class folders: 1 (gray) or 3 (RGB, e.g. dermoscopy); files are converted to it
-    images: list = field(default_factory=lambda: ['t1', 't1ce'])   # dual: contrasts generated jointly
-    source: str = 't1'; target: str = 't1ce'                       # translate
-    dims: int = 2                     # 2: images or slices; 3: volumes
-    size: list = field(default_factory=lambda: [32, 32])
-    second_size: list|None = None     # pair: the grid of images[1] (size is images[0]'s)
-    second_data: str|None = None      # pair: images[1]'s folder when the two maps are in separate folders
-    atlas: str|None = None; atlas_labels: list = field(default_factory=lambda: [1])
-    roi_weight: float = 0.            # pair: weight of the pattern-aware loss inside the atlas ROI (0: off)
-    refine: bool = False; stage1: str|None = None                  # PDS stage 2: refine the stage-1 run's target map
-    refine_l1: float = 1.; refine_perceptual: float = 0.
-    axis: int = 2; foreground_only: bool = False; min_content: float = 0.05
-    irregular_spacing: str = 'error'  # DICOM series with uneven slice spacing: error, or allow (stacked as if even)
-    levels: int = 1                   # pyramid levels: 1 single scale; L > 1 cascaded coarse-to-fine generation
-    level: int|None = None            # the one level this network models (the cascade sets it); None: all levels
-    shared_levels: bool = False       # one network for every level, with a level embedding (else one network per level)
-    aug_max: float = 0.3; sample_aug: float = 0.1                  # noise-conditioning augmentation of the coarse input
-    level_epochs: list|None = None; level_steps: list|None = None  # per level, finest first (default: epochs, sample_steps)
-    back_projection: int = 0          # sampling: back-projection steps per denoising step that make each level reduce to the coarser one
-    autoencoder: str|None = None      # a medsynth autoencoder.pt: the model (a cascade's finest level) diffuses in its scaled latent space
-    encoder: str|None = None          # foundation-model features of the clean image: panderm, timm:<name>, torchvision:<arch> or domain
-    encoder_weights: str|None = None; encoder_size: int|None = None
-    fusion: str|None = None           # how the features enter the UNet: xattn, gated, concat or add (None: they do not)
-    fusion_dim: int = 64; feature_dropout: float = 0.1
-    repa: float = 0.                  # REPA weight (0: off); repa_block: the UNet block it aligns
-    repa_block: str = 'mid'
-    repa_e: bool = False; vae_lr: float = 1e-4                     # REPA-E: tune the autoencoder end to end (alternating steps)
-    valid_frac: float = 0.1; balanced: bool = False
-    strategy: str = 'ddpm'            # ddpm or rflow
-    schedule: str = 'cosine'; prediction: str = 'v'; timesteps: int = 1000
-    timestep_sampler: str = 'uniform'; weighting: str = 'min_snr'; gamma: float = 5.
-    channels: list = field(default_factory=lambda: [32, 64, 64])
-    attention_levels: list = field(default_factory=lambda: [False, False, True])
-    num_res_blocks: int = 1; num_head_channels: int = 32
-    epochs: int = 10; batch_size: int = 16; lr: float = 1e-3; wd: float = 0.
-    lr_schedule: str = 'one_cycle'; warmup: float = 0.1
-    accumulate: int = 1; clip: float|None = 1.0
-    precision: str = 'fp32'; compile: bool = False
-    ema_beta: float = 0.999; ema_after: int = 100; ema_every: int = 1
-    cfg_dropout: float = 0.1          # class mode: probability a label is dropped to the null class (training only)
-    max_minutes: float|None = None    # stop at the first epoch end after this much training time
-    save_every: int = 1; sample_every: int = 0; n_grid: int = 8
-    sampler: str = 'dpmpp_2m'; sample_steps: int = 20
-    seed: int = 0; tensorboard: bool = False; wandb: bool = False
+    mode: str = 'bravo'                   # uncond, class, seg, bravo, dual, translate or pair
+    image: str = 't1ce'                   # target key for uncond/class/bravo ('image' for class folders)
+    image_channels: int = 1               # class folders: 1 (gray) or 3 (RGB)
+    images: list = field(default_factory=lambda: ['t1', 't1ce'])  # dual: the contrasts generated jointly
+    source: str = 't1'                    # translate: conditioning modality
+    target: str = 't1ce'                  # translate: generated modality
+    dims: int = 2                         # 2 (images or slices) or 3 (volumes)
+    size: list = field(default_factory=lambda: [32, 32])  # spatial size the data is resized to
+    second_size: list|None = None         # pair: the grid of images[1]
+    second_data: str|None = None          # pair: images[1]'s folder, if separate
+    atlas: str|None = None                # pair: NIfTI label atlas for the ROI
+    atlas_labels: list = field(default_factory=lambda: [1])  # pair: atlas labels that form the ROI
+    roi_weight: float = 0.                # pair: pattern-aware loss weight (0: off)
+    refine: bool = False                  # PDS stage 2: train the refinement network
+    stage1: str|None = None               # the stage-1 run folder that refine=true refines
+    refine_l1: float = 1.                 # refinement: L1 weight (besides MSE)
+    refine_perceptual: float = 0.         # refinement: perceptual weight on projections (needs encoder)
+    axis: int = 2                         # slice axis (2 = axial)
+    foreground_only: bool = False         # slices with mask foreground only
+    min_content: float = 0.05             # fraction of a slice that must be tissue
+    irregular_spacing: str = 'error'      # DICOM series with uneven slice spacing: error or allow
+    levels: int = 1                       # pyramid levels (1: single scale; L: cascaded coarse to fine)
+    level: int|None = None                # the one level this network models (set by the cascade)
+    shared_levels: bool = False           # one network for all levels with a level embedding
+    aug_max: float = 0.3                  # largest coarse-input augmentation strength in training
+    sample_aug: float = 0.1               # coarse-input augmentation strength at sampling
+    level_epochs: list|None = None        # epochs per level network, finest first
+    level_steps: list|None = None         # sampling steps per level, finest first
+    back_projection: int = 0              # sampling: back-projection steps on each x0 estimate (0: none)
+    autoencoder: str|None = None          # autoencoder.pt: diffuse in its latent space (a cascade: the finest level)
+    # features of the clean image: panderm, timm:<name>, torchvision:<arch> or domain
+    encoder: str|None = None
+    encoder_weights: str|None = None      # the encoder's local weights file (domain: its encoder.pt)
+    encoder_size: int|None = None         # the encoder's input size (null: its own)
+    fusion: str|None = None               # features into the UNet: xattn, gated, concat or add (null: none)
+    fusion_dim: int = 64                  # width of the fused features
+    feature_dropout: float = 0.1          # features dropped to the null token (training only)
+    repa: float = 0.                      # REPA weight (0: off)
+    repa_block: str = 'mid'               # UNet block REPA aligns: mid or down<i>
+    repa_e: bool = False                  # REPA-E: tune the autoencoder end to end
+    vae_lr: float = 1e-4                  # REPA-E: the autoencoder's learning rate
+    valid_frac: float = 0.1               # validation subjects (or images)
+    balanced: bool = False                # draw classes equally often
+    strategy: str = 'ddpm'                # ddpm or rflow (rectified flow)
+    schedule: str = 'cosine'              # noise schedule (ddpm)
+    prediction: str = 'v'                 # eps, v or x0 (ddpm)
+    timesteps: int = 1000                 # training timesteps
+    timestep_sampler: str = 'uniform'     # uniform, logit_normal or loss_aware
+    weighting: str = 'min_snr'            # none or min_snr
+    gamma: float = 5.                     # Min-SNR gamma
+    channels: list = field(default_factory=lambda: [32, 64, 64])  # UNet channels per level
+    attention_levels: list = field(default_factory=lambda: [False, False, True])  # self-attention per level
+    num_res_blocks: int = 1               # residual blocks per level
+    num_head_channels: int = 32           # channels per attention head
+    epochs: int = 10                      # epochs
+    batch_size: int = 16                  # batch size per process
+    lr: float = 1e-3                      # peak learning rate
+    wd: float = 0.                        # AdamW weight decay
+    lr_schedule: str = 'one_cycle'        # one_cycle, cosine (with linear warm-up) or constant
+    warmup: float = 0.1                   # warm-up fraction of training
+    accumulate: int = 1                   # batches per optimiser step
+    clip: float|None = 1.0                # gradient-norm clip (null: none)
+    precision: str = 'fp32'               # fp32, bf16 or fp16
+    compile: bool = False                 # torch.compile the network
+    ema_beta: float = 0.999               # EMA decay
+    ema_after: int = 100                  # optimiser steps before EMA starts averaging
+    ema_every: int = 1                    # steps between EMA updates
+    cfg_dropout: float = 0.1              # class mode: label dropout to the null class (training only)
+    max_minutes: float|None = None        # stop at the first epoch end after this much time
+    save_every: int = 1                   # epochs between checkpoints
+    sample_every: int = 0                 # epochs between sample grids (0: none)
+    n_grid: int = 8                       # images in a sample grid
+    sampler: str = 'dpmpp_2m'             # sampler for grids and `medsynth sample`
+    sample_steps: int = 20                # its steps
+    seed: int = 0                         # seed of data order, noise and initialisation
+    tensorboard: bool = False             # TensorBoard logs in run/tensorboard
+    wandb: bool = False                   # Weights & Biases logging (offline mode)
 
-CONFIG_HELP = dict(
-    data="class folders, subject folders or a CSV manifest", modalities="subject modalities to read (seg becomes the 'mask' key)",
-    mode="uncond, class, seg, bravo, dual, translate or pair", second_size="pair: the grid of images[1]", second_data="pair: images[1]'s folder, if separate",
-    atlas="pair: NIfTI label atlas for the ROI", atlas_labels="pair: atlas labels that form the ROI", roi_weight="pair: pattern-aware loss weight (0: off)",
-    refine="PDS stage 2: train the refinement network", stage1="the stage-1 run folder that refine=true refines", refine_l1="refinement: L1 weight (besides MSE)",
-    refine_perceptual="refinement: perceptual weight on projections (needs encoder)", image="target key for uncond/class/bravo ('image' for class folders)", image_channels="class folders: 1 (gray) or 3 (RGB)",
-    images="dual: the contrasts generated jointly", source="translate: conditioning modality", target="translate: generated modality",
-    dims="2 (images or slices) or 3 (volumes)", size="spatial size the data is resized to", axis="slice axis (2 = axial)",
-    levels="pyramid levels (1: single scale; L: cascaded coarse to fine)", level="the one level this network models (set by the cascade)",
-    shared_levels="one network for all levels with a level embedding", aug_max="largest coarse-input augmentation strength in training",
-    sample_aug="coarse-input augmentation strength at sampling", level_epochs="epochs per level network, finest first",
-    level_steps="sampling steps per level, finest first", back_projection="sampling: back-projection steps on each x0 estimate (0: none)", autoencoder="autoencoder.pt: diffuse in its latent space (a cascade: the finest level)",
-    encoder="features of the clean image: panderm, timm:<name>, torchvision:<arch> or domain", encoder_weights="the encoder's local weights file (domain: its encoder.pt)",
-    encoder_size="the encoder's input size (null: its own)", fusion="features into the UNet: xattn, gated, concat or add (null: none)", fusion_dim="width of the fused features",
-    feature_dropout="features dropped to the null token (training only)", repa="REPA weight (0: off)", repa_block="UNet block REPA aligns: mid or down<i>",
-    repa_e="REPA-E: tune the autoencoder end to end", vae_lr="REPA-E: the autoencoder's learning rate", foreground_only="slices with mask foreground only", irregular_spacing="DICOM series with uneven slice spacing: error or allow", min_content="fraction of a slice that must be tissue", valid_frac="validation subjects (or images)",
-    balanced="draw classes equally often", strategy="ddpm or rflow (rectified flow)", schedule="noise schedule (ddpm)", prediction="eps, v or x0 (ddpm)",
-    timesteps="training timesteps", timestep_sampler="uniform, logit_normal or loss_aware", weighting="none or min_snr", gamma="Min-SNR gamma",
-    channels="UNet channels per level", attention_levels="self-attention per level", num_res_blocks="residual blocks per level", num_head_channels="channels per attention head",
-    epochs="epochs", batch_size="batch size per process", lr="peak learning rate", wd="AdamW weight decay", lr_schedule="one_cycle, cosine (with linear warm-up) or constant",
-    warmup="warm-up fraction of training", accumulate="batches per optimiser step", clip="gradient-norm clip (null: none)", precision="fp32, bf16 or fp16",
-    compile="torch.compile the network", ema_beta="EMA decay", ema_after="optimiser steps before EMA starts averaging", ema_every="steps between EMA updates",
-    cfg_dropout="class mode: label dropout to the null class (training only)", max_minutes="stop at the first epoch end after this much time",
-    save_every="epochs between checkpoints", sample_every="epochs between sample grids (0: none)", n_grid="images in a sample grid",
-    sampler="sampler for grids and `medsynth sample`", sample_steps="its steps", seed="seed of data order, noise and initialisation",
-    tensorboard="TensorBoard logs in run/tensorboard", wandb="Weights & Biases logging (offline mode)")
-
+# %% ../../nbs/50_training.config.ipynb #696cf49c
 def config_help() -> str:
     "Every config key with its default and meaning (for `medsynth train --help`)."
-    return '\n'.join(f"  {k:18s} {v!r:>24}  {CONFIG_HELP[k]}" for k, v in asdict(TrainConfig()).items())
+    docs = docments(TrainConfig)
+    return '\n'.join(f"  {k:18s} {v!r:>24}  {docs[k]}" for k, v in asdict(TrainConfig()).items())
 
-CHOICES = dict(image_channels=(1, 3), irregular_spacing=IRREGULAR, mode=MODES + ('pair',), strategy=('ddpm', 'rflow'), prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
-               lr_schedule=('one_cycle', 'cosine', 'constant'), precision=('fp32', 'bf16', 'fp16'), sampler=tuple(SAMPLERS), dims=(2, 3))
+CHOICES = dict(image_channels=(1, 3), irregular_spacing=IRREGULAR, mode=MODES + ('pair',), strategy=('ddpm', 'rflow'),
+               prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
+               lr_schedule=('one_cycle', 'cosine', 'constant'), precision=('fp32', 'bf16', 'fp16'),
+               sampler=tuple(SAMPLERS), dims=(2, 3))
 
 # %% ../../nbs/50_training.config.ipynb #00e27a79
-def _fields(): return {f.name: f for f in dataclasses.fields(TrainConfig)}
+def _fields():
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 RANGES = dict(
     epochs='[1, inf)', batch_size='[1, inf)', accumulate='[1, inf)', ema_every='[1, inf)', save_every='[1, inf)',
@@ -122,7 +133,8 @@ RANGES = dict(
     wd='[0, inf)', repa='[0, inf)', roi_weight='[0, inf)', refine_l1='[0, inf)', refine_perceptual='[0, inf)',
     ema_beta='(0, 1)', cfg_dropout='[0, 1)', valid_frac='[0, 1)', warmup='[0, 1)', feature_dropout='[0, 1]',
     min_content='[0, 1]', aug_max='[0, 1]', sample_aug='[0, 1]')
-LIST_OF = dict(size=int, second_size=int, channels=int, atlas_labels=int, attention_levels=bool, modalities=str, images=str,
+LIST_OF = dict(size=int, second_size=int, channels=int, atlas_labels=int, attention_levels=bool,
+               modalities=str, images=str,
                level_epochs=int, level_steps=int)
 POSITIVE_LISTS = ('size', 'second_size', 'channels')
 
@@ -135,72 +147,106 @@ def _in_words(interval:str) -> str:
     lo, hi = (x.strip() for x in interval[1:-1].split(','))
     return f"{'>=' if interval[0] == '[' else '>'} {lo}" if hi == 'inf' else f"in {interval}"
 
+# %% ../../nbs/50_training.config.ipynb #5130f3c9
 def _check_value(where, k, v, kind:str):
     "`v` for field `k` of annotated `kind`, type- and range-checked (a numeric string for a float is read as a number)."
     bad = lambda want: ValueError(f"{where}: {k}={v!r} is not allowed: it must be {want}")
     if v is None:
-        if 'None' in kind: return v
+        if 'None' in kind:
+            return v
         raise bad(f"set (it has no null value); its default is {getattr(TrainConfig(), k)!r}")
     base = kind.split('|')[0].strip()
     if base == 'float' and isinstance(v, str):
-        try: v = float(v)                               # YAML 1.1 reads 1e-3 as a string
-        except ValueError: pass
+        try:  # YAML 1.1 reads 1e-3 as a string
+            v = float(v)
+        except ValueError:
+            pass
     ok = dict(int=lambda: isinstance(v, int) and not isinstance(v, bool), bool=lambda: isinstance(v, bool),
               float=lambda: isinstance(v, (int, float)) and not isinstance(v, bool), str=lambda: isinstance(v, str),
               list=lambda: isinstance(v, (list, tuple)))[base]()
-    if not ok: raise bad(f"{'a number' if base == 'float' else 'a ' + base}")
+    if not ok:
+        raise bad(f"{'a number' if base == 'float' else 'a ' + base}")
     if k in RANGES and not _in_interval(v, RANGES[k]):
         raise bad(f"{'an integer' if base == 'int' else 'a number'} {_in_words(RANGES[k])}")
     if base == 'list' and k in LIST_OF:
         t = LIST_OF[k]
-        if not all(isinstance(x, t) and (t is bool or not isinstance(x, bool)) for x in v): raise bad(f"a list of {t.__name__}")
-        if k in POSITIVE_LISTS and not all(x >= 1 for x in v): raise bad("a list of positive integers")
+        if not all(isinstance(x, t) and (t is bool or not isinstance(x, bool)) for x in v):
+            raise bad(f"a list of {t.__name__}")
+        if k in POSITIVE_LISTS and not all(x >= 1 for x in v):
+            raise bad("a list of positive integers")
     return float(v) if base == 'float' else v
 
+# %% ../../nbs/50_training.config.ipynb #7a231ec4
 def _parse_override(o:str, where:str):
-    if '=' not in o: raise ValueError(f"{where}: override {o!r} is not key=value")
+    if '=' not in o:
+        raise ValueError(f"{where}: override {o!r} is not key=value")
     k, v = (s.strip() for s in o.split('=', 1))
-    try: return k, yaml.safe_load(v)
+    try:
+        return k, yaml.safe_load(v)
     except yaml.YAMLError as e:
-        raise ValueError(f"{where}: override {k}={v} is not valid YAML ({str(e).splitlines()[0]}); e.g. size=[64,64]") from None
+        raise ValueError(f"{where}: override {k}={v} is not valid YAML ({str(e).splitlines()[0]}); e.g. "
+                         "size=[64,64]") from None
 
+# %% ../../nbs/50_training.config.ipynb #49e2dd5a
 def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConfig:
     "A checked `TrainConfig` from a dict and `key=value` overrides; unknown keys and bad values are one-line errors."
     if d is not None and not isinstance(d, dict):
         raise ValueError(f"{where}: a config is a mapping of keys to values; got {type(d).__name__}")
-    d = dict(d or {}); fs = _fields()
+    d = dict(d or {})
+    fs = _fields()
     for o in overrides:
         k, v = _parse_override(o, where)
         d[k] = v
     for k in d:
         if k not in fs:
             close = difflib.get_close_matches(k, fs, n=3)
-            raise ValueError(f"{where}: unknown key {k!r}" + (f"; did you mean {' or '.join(map(repr, close))}?" if close else f"; keys are {', '.join(fs)}"))
+            raise ValueError(f"{where}: unknown key {k!r}" + (f"; did you mean {' or '.join(map(repr, close))}?"
+                                                              if close else f"; keys are {', '.join(fs)}"))
         d[k] = _check_value(where, k, d[k], fs[k].type)
     cfg = TrainConfig(**d)
-    for k, allowed in CHOICES.items(): check_choice(k, getattr(cfg, k), allowed)
-    if cfg.strategy == 'rflow': cfg.schedule, cfg.prediction = 'rflow', 'flow'
+    for k, allowed in CHOICES.items():
+        check_choice(k, getattr(cfg, k), allowed)
+    if cfg.strategy == 'rflow':
+        cfg.schedule, cfg.prediction = 'rflow', 'flow'
     import importlib.util
-    if cfg.wandb and importlib.util.find_spec('wandb') is None: raise ValueError(f"{where}: wandb=true needs the wandb package: pip install wandb (medsynth runs it in offline mode)")
-    if len(cfg.size) != cfg.dims: raise ValueError(f"{where}: size={cfg.size} has {len(cfg.size)} axes but dims={cfg.dims}")
+    if cfg.wandb and importlib.util.find_spec('wandb') is None:
+        raise ValueError(f"{where}: wandb=true needs the wandb package: pip install wandb (medsynth runs it in offline "
+                         "mode)")
+    if len(cfg.size) != cfg.dims:
+        raise ValueError(f"{where}: size={cfg.size} has {len(cfg.size)} axes but dims={cfg.dims}")
     f = 2 ** (len(cfg.channels) - 1)
-    if len(cfg.attention_levels) != len(cfg.channels): raise ValueError(f"{where}: attention_levels={cfg.attention_levels} needs one entry per channels level ({len(cfg.channels)})")
-    att = [c for c, a in zip(cfg.channels, cfg.attention_levels) if a] + [cfg.channels[-1]]       # MONAI splits these into heads (the middle block always attends)
+    if len(cfg.attention_levels) != len(cfg.channels):
+        raise ValueError(f"{where}: attention_levels={cfg.attention_levels} needs one entry per channels level "
+                         f"({len(cfg.channels)})")
+    # MONAI splits these into heads (the middle block always attends)
+    att = [c for c, a in zip(cfg.channels, cfg.attention_levels) if a] + [cfg.channels[-1]]
     if not cfg.refine and any(c % cfg.num_head_channels for c in att):
-        raise ValueError(f"{where}: channels {att} (the attention levels and the middle block) must be divisible by num_head_channels={cfg.num_head_channels}: set num_head_channels={math.gcd(*att)} or change channels")
+        raise ValueError(f"{where}: channels {att} (the attention levels and the middle block) must be divisible by "
+                         f"num_head_channels={cfg.num_head_channels}: set num_head_channels={math.gcd(*att)} or change "
+                         "channels")
     _check_levels(cfg, where, f)
     if any(s % f for s in cfg.size):
-        raise ValueError(f"{where}: size={cfg.size} is not divisible by {f} (the UNet halves the image {len(cfg.channels) - 1} times): use a multiple of {f}, e.g. {[max(f, round(s / f) * f) for s in cfg.size]}")
+        raise ValueError(f"{where}: size={cfg.size} is not divisible by {f} (the UNet halves the image "
+                         f"{len(cfg.channels) - 1} times): use a multiple of {f}, e.g. "
+                         f"{[max(f, round(s / f) * f) for s in cfg.size]}")
     return cfg
 
+# %% ../../nbs/50_training.config.ipynb #e213c001
 def _check_levels(cfg, where, f):
     try:
-        check_levels(cfg.size, cfg.levels)                                   # the pyramid itself, then the UNet at the coarsest level
-        if cfg.levels > 1: check_levels(cfg.size, cfg.levels, factor=f)
-    except ValueError as e: raise ValueError(f"{where}: {e}") from None
-    if cfg.level is not None: check_int('level', cfg.level, 0, cfg.levels - 1, f" (levels={cfg.levels}; 0 is the finest)")
-    if cfg.shared_levels and cfg.autoencoder: raise ValueError(f"{where}: a shared network cannot mix latent and pixel levels: drop autoencoder or shared_levels")
-    if cfg.shared_levels and cfg.level is not None: raise ValueError(f"{where}: shared_levels=true trains one network for every level; drop level={cfg.level}")
+        # the pyramid itself, then the UNet at the coarsest level
+        check_levels(cfg.size, cfg.levels)
+        if cfg.levels > 1:
+            check_levels(cfg.size, cfg.levels, factor=f)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if cfg.level is not None:
+        check_int('level', cfg.level, 0, cfg.levels - 1, f" (levels={cfg.levels}; 0 is the finest)")
+    if cfg.shared_levels and cfg.autoencoder:
+        raise ValueError(f"{where}: a shared network cannot mix latent and pixel levels: drop autoencoder or "
+                         "shared_levels")
+    if cfg.shared_levels and cfg.level is not None:
+        raise ValueError(f"{where}: shared_levels=true trains one network for every level; drop level={cfg.level}")
     for k in ('level_epochs', 'level_steps'):
         v = getattr(cfg, k)
         if v is not None and (len(v) != cfg.levels or not all(isinstance(i, int) and i >= 1 for i in v)):
@@ -209,44 +255,73 @@ def _check_levels(cfg, where, f):
     _check_features(cfg, where)
     _check_pair(cfg, where, f)
     for k in ('aug_max', 'sample_aug'):
-        if not 0 <= getattr(cfg, k) <= 1: raise ValueError(f"{where}: {k}={getattr(cfg, k)} must be in [0, 1] (0: no augmentation, 1: pure noise)")
+        if not 0 <= getattr(cfg, k) <= 1:
+            raise ValueError(f"{where}: {k}={getattr(cfg, k)} must be in [0, 1] (0: no augmentation, 1: pure noise)")
 
+# %% ../../nbs/50_training.config.ipynb #aa8a568c
 def _check_features(cfg, where):
-    if cfg.fusion is not None: check_choice('fusion', cfg.fusion, FUSIONS)
-    if cfg.refine: return                              # the refinement uses the encoder for its perceptual loss
-    if (cfg.fusion or cfg.repa) and not cfg.encoder: raise ValueError(f"{where}: {'fusion' if cfg.fusion else 'repa'} needs encoder features: set encoder=panderm, timm:<name>, torchvision:<arch> or domain")
-    if cfg.encoder and not (cfg.fusion or cfg.repa): raise ValueError(f"{where}: encoder={cfg.encoder} is used by nothing: set fusion or repa, or drop encoder")
-    if cfg.encoder and (cfg.dims != 2 or cfg.levels > 1): raise ValueError(f"{where}: encoder features condition single-scale 2D models: set dims=2 and levels=1")
-    if cfg.repa < 0 or not 0 <= cfg.feature_dropout <= 1: raise ValueError(f"{where}: repa={cfg.repa} must be >= 0 and feature_dropout={cfg.feature_dropout} in [0, 1]")
-    if cfg.repa_e and not (cfg.autoencoder and cfg.repa): raise ValueError(f"{where}: repa_e=true tunes the autoencoder through REPA: set autoencoder=FILE and repa > 0")
+    if cfg.fusion is not None:
+        check_choice('fusion', cfg.fusion, FUSIONS)
+    if cfg.refine:  # the refinement uses the encoder for its perceptual loss
+        return
+    if (cfg.fusion or cfg.repa) and not cfg.encoder:
+        raise ValueError(f"{where}: {'fusion' if cfg.fusion else 'repa'} needs encoder features: set encoder=panderm, "
+                         "timm:<name>, torchvision:<arch> or domain")
+    if cfg.encoder and not (cfg.fusion or cfg.repa):
+        raise ValueError(f"{where}: encoder={cfg.encoder} is used by nothing: set fusion or repa, or drop encoder")
+    if cfg.encoder and (cfg.dims != 2 or cfg.levels > 1):
+        raise ValueError(f"{where}: encoder features condition single-scale 2D models: set dims=2 and levels=1")
+    if cfg.repa < 0 or not 0 <= cfg.feature_dropout <= 1:
+        raise ValueError(f"{where}: repa={cfg.repa} must be >= 0 and feature_dropout={cfg.feature_dropout} in [0, 1]")
+    if cfg.repa_e and not (cfg.autoencoder and cfg.repa):
+        raise ValueError(f"{where}: repa_e=true tunes the autoencoder through REPA: set autoencoder=FILE and repa > 0")
 
+# %% ../../nbs/50_training.config.ipynb #80342854
 def _check_pair(cfg, where, f):
     if cfg.mode != 'pair':
-        if cfg.refine or cfg.second_size or cfg.atlas: raise ValueError(f"{where}: {'refine' if cfg.refine else 'second_size' if cfg.second_size else 'atlas'} is for mode=pair (PDS)")
+        if cfg.refine or cfg.second_size or cfg.atlas:
+            raise ValueError(f"{where}: {'refine' if cfg.refine else 'second_size' if cfg.second_size else 'atlas'} is "
+                             "for mode=pair (PDS)")
         return
     if cfg.dims != 3 or len(cfg.images) != 2 or cfg.levels > 1 or cfg.autoencoder or cfg.encoder and not cfg.refine:
-        raise ValueError(f"{where}: mode=pair generates two 3D maps jointly: set dims=3, images=[a, b], levels=1, and no autoencoder or encoder")
-    if not cfg.second_size or len(cfg.second_size) != 3: raise ValueError(f"{where}: mode=pair needs second_size, the 3D grid of {cfg.images[1]!r} (e.g. [24, 24, 16])")
-    if any(s % f for s in cfg.second_size): raise ValueError(f"{where}: second_size={cfg.second_size} is not divisible by {f} (the UNet halves it {len(cfg.channels) - 1} times): use e.g. {[max(f, round(s / f) * f) for s in cfg.second_size]}")
-    if cfg.roi_weight < 0 or (cfg.roi_weight and not cfg.atlas): raise ValueError(f"{where}: roi_weight={cfg.roi_weight} needs atlas=FILE (a NIfTI label atlas) and must be >= 0")
-    if cfg.refine and not cfg.stage1: raise ValueError(f"{where}: refine=true refines a trained stage 1: set stage1=RUN (the stage-1 run folder)")
-    if cfg.refine_perceptual and not cfg.encoder: raise ValueError(f"{where}: refine_perceptual needs encoder features for the projections: set encoder (e.g. domain) and encoder_weights")
+        raise ValueError(f"{where}: mode=pair generates two 3D maps jointly: set dims=3, images=[a, b], levels=1, and "
+                         "no autoencoder or encoder")
+    if not cfg.second_size or len(cfg.second_size) != 3:
+        raise ValueError(f"{where}: mode=pair needs second_size, the 3D grid of {cfg.images[1]!r} (e.g. [24, 24, 16])")
+    if any(s % f for s in cfg.second_size):
+        raise ValueError(f"{where}: second_size={cfg.second_size} is not divisible by {f} (the UNet halves it "
+                         f"{len(cfg.channels) - 1} times): use e.g. "
+                         f"{[max(f, round(s / f) * f) for s in cfg.second_size]}")
+    if cfg.roi_weight < 0 or (cfg.roi_weight and not cfg.atlas):
+        raise ValueError(f"{where}: roi_weight={cfg.roi_weight} needs atlas=FILE (a NIfTI label atlas) and must be >= "
+                         "0")
+    if cfg.refine and not cfg.stage1:
+        raise ValueError(f"{where}: refine=true refines a trained stage 1: set stage1=RUN (the stage-1 run folder)")
+    if cfg.refine_perceptual and not cfg.encoder:
+        raise ValueError(f"{where}: refine_perceptual needs encoder features for the projections: set encoder (e.g. "
+                         "domain) and encoder_weights")
 
 def is_cascade(cfg:TrainConfig) -> bool:
     "A per-level cascade: `levels` > 1 networks trained in `run/level-K`, sampled coarse to fine."
     return cfg.levels > 1 and cfg.level is None and not cfg.shared_levels
 
+# %% ../../nbs/50_training.config.ipynb #afc206ae
 def level_config(cfg:TrainConfig, level:int) -> TrainConfig:
     "The config of a cascade's network for `level`."
-    return dataclasses.replace(cfg, level=level, epochs=(cfg.level_epochs or [cfg.epochs] * cfg.levels)[level], autoencoder=cfg.autoencoder if level == 0 else None)
+    return dataclasses.replace(cfg, level=level, epochs=(cfg.level_epochs or [cfg.epochs] * cfg.levels)[level],
+                               autoencoder=cfg.autoencoder if level == 0 else None)
 
 def load_config(path=None, overrides=()) -> TrainConfig:
     "`make_config` from a YAML file (or none) plus overrides."
     d = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file(): raise DataError(p, 'config file not found')
-        try: d = yaml.safe_load(p.read_text()) or {}
-        except OSError as e: raise DataError(p, f'cannot be read ({e.strerror})') from None
-        except yaml.YAMLError as e: raise DataError(p, f'not valid YAML ({str(e).splitlines()[0]})') from None
+        if not p.is_file():
+            raise DataError(p, 'config file not found')
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except OSError as e:
+            raise DataError(p, f'cannot be read ({e.strerror})') from None
+        except yaml.YAMLError as e:
+            raise DataError(p, f'not valid YAML ({str(e).splitlines()[0]})') from None
     return make_config(d, overrides, where=str(path or 'config'))

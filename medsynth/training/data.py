@@ -17,7 +17,8 @@ from fastai.data.core import DataLoaders
 from ..data.modes import get_mode, PyramidMode
 from ..spaces.pyramid import level_size
 from .config import TrainConfig, is_cascade
-from ..data.datasets import is_class_folders, ClassFolderDataset, SliceDataset, VolumeDataset, subjects_from, balanced_sampler
+from ..data.datasets import (is_class_folders, ClassFolderDataset, SliceDataset, VolumeDataset, subjects_from,
+                                    balanced_sampler)
 from ..spaces.vae import load_autoencoder
 from ..models.encoders import get_encoder
 
@@ -27,101 +28,146 @@ __all__ = ['mode_of', 'space_of', 'encoder_of', 'pair_data', 'roi_of', 'to_laten
 
 # %% ../../nbs/51_training.data.ipynb #68eefb94
 def mode_of(cfg:TrainConfig):
-    "The `Mode` of `cfg`, its keys matched to the data (class folders yield 'image'); a pyramid level's (or shared) network sees its `PyramidMode`."
+    """The `Mode` of `cfg`, its keys matched to the data (class folders yield 'image'); a pyramid level's (or shared)
+    network sees its `PyramidMode`."""
     if cfg.mode == 'pair':
         from medsynth.systems.pds import PairMode   # PDS in the trainer: to become a system plug-in
         return PairMode(*cfg.images, tuple(cfg.size), tuple(cfg.second_size), roi=roi_of(cfg))
     image = 'image' if cfg.mode in ('uncond', 'class') and is_class_folders(cfg.data) else cfg.image
-    mode = get_mode(cfg.mode, image=image, images=tuple(cfg.images), source=cfg.source, target=cfg.target, channels=cfg.image_channels)
+    mode = get_mode(cfg.mode, image=image, images=tuple(cfg.images), source=cfg.source, target=cfg.target,
+                    channels=cfg.image_channels)
     return PyramidMode(mode, cfg.levels, cfg.level, cfg.aug_max) if cfg.levels > 1 and not is_cascade(cfg) else mode
 
 # %% ../../nbs/51_training.data.ipynb #9b49bc4b
 _SPACES = {}
 def space_of(cfg:TrainConfig):
-    "The frozen `LatentSpace` of `cfg.autoencoder` (loaded once per file), or None for pixel space; checked against the mode and the size."
-    if not cfg.autoencoder: return None
+    """The frozen `LatentSpace` of `cfg.autoencoder` (loaded once per file), or None for pixel space; checked against
+    the mode and the size."""
+    if not cfg.autoencoder:
+        return None
     key = str(Path(cfg.autoencoder).resolve())
-    if key not in _SPACES: _SPACES[key] = load_autoencoder(cfg.autoencoder)
+    if key not in _SPACES:
+        _SPACES[key] = load_autoencoder(cfg.autoencoder)
     sp, mode = _SPACES[key], mode_of(cfg)
     if sp.in_channels != mode.channels_out or sp.spatial_dims != cfg.dims:
-        raise ValueError(f"{cfg.autoencoder}: this autoencoder takes {sp.in_channels}-channel {sp.spatial_dims}D images; mode {cfg.mode!r} generates {mode.channels_out}-channel {cfg.dims}D ones: train one for them")
-    lat = sp.latent_shape(level_size(cfg.size, cfg.level or 0)); f = 2 ** (len(cfg.channels) - 1)
-    if any(v % f for v in lat[1:]): raise ValueError(f"{cfg.autoencoder}: latents of {lat[1:]} are not divisible by {f} (the UNet halves them {len(cfg.channels) - 1} times): use fewer channels levels or a larger size")
+        raise ValueError(f"{cfg.autoencoder}: this autoencoder takes {sp.in_channels}-channel {sp.spatial_dims}D "
+                         f"images; mode {cfg.mode!r} generates {mode.channels_out}-channel {cfg.dims}D ones: train one "
+                         "for them")
+    lat = sp.latent_shape(level_size(cfg.size, cfg.level or 0))
+    f = 2 ** (len(cfg.channels) - 1)
+    if any(v % f for v in lat[1:]):
+        raise ValueError(f"{cfg.autoencoder}: latents of {lat[1:]} are not divisible by {f} (the UNet halves them "
+                         f"{len(cfg.channels) - 1} times): use fewer channels levels or a larger size")
     return sp
 
 _ENCODERS = {}
 def encoder_of(cfg:TrainConfig):
     "The frozen token encoder of `cfg` (loaded once per spec and file), or None."
-    if not cfg.encoder: return None
+    if not cfg.encoder:
+        return None
     key = (cfg.encoder, str(Path(cfg.encoder_weights).resolve()) if cfg.encoder_weights else None, cfg.encoder_size)
     if key not in _ENCODERS:
         _ENCODERS[key] = get_encoder(cfg.encoder, cfg.encoder_weights, cfg.encoder_size)
     return _ENCODERS[key]
 
+# %% ../../nbs/51_training.data.ipynb #51f4a3a1
 _ROIS = {}
 def pair_data(cfg:TrainConfig) -> list:
     "The subjects of a pair run, each with both maps (a one-line error names the subjects that lack one)."
-    from medsynth.systems.pds import pair_subjects   # PDS in the trainer: to become a system plug-in
-    if not cfg.data: raise ValueError("config: data is empty; set data=PATH (subject folders or a CSV manifest)")
+    from medsynth.systems.pds_data import pair_subjects   # PDS in the trainer: to become a system plug-in
+    if not cfg.data:
+        raise ValueError("config: data is empty; set data=PATH (subject folders or a CSV manifest)")
     return pair_subjects((cfg.data, cfg.second_data) if cfg.second_data else cfg.data, *cfg.images)
 
 def roi_of(cfg:TrainConfig):
     "The atlas ROI of a pair run on its two grids (read once), or None."
-    if not cfg.atlas: return None
+    if not cfg.atlas:
+        return None
     key = (str(cfg.atlas), tuple(cfg.atlas_labels), tuple(cfg.size), tuple(cfg.second_size), cfg.data, cfg.second_data)
     if key not in _ROIS:
-        from medsynth.systems.pds import roi_masks   # PDS in the trainer: to become a system plug-in
-        s0 = pair_data(cfg)[0]; a, b = cfg.images
-        _ROIS[key] = tuple(roi_masks(cfg.atlas, list(cfg.atlas_labels), (tuple(cfg.size), tuple(cfg.second_size)), (s0[a], s0[b])))
+        from medsynth.systems.pds_data import roi_masks   # PDS in the trainer: to become a system plug-in
+        s0 = pair_data(cfg)[0]
+        a, b = cfg.images
+        _ROIS[key] = tuple(roi_masks(cfg.atlas, list(cfg.atlas_labels), (tuple(cfg.size), tuple(cfg.second_size)),
+                                     (s0[a], s0[b])))
     return _ROIS[key]
 
+# %% ../../nbs/51_training.data.ipynb #df0b43af
 def to_latent(space, x0, cond, z=None):
-    "Images -> scaled latents (no gradients: the autoencoder is frozen; `z` if already cached) and the conditioning area-resized to the latent grid."
+    """Images -> scaled latents (no gradients: the autoencoder is frozen; `z` if already cached) and the conditioning
+    area-resized to the latent grid."""
     if z is None:
-        with torch.no_grad(): z = space.encode(x0).to(x0)
-    else: z = z.to(x0)
-    if cond is not None and cond.shape[2:] != z.shape[2:]: cond = F.interpolate(cond, size=z.shape[2:], mode='area')
+        with torch.no_grad():
+            z = space.encode(x0).to(x0)
+    else:
+        z = z.to(x0)
+    if cond is not None and cond.shape[2:] != z.shape[2:]:
+        cond = F.interpolate(cond, size=z.shape[2:], mode='area')
     return z, cond
 
 class _Items(torch.utils.data.Dataset):
-    def __init__(self, items): self.items = items
-    def __len__(self): return len(self.items)
-    def __getitem__(self, i): return self.items[i]
+    def __init__(self, items):
+        self.items = items
+    def __len__(self):
+        return len(self.items)
+    def __getitem__(self, i):
+        return self.items[i]
 
+# %% ../../nbs/51_training.data.ipynb #64177eba
 def cache_latents(ds, space, mode, batch_size:int=64, device=None):
-    "`ds` with each item's target encoded once into the frozen latent space (key `latent`): training then never runs the encoder."
-    items = [ds[i] for i in range(len(ds))]; space.to(device or 'cpu')
+    """`ds` with each item's target encoded once into the frozen latent space (key `latent`): training then never runs
+    the encoder."""
+    items = [ds[i] for i in range(len(ds))]
+    space.to(device or 'cpu')
     for i in range(0, len(items), batch_size):
-        b = items[i:i + batch_size]; x0 = mode.split(_collate(b)[0])[0]
-        with torch.no_grad(): z = space.encode(x0.to(space.device)).cpu()
-        for it, zi in zip(b, z): it['latent'] = zi
+        b = items[i:i + batch_size]
+        x0 = mode.split(_collate(b)[0])[0]
+        with torch.no_grad():
+            z = space.encode(x0.to(space.device)).cpu()
+        for it, zi in zip(b, z):
+            it['latent'] = zi
     return _Items(items)
 
+# %% ../../nbs/51_training.data.ipynb #9bf23ebf
 def build_datasets(cfg:TrainConfig):
     "`(train, valid, classes)` for `cfg` (classes is None for subject data)."
-    if not cfg.data: raise ValueError("config: data is empty; set data=PATH (class folders, subject folders or a CSV manifest)")
+    if not cfg.data:
+        raise ValueError("config: data is empty; set data=PATH (class folders, subject folders or a CSV manifest)")
     rng = np.random.default_rng(cfg.seed)
     if cfg.mode == 'pair':
-        a, b = cfg.images; subs = pair_data(cfg)
-        ds = VolumeDataset(subs, (a, b), mask=None, size={a: tuple(cfg.size), b: tuple(cfg.second_size)}); classes = None
-        perm = rng.permutation(len(subs)); nv = max(1, int(round(cfg.valid_frac * len(subs)))) if len(subs) > 1 else 0
-        tr = sorted(perm[nv:].tolist()); va = sorted(perm[:nv].tolist()) or tr[:1]
+        a, b = cfg.images
+        subs = pair_data(cfg)
+        ds = VolumeDataset(subs, (a, b), mask=None, size={a: tuple(cfg.size), b: tuple(cfg.second_size)})
+        classes = None
+        perm = rng.permutation(len(subs))
+        nv = max(1, int(round(cfg.valid_frac * len(subs)))) if len(subs) > 1 else 0
+        tr = sorted(perm[nv:].tolist())
+        va = sorted(perm[:nv].tolist()) or tr[:1]
     elif is_class_folders(cfg.data):
-        if cfg.dims != 2: raise ValueError(f"{cfg.data}: class folders hold 2D images; set dims=2")
-        ds = ClassFolderDataset(cfg.data, size=tuple(cfg.size), channels=cfg.image_channels); classes = ds.classes
-        perm = rng.permutation(len(ds)); nv = max(1, int(round(cfg.valid_frac * len(ds))))
+        if cfg.dims != 2:
+            raise ValueError(f"{cfg.data}: class folders hold 2D images; set dims=2")
+        ds = ClassFolderDataset(cfg.data, size=tuple(cfg.size), channels=cfg.image_channels)
+        classes = ds.classes
+        perm = rng.permutation(len(ds))
+        nv = max(1, int(round(cfg.valid_frac * len(ds))))
         tr, va = sorted(perm[nv:]), sorted(perm[:nv])
     else:
         mask = 'seg' if 'seg' in cfg.modalities else None
         subs = subjects_from(cfg.data, tuple(cfg.modalities))
         kw = dict(mask=mask, irregular=cfg.irregular_spacing)
-        if cfg.dims == 2: ds = SliceDataset(subs, tuple(cfg.modalities), axis=cfg.axis, size=tuple(cfg.size), foreground_only=cfg.foreground_only, min_content=cfg.min_content, **kw)
-        else: ds = VolumeDataset(subs, tuple(cfg.modalities), size=tuple(cfg.size), **kw)
+        if cfg.dims == 2:
+            ds = SliceDataset(subs, tuple(cfg.modalities), axis=cfg.axis, size=tuple(cfg.size),
+                              foreground_only=cfg.foreground_only, min_content=cfg.min_content, **kw)
+        else:
+            ds = VolumeDataset(subs, tuple(cfg.modalities), size=tuple(cfg.size), **kw)
         classes = None
-        perm = rng.permutation(len(subs)); nv = max(1, int(round(cfg.valid_frac * len(subs)))) if len(subs) > 1 else 0
+        perm = rng.permutation(len(subs))
+        nv = max(1, int(round(cfg.valid_frac * len(subs)))) if len(subs) > 1 else 0
         val_subj = {subs[i]['subject'] for i in perm[:nv]}
-        owner = [ds.subjects[i]['subject'] for i, _ in ds.index] if cfg.dims == 2 else [s['subject'] for s in ds.subjects]
-        tr = [j for j, s in enumerate(owner) if s not in val_subj]; va = [j for j, s in enumerate(owner) if s in val_subj] or tr[:1]
+        owner = ([ds.subjects[i]['subject'] for i, _ in ds.index] if cfg.dims == 2
+                 else [s['subject'] for s in ds.subjects])
+        tr = [j for j, s in enumerate(owner) if s not in val_subj]
+        va = [j for j, s in enumerate(owner) if s in val_subj] or tr[:1]
     mode_of(cfg).check_batch(_collate([ds[0]])[0], where=str(cfg.data))          # a batch of one: keys and grids
     return Subset(ds, tr), Subset(ds, va), classes
 
@@ -129,15 +175,18 @@ def build_datasets(cfg:TrainConfig):
 def init_distributed() -> bool:
     "Join the process group that `torchrun` describes (NCCL on GPU, gloo on CPU); False when running alone."
     import torch.distributed as dist
-    if int(os.environ.get('WORLD_SIZE', 1)) <= 1: return False
+    if int(os.environ.get('WORLD_SIZE', 1)) <= 1:
+        return False
     if not dist.is_initialized():
         dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
-        if torch.cuda.is_available(): torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     return True
 
 def _barrier():
     import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized(): dist.barrier()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 def _dist():
     "(world size, rank) of the running process group, or (1, 0)."
@@ -148,20 +197,26 @@ def _collate(b):
     from torch.utils.data import default_collate
     return (default_collate(b),)                      # one input: the batch dict; DiffusionCB makes xb and yb from it
 
+# %% ../../nbs/51_training.data.ipynb #8645c2d7
 def _check_batch(train_ds, cfg):
     "Refuse training data that cannot fill one batch on every process (`drop_last` would train on nothing)."
     world = _dist()[0]
     if len(train_ds) < cfg.batch_size * world:
-        raise ValueError(f"{cfg.data}: {len(train_ds)} training samples are fewer than one batch ({cfg.batch_size} x {world} processes): lower batch_size or add data")
+        raise ValueError(f"{cfg.data}: {len(train_ds)} training samples are fewer than one batch ({cfg.batch_size} x "
+                         f"{world} processes): lower batch_size or add data")
 
 def build_dataloaders(train_ds, valid_ds, cfg:TrainConfig, device=None) -> DataLoaders:
-    "Train and valid loaders. Shuffling is a `DistributedSampler` (also for one process): epoch e's order depends only on (seed, e), so a resumed run sees the same batches."
+    """Train and valid loaders. Shuffling is a `DistributedSampler` (also for one process): epoch e's order depends only
+    on (seed, e), so a resumed run sees the same batches."""
     world, rank = _dist()
     if cfg.balanced:
-        if world > 1: raise ValueError("balanced=true is not supported with more than one process yet")
-        labels = np.asarray(train_ds.dataset.labels)[train_ds.indices] if isinstance(train_ds, Subset) else np.asarray([int(train_ds[i]['label']) for i in range(len(train_ds))])
+        if world > 1:
+            raise ValueError("balanced=true is not supported with more than one process yet")
+        labels = (np.asarray(train_ds.dataset.labels)[train_ds.indices] if isinstance(train_ds, Subset)
+                  else np.asarray([int(train_ds[i]['label']) for i in range(len(train_ds))]))
         tr_s = balanced_sampler(labels, generator=torch.Generator().manual_seed(cfg.seed))
-    else: tr_s = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    else:
+        tr_s = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     _check_batch(train_ds, cfg)
     va_s = DistributedSampler(valid_ds, num_replicas=world, rank=rank, shuffle=False)
     dl = partial(DataLoader, batch_size=cfg.batch_size, collate_fn=_collate, num_workers=0)

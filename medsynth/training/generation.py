@@ -23,35 +23,51 @@ from ..core.io import write_png
 __all__ = ['schedule_of', 'generate', 'SampleGridCB', 'generate_cascade']
 
 # %% ../../nbs/54_training.generation.ipynb #3b5f66ee
-def schedule_of(cfg:TrainConfig): return get_schedule(cfg.schedule, cfg.timesteps, continuous=cfg.strategy == 'rflow')
+def schedule_of(cfg:TrainConfig):
+    return get_schedule(cfg.schedule, cfg.timesteps, continuous=cfg.strategy == 'rflow')
 
+# %% ../../nbs/54_training.generation.ipynb #9ee84d4b
 @torch.no_grad()
-def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, steps=None, generator=None, progress=False, level=None, wrap=None, features=None, x_T=None):
-    "Samples of `shape` `(N, C, *spatial)` from `net` given `cond` images, `label`s, encoder `features` (tokens; None: the null token) and the pyramid `level` of a shared network, with `cfg`'s schedule and prediction; `x_T` is the starting noise (default: drawn from `generator`)."
-    schedule = schedule_of(cfg); dev = next(net.parameters()).device
+def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, steps=None, generator=None,
+             progress=False, level=None, wrap=None, features=None, x_T=None):
+    """Samples of `shape` `(N, C, *spatial)` from `net` given `cond` images, `label`s, encoder `features` (tokens; None:
+    the null token) and the pyramid `level` of a shared network, with `cfg`'s schedule and prediction; `x_T` is the
+    starting noise (default: drawn from `generator`)."""
+    schedule = schedule_of(cfg)
+    dev = next(net.parameters()).device
     space = space_of(cfg)
     if space is not None:                               # diffuse in the latent space, decode at the end
-        space.to(dev); shape = (shape[0], *space.latent_shape(shape[1:]))
-        if cond is not None and tuple(cond.shape[2:]) != shape[2:]: cond = F.interpolate(cond, size=shape[2:], mode='area')
-    was = net.training; net.eval()
+        space.to(dev)
+        shape = (shape[0], *space.latent_shape(shape[1:]))
+        if cond is not None and tuple(cond.shape[2:]) != shape[2:]:
+            cond = F.interpolate(cond, size=shape[2:], mode='area')
+    was = net.training
+    net.eval()
     den0 = Denoiser(net, schedule, cfg.prediction)
     to = lambda v: None if v is None else torch.as_tensor(v).to(dev)
-    kw = dict(cond=to(cond), label=to(label), **({} if level is None else dict(level=level)), **({} if features is None else dict(features=to(features))))
+    kw = dict(cond=to(cond), label=to(label), **({} if level is None else dict(level=level)),
+              **({} if features is None else dict(features=to(features))))
     den = lambda x, t: den0(x, t, **kw)
-    if wrap is not None: den = wrap(den, schedule)                  # e.g. back-projection onto a coarser level
+    if wrap is not None:  # e.g. back-projection onto a coarser level
+        den = wrap(den, schedule)
     x = (randn(shape, generator) if x_T is None else x_T).to(dev)
-    out = sample(den, schedule, x, steps=steps or cfg.sample_steps, sampler=sampler or cfg.sampler, clip_x0=None if space else 1., generator=generator, progress=progress)
+    out = sample(den, schedule, x, steps=steps or cfg.sample_steps, sampler=sampler or cfg.sampler,
+                 clip_x0=None if space else 1., generator=generator, progress=progress)
     net.train(was)
     return (space.decode(out) if space is not None else out).clamp(-1, 1)
 
+# %% ../../nbs/54_training.generation.ipynb #07ae90f8
 def _grid(cols:list, path, scale:int=1):
-    "Save rows of images (each a list of `(C, *spatial)` tensors in [-1, 1]; 3D shows the middle slice) as one PNG, enlarged `scale` times."
+    """Save rows of images (each a list of `(C, *spatial)` tensors in [-1, 1]; 3D shows the middle slice) as one PNG,
+    enlarged `scale` times."""
     from torchvision.utils import make_grid
     tiles = [c if c.ndim == 3 else c[..., c.shape[-1] // 2] for row in cols for c in row]
     tiles = [((t[:1] if t.shape[0] != 3 else t).float().cpu() + 1) / 2 for t in tiles]
-    if scale > 1: tiles = [t.repeat_interleave(scale, -1).repeat_interleave(scale, -2) for t in tiles]
+    if scale > 1:
+        tiles = [t.repeat_interleave(scale, -1).repeat_interleave(scale, -2) for t in tiles]
     write_png(path, make_grid(tiles, nrow=len(cols[0]), padding=1, pad_value=1.).numpy()[:1])
 
+# %% ../../nbs/54_training.generation.ipynb #351b7c99
 class SampleGridCB(Callback):
     "Every `every` epochs, sample a fixed validation batch with the EMA network and save `samples/epoch-NNN.png`."
     order = 55
@@ -59,17 +75,23 @@ class SampleGridCB(Callback):
         self.run, self.cfg, self.mode, self.ema_cb, self.every = run, cfg, mode, ema_cb, every
         self.batch = {k: v[:cfg.n_grid] for k, v in batch.items()}
     def after_epoch(self):
-        if _finding_lr(self.learn) or not self.every or (self.epoch + 1) % self.every or _dist()[1]: return
+        if _finding_lr(self.learn) or not self.every or (self.epoch + 1) % self.every or _dist()[1]:
+            return
         g = torch.Generator().manual_seed(self.cfg.seed)
         x0, cond, label, *level = self.mode.split(self.batch, generator=g)
-        net = self.ema_cb.ema.ema_model; dev = next(net.parameters()).device
-        enc = encoder_of(self.cfg) if self.cfg.fusion else None          # a fusion model is shown the features of the real image
+        net = self.ema_cb.ema.ema_model
+        dev = next(net.parameters()).device
+        # a fusion model is shown the features of the real image
+        enc = encoder_of(self.cfg) if self.cfg.fusion else None
         f = enc.to(dev)(x0.to(dev)).tokens if enc is not None else None
-        x = generate(net, self.cfg, x0.shape, cond, label, generator=g, level=level[0].to(dev) if level else None, features=f).cpu()
-        rows = [[*(cond[i].split(1) if cond is not None else []), *self.tiles(x0[i]), *self.tiles(x[i])] for i in range(len(x0))]
+        x = generate(net, self.cfg, x0.shape, cond, label, generator=g, level=level[0].to(dev) if level else None,
+                     features=f).cpu()
+        rows = [[*(cond[i].split(1) if cond is not None else []), *self.tiles(x0[i]),
+                 *self.tiles(x[i])] for i in range(len(x0))]
         _grid(rows, self.run/'samples'/f'epoch-{self.epoch + 1:03d}.png')
     def tiles(self, v):
-        "One tile per image of the mode: RGB stays one, masks go to [-1, 1], a pair's maps are shown on the first map's grid."
+        """One tile per image of the mode: RGB stays one, masks go to [-1, 1], a pair's maps are shown on the first
+        map's grid."""
         out = []
         for t in self.mode.unsplit(v[None]).values():
             t = t.float() * 2 - 1 if t.dtype == torch.uint8 else t
@@ -81,7 +103,8 @@ class SampleGridCB(Callback):
 
 # %% ../../nbs/54_training.generation.ipynb #f47bf170
 def _projected(coarse, iters):
-    "A denoiser wrapper: back-project each $\\hat x_0$ onto `coarse`, and shift $\\hat\\epsilon$ so that $x_t = \\alpha \\hat x_0 + \\sigma \\hat\\epsilon$ still holds."
+    """A denoiser wrapper: back-project each $\\hat x_0$ onto `coarse`, and shift $\\hat\\epsilon$ so that $x_t =
+    \\alpha \\hat x_0 + \\sigma \\hat\\epsilon$ still holds."""
     def wrap(den, schedule):
         def f(x, t):
             x0, eps = den(x, t)
@@ -91,20 +114,30 @@ def _projected(coarse, iters):
         return f
     return wrap
 
+# %% ../../nbs/54_training.generation.ipynb #9c77395e
 @torch.no_grad()
-def generate_cascade(nets, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, steps=None, generator=None, progress=False, all_levels=False):
-    "Coarse to fine with `nets` (a `ModuleDict` by level, or one shared network): each finer level sees the expanded coarser sample, augmented with strength `cfg.sample_aug`."
-    mode = mode_of(cfg); base = getattr(mode, 'base', mode); shared = not isinstance(nets, nn.ModuleDict)
-    steps = [steps] * cfg.levels if isinstance(steps, int) else (steps or cfg.level_steps or [cfg.sample_steps] * cfg.levels)
+def generate_cascade(nets, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, steps=None, generator=None,
+                     progress=False, all_levels=False):
+    """Coarse to fine with `nets` (a `ModuleDict` by level, or one shared network): each finer level sees the expanded
+    coarser sample, augmented with strength `cfg.sample_aug`."""
+    mode = mode_of(cfg)
+    base = getattr(mode, 'base', mode)
+    shared = not isinstance(nets, nn.ModuleDict)
+    steps = ([steps] * cfg.levels if isinstance(steps, int)
+             else (steps or cfg.level_steps or [cfg.sample_steps] * cfg.levels))
     x, outs = None, []
     for lv in reversed(range(cfg.levels)):
         net = nets if shared else nets[str(lv)]
         like = torch.empty(shape[0], shape[1], *level_size(shape[2:], lv), device=next(net.parameters()).device)
-        c = PyramidMode(base, cfg.levels, None if shared else lv, cfg.aug_max).level_cond(cond, lv, like, x, cfg.sample_aug, generator)
-        lc = cfg if shared else level_config(cfg, lv); latent = bool(lc.autoencoder)
+        c = PyramidMode(base, cfg.levels, None if shared else lv, cfg.aug_max).level_cond(cond, lv, like, x,
+                                                                                          cfg.sample_aug, generator)
+        lc = cfg if shared else level_config(cfg, lv)
+        latent = bool(lc.autoencoder)
         wrap = _projected(x, cfg.back_projection) if cfg.back_projection and x is not None and not latent else None
         coarse = x
-        x = generate(net, lc, like.shape, c, label, sampler, steps[lv], generator, progress, level=lv if shared else None, wrap=wrap)
-        if latent and cfg.back_projection and coarse is not None: x = back_project(x, coarse, cfg.back_projection * steps[lv]).clamp(-1, 1)   # a latent level: on the decoded image
+        x = generate(net, lc, like.shape, c, label, sampler, steps[lv], generator, progress,
+                     level=lv if shared else None, wrap=wrap)
+        if latent and cfg.back_projection and coarse is not None:  # a latent level: on the decoded image
+            x = back_project(x, coarse, cfg.back_projection * steps[lv]).clamp(-1, 1)
         outs.append(x)
     return outs[::-1] if all_levels else x

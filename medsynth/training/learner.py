@@ -24,10 +24,12 @@ from ..core.io import atomic_path, DataError
 from ..core.folders import MARKER, holding, new_folder, clear_folder, mark, marker
 from ..models.repa import RepaCB, RepaECB, RepaMetric
 from .checkpoint import CheckpointCB, _set_rng_state, load_checkpoint
-from .callbacks import DiffusionCB, DiffusionLoss, EMACB, GuardCB, PrecisionCB, RunLog, StepCB, TensorBoardCB, WandbCB, _truncate_history
+from .callbacks import (DiffusionCB, DiffusionLoss, EMACB, GuardCB, PrecisionCB, RunLog, StepCB,
+                                         TensorBoardCB, WandbCB, _truncate_history)
 from .generation import SampleGridCB, schedule_of
 from .config import TrainConfig, is_cascade, level_config, load_config, make_config
-from .data import _barrier, _check_batch, _dist, build_dataloaders, build_datasets, cache_latents, encoder_of, init_distributed, mode_of, space_of
+from .data import (_barrier, _check_batch, _dist, build_dataloaders, build_datasets, cache_latents,
+                                    encoder_of, init_distributed, mode_of, space_of)
 from .network import build_model
 from .refine import build_refine_learner, build_refine_net, refine_datasets, refine_report
 from .runs import load_stage1
@@ -40,50 +42,77 @@ __all__ = ['RESUMABLE_CHANGES', 'JOB_FILES', 'build_learner', 'train', 'lr_find'
 def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -> Learner:
     "A fastai Learner that trains `cfg`'s diffusion model; `learn.net` is the bare network, `learn.ema` its EMA."
     from fastai.callback.progress import ProgressCallback
-    run = Path(run); mode = mode_of(cfg); schedule = schedule_of(cfg)
+    run = Path(run)
+    mode = mode_of(cfg)
+    schedule = schedule_of(cfg)
     net = build_model(cfg, mode, len(classes) if classes else None)
     model = net
-    if _dist()[0] > 1: model = nn.parallel.DistributedDataParallel(net)
-    if cfg.compile: model = torch.compile(model)
+    if _dist()[0] > 1:
+        model = nn.parallel.DistributedDataParallel(net)
+    if cfg.compile:
+        model = torch.compile(model)
     tsampler = get_timestep_sampler(cfg.timestep_sampler, schedule)
     space, metrics = space_of(cfg), []
     if cfg.repa_e:                                       # the run tunes its own copy of the autoencoder
-        if _dist()[0] > 1: raise ValueError("repa_e=true runs in one process for now: drop torchrun or repa_e")
+        if _dist()[0] > 1:
+            raise ValueError("repa_e=true runs in one process for now: drop torchrun or repa_e")
         space = copy.deepcopy(space)
     dcb = DiffusionCB(cfg, mode, schedule, tsampler, len(classes) if classes else None, space, encoder_of(cfg))
     ema_cb = EMACB(net, cfg.ema_beta, cfg.ema_after, cfg.ema_every)
-    cbs = [dcb, StepCB(cfg.clip), GuardCB(), ema_cb, CheckpointCB(run, cfg, net, ema_cb, dcb, None if cfg.max_minutes is None else cfg.max_minutes * 60)]
-    if cfg.repa: cbs.append(RepaCB(net, cfg.repa)); metrics.append(RepaMetric())
+    cbs = [dcb, StepCB(cfg.clip), GuardCB(), ema_cb,
+           CheckpointCB(run, cfg, net, ema_cb, dcb, None if cfg.max_minutes is None else cfg.max_minutes * 60)]
+    if cfg.repa:
+        cbs.append(RepaCB(net, cfg.repa))
+        metrics.append(RepaMetric())
     repa_ecb = RepaECB(net, space, schedule, cfg.repa, cfg.vae_lr) if cfg.repa_e else None
-    if repa_ecb: cbs.append(repa_ecb)
-    if cfg.precision != 'fp32': cbs.append(PrecisionCB(cfg.precision))
-    if cfg.accumulate > 1: cbs.append(GradientAccumulation(cfg.batch_size * cfg.accumulate))
+    if repa_ecb:
+        cbs.append(repa_ecb)
+    if cfg.precision != 'fp32':
+        cbs.append(PrecisionCB(cfg.precision))
+    if cfg.accumulate > 1:
+        cbs.append(GradientAccumulation(cfg.batch_size * cfg.accumulate))
     if _dist()[1] == 0:
         cbs.append(RunLog('logs/history.csv'))
-        if cfg.sample_every: cbs.append(SampleGridCB(run, cfg, mode, ema_cb, next(iter(dls.valid))[0] if len(dls.valid) else None, cfg.sample_every))
-        if cfg.tensorboard: cbs.append(TensorBoardCB(run/'tensorboard'))
-        if cfg.wandb: cbs.append(WandbCB(run, cfg))
+        if cfg.sample_every:
+            cbs.append(SampleGridCB(run, cfg, mode, ema_cb, next(iter(dls.valid))[0] if len(dls.valid) else None,
+                                    cfg.sample_every))
+        if cfg.tensorboard:
+            cbs.append(TensorBoardCB(run/'tensorboard'))
+        if cfg.wandb:
+            cbs.append(WandbCB(run, cfg))
     roi = mode.roi_mask() if cfg.mode == 'pair' else None
-    learn = Learner(dls, model, loss_func=DiffusionLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma, roi, cfg.roi_weight), metrics=metrics,
-                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run, model_dir='checkpoints')
-    if not progress: learn.remove_cb(ProgressCallback); learn.logger = lambda *a: None
-    learn.net, learn.ema, learn.dcb, learn.mode_, learn.cfg, learn.space, learn.repa_ecb = net, ema_cb.ema, dcb, mode, cfg, space, repa_ecb
+    learn = Learner(dls, model,
+                    loss_func=DiffusionLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma, roi, cfg.roi_weight),
+                    metrics=metrics,
+                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run,
+                    model_dir='checkpoints')
+    if not progress:
+        learn.remove_cb(ProgressCallback)
+        learn.logger = lambda *a: None
+    learn.net, learn.ema, learn.dcb, learn.mode_, learn.cfg, learn.space, learn.repa_ecb = (net, ema_cb.ema, dcb, mode,
+            cfg, space, repa_ecb)
     return learn
 
 
 # %% ../../nbs/58_training.learner.ipynb #2d5f0d65
-RESUMABLE_CHANGES = ('epochs', 'max_minutes', 'sample_every', 'save_every', 'tensorboard', 'wandb', 'level_epochs', 'level_steps', 'sample_aug', 'back_projection')
+RESUMABLE_CHANGES = ('epochs', 'max_minutes', 'sample_every', 'save_every', 'tensorboard', 'wandb', 'level_epochs',
+                     'level_steps', 'sample_aug', 'back_projection')
 
 def _fit(learn, cfg, start_epoch):
-    if start_epoch >= cfg.epochs: return
-    if cfg.lr_schedule == 'one_cycle': learn.fit_one_cycle(cfg.epochs, cfg.lr, pct_start=cfg.warmup, start_epoch=start_epoch)
+    if start_epoch >= cfg.epochs:
+        return
+    if cfg.lr_schedule == 'one_cycle':
+        learn.fit_one_cycle(cfg.epochs, cfg.lr, pct_start=cfg.warmup, start_epoch=start_epoch)
     elif cfg.lr_schedule == 'cosine':
         w = cfg.warmup
-        sched = combine_scheds([w, 1 - w], [SchedLin(cfg.lr / 100, cfg.lr), SchedCos(cfg.lr, cfg.lr / 1e4)]) if w > 0 else SchedCos(cfg.lr, cfg.lr / 1e4)
+        sched = (combine_scheds([w, 1 - w], [SchedLin(cfg.lr / 100, cfg.lr), SchedCos(cfg.lr, cfg.lr / 1e4)]) if w > 0
+                 else SchedCos(cfg.lr, cfg.lr / 1e4))
         learn.fit(cfg.epochs, cfg.lr, cbs=ParamScheduler({'lr': sched}), start_epoch=start_epoch)
-    else: learn.fit(cfg.epochs, cfg.lr, start_epoch=start_epoch)
+    else:
+        learn.fit(cfg.epochs, cfg.lr, start_epoch=start_epoch)
 
-def _is_run(run:Path) -> bool: return (run/'config.yaml').exists() or (run/'checkpoints').exists()   # a job's script and log alone are not a run
+def _is_run(run:Path) -> bool:  # a job's script and log alone are not a run
+    return (run/'config.yaml').exists() or (run/'checkpoints').exists()
 JOB_FILES = ('job.sbatch', 'job.json')                  # written by `--slurm` before the job starts: they stay
 
 def _reads(cfg:TrainConfig) -> list:
@@ -95,99 +124,146 @@ def _refuse_existing(run:Path, resume:bool, overwrite:bool):
     if not resume and not overwrite and _is_run(run):
         raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
 
+# %% ../../nbs/58_training.learner.ipynb #a2c948ac
 def _start(run:Path, cfg:TrainConfig, resume:bool, overwrite:bool):
     "Before training writes anything: refuse an existing run unless resumed, or clear it for `overwrite` (rank 0)."
     _refuse_existing(run, resume, overwrite)
-    if resume or not _is_run(run): return
+    if resume or not _is_run(run):
+        return
     _barrier()                                          # every process has looked before anyone deletes
     if _dist()[1] == 0:
         keep = {MARKER, *JOB_FILES} | {p.name for p in run.glob('slurm-*.log')}
         clear_folder(run, 'train', reads=_reads(cfg), keep=keep)
 
 def train(cfg:TrainConfig, run, resume:bool=False, overwrite:bool=False, force:bool=False, progress:bool=True) -> dict:
-    "Train `cfg` into the run folder `run`; returns a summary. Resumes from `run/checkpoints/last.pt` with `resume=True`."
+    """Train `cfg` into the run folder `run`; returns a summary. Resumes from `run/checkpoints/last.pt` with
+    `resume=True`."""
     init_distributed()
     run = Path(run)
     with holding(run) if _dist()[1] == 0 else nullcontext():    # one writer per run folder
-        if is_cascade(cfg): return _train_cascade(cfg, run, resume, overwrite, force, progress)
+        if is_cascade(cfg):
+            return _train_cascade(cfg, run, resume, overwrite, force, progress)
         return _train(cfg, run, resume, overwrite, force, progress)
 
+# %% ../../nbs/58_training.learner.ipynb #483852ee
 def _train(cfg, run, resume, overwrite, force, progress):
-    space_of(cfg); encoder_of(cfg)                      # a latent space that does not fit, or missing encoder weights, fail before anything is written
+    space_of(cfg)  # a latent space that does not fit, or missing encoder weights, fail before anything is written
+    encoder_of(cfg)
     stage1 = load_stage1(cfg) if cfg.refine else None
-    ck = run/'checkpoints'/'last.pt'; state = None
+    ck = run/'checkpoints'/'last.pt'
+    state = None
     if resume:
         state = load_checkpoint(ck)
         _check_same(make_config(state['config'], where=str(ck)), cfg, run, force)
-    else: _refuse_existing(run, resume, overwrite)       # before the data is read
+    else:  # before the data is read
+        _refuse_existing(run, resume, overwrite)
     train_ds, valid_ds, classes = build_datasets(cfg)
-    build_refine_net(cfg) if cfg.refine else build_model(cfg, mode_of(cfg), len(classes) if classes else None)   # a network that cannot be built fails before the run is written
+    # a network that cannot be built fails before the run is written
+    build_refine_net(cfg) if cfg.refine else build_model(cfg, mode_of(cfg), len(classes) if classes else None)
     _check_batch(train_ds, cfg)                         # too few samples for a batch: before anything is written
     _start(run, cfg, resume, overwrite)
-    dev = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available() else torch.device('cpu')
+    dev = (torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available()
+           else torch.device('cpu'))
     with new_folder(run, 'train') if _dist()[1] == 0 else nullcontext():    # a failed start removes the folder it made
         _barrier()
-        if cfg.refine: train_ds, valid_ds, classes = refine_datasets(cfg, run, stage1)
+        if cfg.refine:
+            train_ds, valid_ds, classes = refine_datasets(cfg, run, stage1)
         if space_of(cfg) is not None and not cfg.repa_e:  # a frozen autoencoder: encode every target once
-            train_ds, valid_ds = (cache_latents(d, space_of(cfg), mode_of(cfg), device=dev) for d in (train_ds, valid_ds))
+            train_ds, valid_ds = (cache_latents(d, space_of(cfg), mode_of(cfg),
+                                                device=dev) for d in (train_ds, valid_ds))
         if _dist()[1] == 0:
             (run/'logs').mkdir(parents=True, exist_ok=True)
-            with atomic_path(run/'config.yaml') as p: p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-            if classes: (run/'classes.json').write_text(json.dumps(classes))
+            with atomic_path(run/'config.yaml') as p:
+                p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+            if classes:
+                (run/'classes.json').write_text(json.dumps(classes))
         _barrier()
         dls = build_dataloaders(train_ds, valid_ds, cfg, device=dev)
         learn = (build_refine_learner if cfg.refine else build_learner)(cfg, run, dls, classes, progress=progress)
-        learn.net.to(dev); learn.ema.to(dev)
+        learn.net.to(dev)
+        learn.ema.to(dev)
         start = 0
         if state is not None:
-            learn.net.load_state_dict(state['model']); learn.ema.load_state_dict(state['ema'])
-            learn.create_opt(); learn.opt.opt.load_state_dict(state['opt'])
-            if learn.dcb is not None: learn.dcb.gen.set_state(state['gen']); learn.dcb.tsampler.load_state_dict(state['tsampler'])
-            if state.get('repa_e') is not None: learn.repa_ecb.load_state_dict(state['repa_e'])
-            _set_rng_state(state['rng']); start = state['epoch']
-            if state.get('scaler') is not None: learn.add_cb(_LoadScaler(state['scaler']))
-            if _dist()[1] == 0: _truncate_history(run/'logs'/'history.csv', start)
+            learn.net.load_state_dict(state['model'])
+            learn.ema.load_state_dict(state['ema'])
+            learn.create_opt()
+            learn.opt.opt.load_state_dict(state['opt'])
+            if learn.dcb is not None:
+                learn.dcb.gen.set_state(state['gen'])
+                learn.dcb.tsampler.load_state_dict(state['tsampler'])
+            if state.get('repa_e') is not None:
+                learn.repa_ecb.load_state_dict(state['repa_e'])
+            _set_rng_state(state['rng'])
+            start = state['epoch']
+            if state.get('scaler') is not None:
+                learn.add_cb(_LoadScaler(state['scaler']))
+            if _dist()[1] == 0:
+                _truncate_history(run/'logs'/'history.csv', start)
     learn.diverged = None
-    t0 = time.time(); _fit(learn, cfg, start)
-    if cfg.repa_e and _dist()[1] == 0 and not learn.diverged:               # the end-to-end tuned autoencoder: what this run's samples decode with
+    t0 = time.time()
+    _fit(learn, cfg, start)
+    # the end-to-end tuned autoencoder: what this run's samples decode with
+    if cfg.repa_e and _dist()[1] == 0 and not learn.diverged:
         save_autoencoder(learn.space.model, learn.space.config, learn.space.scale, run/'autoencoder.pt')
-    out = dict(run=str(run), epochs_done=start, seconds=time.time() - t0, diverged=learn.diverged, stopped_early=getattr(learn, 'stopped_early', False))
-    if ck.exists(): out['epochs_done'] = load_checkpoint(ck)['epoch']
-    if cfg.refine and not learn.diverged and not learn.stopped_early and _dist()[1] == 0: out['report'] = refine_report(learn, cfg, run, valid_ds)
+    out = dict(run=str(run), epochs_done=start, seconds=time.time() - t0, diverged=learn.diverged,
+               stopped_early=getattr(learn, 'stopped_early', False))
+    if ck.exists():
+        out['epochs_done'] = load_checkpoint(ck)['epoch']
+    if cfg.refine and not learn.diverged and not learn.stopped_early and _dist()[1] == 0:
+        out['report'] = refine_report(learn, cfg, run, valid_ds)
     if getattr(learn, 'preempted', None) and learn.stopped_early:
-        raise Preempted(f"{run}: training stopped at epoch {out['epochs_done']} of {cfg.epochs} on request ({learn.preempted}); the checkpoint {ck} is written: resume the run to go on")
-    if learn.diverged: raise RuntimeError(f"{run}: training stopped: {learn.diverged}; the last good checkpoint is {ck if ck.exists() else 'none (no epoch finished)'}")
+        raise Preempted(f"{run}: training stopped at epoch {out['epochs_done']} of {cfg.epochs} on request "
+                        f"({learn.preempted}); the checkpoint {ck} is written: resume the run to go on")
+    if learn.diverged:
+        raise RuntimeError(f"{run}: training stopped: {learn.diverged}; the last good checkpoint is "
+                           f"{ck if ck.exists() else 'none (no epoch finished)'}")
     return out
 
+# %% ../../nbs/58_training.learner.ipynb #b32a416d
 def _check_same(old, cfg, run, force):
     diff = [k for k in asdict(cfg) if getattr(old, k) != getattr(cfg, k) and k not in RESUMABLE_CHANGES]
-    if diff and not force: raise ValueError(f"{run}: the config differs from the run's ({', '.join(f'{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}' for k in diff)}); resume with the run's config or pass force")
+    if diff and not force:
+        raise ValueError(f"{run}: the config differs from the run's "
+                         f"({', '.join(f'{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}' for k in diff)}); resume "
+                         "with the run's config or pass force")
 
+# %% ../../nbs/58_training.learner.ipynb #8a5414d9
 def _train_cascade(cfg, run, resume, overwrite, force, progress):
-    "Each level's network into `run/level-K`, coarsest first; a level already trained is skipped and a checkpointed one resumed."
+    """Each level's network into `run/level-K`, coarsest first; a level already trained is skipped and a checkpointed
+    one resumed."""
     space_of(level_config(cfg, 0))
     if resume:
-        if not (run/'config.yaml').exists(): raise DataError(run/'config.yaml', 'no cascade to resume here', 'start it without --resume')
+        if not (run/'config.yaml').exists():
+            raise DataError(run/'config.yaml', 'no cascade to resume here', 'start it without --resume')
         _check_same(load_config(run/'config.yaml'), cfg, run, force)
-    else: _start(run, cfg, resume, overwrite)
+    else:
+        _start(run, cfg, resume, overwrite)
     _barrier()
     if _dist()[1] == 0:
-        if marker(run) is None: mark(run, 'train')
-        with atomic_path(run/'config.yaml') as p: p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        if marker(run) is None:
+            mark(run, 'train')
+        with atomic_path(run/'config.yaml') as p:
+            p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     _barrier()
     out = dict(run=str(run), levels={}, seconds=0.)
     for lv in reversed(range(cfg.levels)):
         sub = run/f'level-{lv}'
-        if _dist()[1] == 0 and sub.exists() and marker(sub) is None: mark(sub, 'train')   # a level folder of this cascade
-        r = train(level_config(cfg, lv), sub, resume=(sub/'checkpoints'/'last.pt').exists(), overwrite=True, force=force, progress=progress)
-        out['levels'][lv] = r; out['seconds'] += r['seconds']
+        if _dist()[1] == 0 and sub.exists() and marker(sub) is None:  # a level folder of this cascade
+            mark(sub, 'train')
+        r = train(level_config(cfg, lv), sub, resume=(sub/'checkpoints'/'last.pt').exists(), overwrite=True,
+                  force=force, progress=progress)
+        out['levels'][lv] = r
+        out['seconds'] += r['seconds']
     return out
 
 # %% ../../nbs/58_training.learner.ipynb #cd74f410
 def lr_find(cfg:TrainConfig, run) -> dict:
     "fastai's learning-rate finder on `cfg`'s model and data; saves `run/lr_find.png` and returns the suggestions."
-    if is_cascade(cfg): raise ValueError(f"lr_find tunes one network: add level=K (0 is the finest of {cfg.levels}) or shared_levels=true")
-    import matplotlib; matplotlib.use('Agg')
+    if is_cascade(cfg):
+        raise ValueError(f"lr_find tunes one network: add level=K (0 is the finest of {cfg.levels}) or "
+                         "shared_levels=true")
+    import matplotlib
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     run = Path(run)
     tr, va, cl = build_datasets(cfg)
@@ -197,24 +273,31 @@ def lr_find(cfg:TrainConfig, run) -> dict:
         learn = build_learner(cfg, run, dls, cl, progress=False)
         learn.remove_cbs([c for c in learn.cbs if isinstance(c, RunLog)])
         sug = learn.lr_find(show_plot=True)
-        plt.gcf().savefig(run/'lr_find.png', dpi=110); plt.close('all')
+        plt.gcf().savefig(run/'lr_find.png', dpi=110)
+        plt.close('all')
     return {k: float(v) for k, v in sug._asdict().items()}
 
 class _LoadScaler(Callback):
     order = 11                                          # right after PrecisionCB creates the scaler
-    def __init__(self, sd): self.sd = sd
+    def __init__(self, sd):
+        self.sd = sd
     def before_fit(self):
-        if getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(self.sd)
+        if getattr(self.learn, 'scaler', None) is not None:
+            self.learn.scaler.load_state_dict(self.sd)
 
 # %% ../../nbs/58_training.learner.ipynb #c18de5c8
 def train_stage(cfg:dict, run, progress:bool=False) -> dict:
     "Train `cfg` into `run`; resume it if it has a checkpoint; return at once if it has finished."
-    c = make_config(cfg); run = Path(run); ck = run/'checkpoints'/'last.pt'
-    if is_cascade(c):                                   # levels in run/level-K: finished ones are skipped, a checkpointed one resumed
+    c = make_config(cfg)
+    run = Path(run)
+    ck = run/'checkpoints'/'last.pt'
+    # levels in run/level-K: finished ones are skipped, a checkpointed one resumed
+    if is_cascade(c):
         again = (run/'config.yaml').exists()
         return {**train(c, run, resume=again, overwrite=True, progress=progress), 'resumed': again}
     if ck.exists():
         done = load_checkpoint(ck)['epoch']
-        if done >= c.epochs: return dict(run=str(run), epochs_done=done, resumed=False, finished_before=True)
+        if done >= c.epochs:
+            return dict(run=str(run), epochs_done=done, resumed=False, finished_before=True)
         return {**train(c, run, resume=True, progress=progress), 'resumed': True}
     return {**train(c, run, overwrite=True, progress=progress), 'resumed': False}

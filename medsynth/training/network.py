@@ -18,14 +18,20 @@ __all__ = ['build_model']
 def build_model(cfg:TrainConfig, mode, num_classes=None, feature_dim:int|None=None) -> DiffusionUNet:
     "The UNet of `cfg` for `mode`; `feature_dim` (the encoder's width) defaults to the encoder's, loaded from `cfg`."
     space = space_of(cfg)
-    if cfg.encoder and feature_dim is None: feature_dim = encoder_of(cfg).dim
+    if cfg.encoder and feature_dim is None:
+        feature_dim = encoder_of(cfg).dim
     torch.manual_seed(cfg.seed)
     if hasattr(mode, 'network'):                        # a mode with its own network (PDS's two grids)
-        return mode.network(channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels), num_res_blocks=cfg.num_res_blocks,
+        return mode.network(channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
+                            num_res_blocks=cfg.num_res_blocks,
                             num_head_channels=cfg.num_head_channels, norm_num_groups=min(32, cfg.channels[0]))
-    return DiffusionUNet(cfg.dims, channels_out=space.latent_channels if space else mode.channels_out, cond_channels=mode.cond_channels, num_classes=num_classes if mode.label else None, levels=getattr(mode, 'embedded_levels', 1),
-                         channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels), num_res_blocks=cfg.num_res_blocks,
+    return DiffusionUNet(cfg.dims, channels_out=space.latent_channels if space else mode.channels_out,
+                         cond_channels=mode.cond_channels, num_classes=num_classes if mode.label else None,
+                         levels=getattr(mode, 'embedded_levels', 1),
+                         channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
+                         num_res_blocks=cfg.num_res_blocks,
                          num_head_channels=cfg.num_head_channels, norm_num_groups=min(32, cfg.channels[0]),
-                         feature_dim=feature_dim if cfg.fusion else None, fusion=cfg.fusion or 'xattn', fusion_dim=cfg.fusion_dim,
+                         feature_dim=feature_dim if cfg.fusion else None, fusion=cfg.fusion or 'xattn',
+                         fusion_dim=cfg.fusion_dim,
                          repa_dim=feature_dim if cfg.repa else None, repa_block=cfg.repa_block)
 

@@ -35,66 +35,103 @@ def build_refine_net(cfg:TrainConfig):
 def stage1_targets(net, cfg1:TrainConfig, ds, seed:int=0, batch_size:int=4) -> torch.Tensor:
     "Stage 1's sample of the target map `(N, 1, *grid_b)` for each item of `ds`, given its real source map."
     from medsynth.systems.pds import replace_known   # PDS in the trainer: to become a system plug-in
-    mode = mode_of(cfg1); La = math.prod(mode.grid_a); dev = next(net.parameters()).device; out = []
+    mode = mode_of(cfg1)
+    La = math.prod(mode.grid_a)
+    dev = next(net.parameters()).device
+    out = []
     for i in range(0, len(ds), batch_size):
         x0, _, _ = mode.split(_collate([ds[j] for j in range(i, min(len(ds), i + batch_size))])[0])
-        known = torch.zeros_like(x0); known[..., :La] = 1
-        x = generate(net, cfg1, x0.shape, generator=SampleGenerators(seed, range(i, i + len(x0))), wrap=replace_known(x0.to(dev), known.to(dev)))
+        known = torch.zeros_like(x0)
+        known[..., :La] = 1
+        x = generate(net, cfg1, x0.shape, generator=SampleGenerators(seed, range(i, i + len(x0))),
+                     wrap=replace_known(x0.to(dev), known.to(dev)))
         out.append(mode.unsplit(x.cpu())[mode.b])
     return torch.cat(out)
 
-
-
+# %% ../../nbs/56_training.refine.ipynb #3e0dfea4
 def refine_datasets(cfg:TrainConfig, run, stage1):
-    "Train and valid sets of (source, stage-1 target, real target) items; stage 1's targets are sampled once and cached in `run/stage1.pt`."
-    if _dist()[0] > 1: raise ValueError("refine=true runs in one process: drop torchrun")
-    tr, va, _ = build_datasets(cfg); a, b = cfg.images; run = Path(run); cache = run/'stage1.pt'
+    """Train and valid sets of (source, stage-1 target, real target) items; stage 1's targets are sampled once and
+    cached in `run/stage1.pt`."""
+    if _dist()[0] > 1:
+        raise ValueError("refine=true runs in one process: drop torchrun")
+    tr, va, _ = build_datasets(cfg)
+    a, b = cfg.images
+    run = Path(run)
+    cache = run/'stage1.pt'
     cfg1, net1, h1, _ = stage1
-    if (cfg1.mode, list(cfg1.images), cfg1.size, cfg1.second_size) != (cfg.mode, list(cfg.images), cfg.size, cfg.second_size):
-        raise ValueError(f"{cfg.stage1}: stage 1 generates {cfg1.images} on {cfg1.size} and {cfg1.second_size}; this refinement is for {cfg.images} on {cfg.size} and {cfg.second_size}: use the same images and grids")
+    if (cfg1.mode, list(cfg1.images), cfg1.size, cfg1.second_size) != (cfg.mode, list(cfg.images), cfg.size,
+                                                                       cfg.second_size):
+        raise ValueError(f"{cfg.stage1}: stage 1 generates {cfg1.images} on {cfg1.size} and {cfg1.second_size}; this "
+                         f"refinement is for {cfg.images} on {cfg.size} and {cfg.second_size}: use the same images and "
+                         "grids")
     got = load_checkpoint(cache) if cache.exists() else None
     if got is None or got['stage1'] != h1:
         dev = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
-        got = dict(stage1=h1, **{k: stage1_targets(net1.to(dev), cfg1, d, cfg.seed) for k, d in (('train', tr), ('valid', va))})
-        run.mkdir(parents=True, exist_ok=True); save_checkpoint(cache, **got)
-    items = lambda d, s1: _Items([dict(source=d[i][a], stage1=s1[i], target=d[i][b], subject=d[i]['subject']) for i in range(len(d))])
+        got = dict(stage1=h1,
+                   **{k: stage1_targets(net1.to(dev), cfg1, d, cfg.seed) for k, d in (('train', tr), ('valid', va))})
+        run.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(cache, **got)
+    items = lambda d, s1: _Items([dict(source=d[i][a], stage1=s1[i], target=d[i][b],
+                                       subject=d[i]['subject']) for i in range(len(d))])
     return items(tr, got['train']), items(va, got['valid']), None
 
+# %% ../../nbs/56_training.refine.ipynb #512e95ad
 class RefineCB(Callback):
     "A refinement batch: `xb = (source, stage1)`, `yb = (target,)`."
     order = -5
     def before_batch(self):
-        b = self.xb[0]; self.learn.xb = (b['source'].float(), b['stage1'].float()); self.learn.yb = (b['target'].float(),)
+        b = self.xb[0]
+        self.learn.xb = (b['source'].float(), b['stage1'].float())
+        self.learn.yb = (b['target'].float(),)
 
 def _perceptual(cfg):
-    if not cfg.refine_perceptual: return None
+    if not cfg.refine_perceptual:
+        return None
     enc = encoder_of(cfg)
     def dist(p, r):                                     # squared distance of unit-normalised tokens of two projections
-        f = lambda x: F.normalize(enc.to(x.device)(F.interpolate(x, size=(enc.image_size,) * 2, mode='bilinear', align_corners=False) if enc.image_size else x).tokens, dim=-1)
+        f = lambda x: F.normalize(enc.to(x.device)(F.interpolate(x, size=(enc.image_size,) * 2, mode='bilinear',
+                                                                 align_corners=False) if enc.image_size
+                                                                 else x).tokens, dim=-1)
         return (f(p) - f(r)).pow(2).sum(-1).mean()
     return dist
 
+# %% ../../nbs/56_training.refine.ipynb #83b010b5
 def build_refine_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -> Learner:
-    "The Learner of PDS's refinement network, with the same EMA, clipping, NaN guard, checkpoints and log as diffusion training."
+    """The Learner of PDS's refinement network, with the same EMA, clipping, NaN guard, checkpoints and log as diffusion
+    training."""
     from fastai.callback.progress import ProgressCallback
     from medsynth.systems.pds import refine_loss   # PDS in the trainer: to become a system plug-in
-    run = Path(run); net = build_refine_net(cfg); perc = _perceptual(cfg)
+    run = Path(run)
+    net = build_refine_net(cfg)
+    perc = _perceptual(cfg)
     ema_cb = EMACB(net, cfg.ema_beta, cfg.ema_after, cfg.ema_every)
-    cbs = [RefineCB(), StepCB(cfg.clip), GuardCB(), ema_cb, CheckpointCB(run, cfg, net, ema_cb, None, None if cfg.max_minutes is None else cfg.max_minutes * 60), RunLog('logs/history.csv')]
-    learn = Learner(dls, net, loss_func=lambda pred, real: refine_loss(pred, real, perc, cfg.refine_l1, cfg.refine_perceptual),
-                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run, model_dir='checkpoints')
-    if not progress: learn.remove_cb(ProgressCallback); learn.logger = lambda *a: None
+    cbs = [RefineCB(), StepCB(cfg.clip), GuardCB(), ema_cb,
+           CheckpointCB(run, cfg, net, ema_cb, None, None if cfg.max_minutes is None else cfg.max_minutes * 60),
+           RunLog('logs/history.csv')]
+    learn = Learner(dls, net,
+                    loss_func=lambda pred, real: refine_loss(pred, real, perc, cfg.refine_l1, cfg.refine_perceptual),
+                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run,
+                    model_dir='checkpoints')
+    if not progress:
+        learn.remove_cb(ProgressCallback)
+        learn.logger = lambda *a: None
     learn.net, learn.ema, learn.dcb, learn.cfg = net, ema_cb.ema, None, cfg
     return learn
 
+# %% ../../nbs/56_training.refine.ipynb #0a414cfd
 def refine_report(learn, cfg:TrainConfig, run, valid_ds) -> dict:
-    "Paired metrics of stage 1 and of the refined map (EMA) against the real target on `valid_ds`, over the volume and the ROI; written to `run/metrics.json`."
+    """Paired metrics of stage 1 and of the refined map (EMA) against the real target on `valid_ds`, over the volume and
+    the ROI; written to `run/metrics.json`."""
     from medsynth.systems.pds import paired_report   # PDS in the trainer: to become a system plug-in
-    net = learn.ema.ema_model.eval(); dev = next(net.parameters()).device
+    net = learn.ema.ema_model.eval()
+    dev = next(net.parameters()).device
     b = _collate([valid_ds[i] for i in range(len(valid_ds))])[0]
-    with torch.no_grad(): ref = net(b['source'].float().to(dev), b['stage1'].float().to(dev)).cpu().clamp(-1, 1)
-    roi = roi_of(cfg); roi = None if roi is None else torch.as_tensor(np.asarray(roi[1]))
-    rep = dict(subjects=list(b['subject']), stage1=paired_report(b['stage1'].float(), b['target'].float(), roi), refined=paired_report(ref, b['target'].float(), roi))
-    with atomic_path(Path(run)/'metrics.json') as p: p.write_text(json.dumps(rep, indent=1))
+    with torch.no_grad():
+        ref = net(b['source'].float().to(dev), b['stage1'].float().to(dev)).cpu().clamp(-1, 1)
+    roi = roi_of(cfg)
+    roi = None if roi is None else torch.as_tensor(np.asarray(roi[1]))
+    rep = dict(subjects=list(b['subject']), stage1=paired_report(b['stage1'].float(), b['target'].float(), roi),
+               refined=paired_report(ref, b['target'].float(), roi))
+    with atomic_path(Path(run)/'metrics.json') as p:
+        p.write_text(json.dumps(rep, indent=1))
     return rep
-

@@ -25,68 +25,107 @@ from ..diffusion.samplers import SAMPLERS
 __all__ = ['load_network', 'load_stage1', 'load_run', 'sample_run', 'write_manifest']
 
 # %% ../../nbs/57_training.runs.ipynb #eacf15ab
+def _class_folder_key(cfg, classes):
+    """A run trained on class folders (it kept classes.json) names its images 'image', whether or not the data is still
+    there."""
+    if classes is None or cfg.mode not in ('uncond', 'class'):
+        return cfg
+    return dataclasses.replace(cfg, image='image')
+
+# %% ../../nbs/57_training.runs.ipynb #3051c80f
 def load_network(run, weights:str='ema', what:str='run folder', fix:str='give the folder that `medsynth train` wrote'):
     "`(cfg, net, checkpoint_hash, classes)` of a single-network run folder; `weights` 'ema' (default) or 'model'."
-    run = Path(run); ck = run/'checkpoints'/'last.pt'
-    if not run.is_dir(): raise DataError(run, f'{what} not found', fix)
-    if not ck.exists(): raise DataError(ck, f'{what} has no checkpoint', fix)
+    run = Path(run)
+    ck = run/'checkpoints'/'last.pt'
+    if not run.is_dir():
+        raise DataError(run, f'{what} not found', fix)
+    if not ck.exists():
+        raise DataError(ck, f'{what} has no checkpoint', fix)
     state = load_checkpoint(ck)
     if not isinstance(state.get('config'), dict) or 'model' not in state:
         raise DataError(ck, 'not a medsynth checkpoint (no config or model weights)', fix)
     cfg = make_config(state['config'], where=str(ck))
-    if cfg.repa_e and (run/'autoencoder.pt').exists(): cfg = dataclasses.replace(cfg, autoencoder=str(run/'autoencoder.pt'))   # REPA-E tuned its autoencoder
+    if cfg.repa_e and (run/'autoencoder.pt').exists():  # REPA-E tuned its autoencoder
+        cfg = dataclasses.replace(cfg, autoencoder=str(run/'autoencoder.pt'))
     classes = json.loads((run/'classes.json').read_text()) if (run/'classes.json').exists() else None
-    sd = state['model']; fd = sd['null_features'].shape[-1] if 'null_features' in sd else sd['repa_proj.4.weight'].shape[0] if 'repa_proj.4.weight' in sd else None
-    net = (build_refine_net(cfg) if cfg.refine else build_model(cfg, mode_of(cfg), len(classes) if classes else None, feature_dim=fd))
-    if weights == 'ema': load_weights(net, {k.removeprefix('ema_model.'): v for k, v in state['ema'].items() if k.startswith('ema_model.')}, ck)
-    else: load_weights(net, sd, ck)
+    cfg = _class_folder_key(cfg, classes)
+    sd = state['model']
+    fd = (sd['null_features'].shape[-1] if 'null_features' in sd else sd['repa_proj.4.weight'].shape[0]
+          if 'repa_proj.4.weight' in sd else None)
+    net = (build_refine_net(cfg) if cfg.refine
+           else build_model(cfg, mode_of(cfg), len(classes) if classes else None, feature_dim=fd))
+    if weights == 'ema':
+        load_weights(net,
+                     {k.removeprefix('ema_model.'): v for k, v in state['ema'].items()
+                      if k.startswith('ema_model.')}, ck)
+    else:
+        load_weights(net, sd, ck)
     return cfg, net.to('cuda' if torch.cuda.is_available() else 'cpu').eval(), file_sha256(ck), classes
 
 # %% ../../nbs/57_training.runs.ipynb #1f538615
 def load_stage1(cfg:TrainConfig):
     "`load_network` of a refinement's stage-1 run, or a one-line error that says to train it first."
-    return load_network(cfg.stage1, what='stage-1 run', fix='train stage 1 first (the same config with refine: false) or set stage1 to its run folder')
+    return load_network(cfg.stage1, what='stage-1 run',
+                        fix='train stage 1 first (the same config with refine: false) or set stage1 to its run folder')
 
 
 # %% ../../nbs/57_training.runs.ipynb #268d5690
 def load_run(run, weights:str='ema'):
-    "`(cfg, net, checkpoint_hash, classes)` of a run folder (a single network or a cascade); `weights` 'ema' (default) or 'model'."
+    """`(cfg, net, checkpoint_hash, classes)` of a run folder (a single network or a cascade); `weights` 'ema' (default)
+    or 'model'."""
     run = Path(run)
-    if run.is_dir() and (run/'level-0').is_dir() and not (run/'checkpoints'/'last.pt').exists(): return _load_cascade(run, weights)
+    if run.is_dir() and (run/'level-0').is_dir() and not (run/'checkpoints'/'last.pt').exists():
+        return _load_cascade(run, weights)
     return load_network(run, weights)
 
 def _load_cascade(run, weights):
     "A per-level cascade: its config, a `ModuleDict` of the level networks, one hash over their checkpoints."
     import hashlib
-    cfg = load_config(run/'config.yaml'); nets, hs = {}, []
+    cfg = load_config(run/'config.yaml')
+    nets, hs = {}, []
     for lv in range(cfg.levels):
         sub = run/f'level-{lv}'
-        if not (sub/'checkpoints'/'last.pt').exists(): raise DataError(sub, f'level {lv} of the cascade has no checkpoint', f'finish training it: medsynth train ... --run {run} --resume')
-        _, nets[str(lv)], h, classes = load_run(sub, weights); hs.append(h)
-    return cfg, torch.nn.ModuleDict(nets).eval(), hashlib.sha256('+'.join(hs).encode()).hexdigest()[:16], classes
+        if not (sub/'checkpoints'/'last.pt').exists():
+            raise DataError(sub, f'level {lv} of the cascade has no checkpoint',
+                            f'finish training it: medsynth train ... --run {run} --resume')
+        _, nets[str(lv)], h, classes = load_run(sub, weights)
+        hs.append(h)
+    return (_class_folder_key(cfg, classes), torch.nn.ModuleDict(nets).eval(),
+            hashlib.sha256('+'.join(hs).encode()).hexdigest()[:16], classes)
 
 # %% ../../nbs/57_training.runs.ipynb #117ad0dc
 def _check_steps(steps, default:int) -> int:
     "`steps` as given (checked: `--steps 0` is an error, not the default), or the run's `default` when None."
     return default if steps is None else check_int('steps', steps)
 
+# %% ../../nbs/57_training.runs.ipynb #2db085da
 def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:int=0, label:int|None=None, out=None,
                batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True) -> Path:
-    "Write `n` samples of a run and their `manifest.csv` into `out` (default `run/samples/<sampler>-<steps>-seed<seed>`)."
+    """Write `n` samples of a run and their `manifest.csv` into `out` (default
+    `run/samples/<sampler>-<steps>-seed<seed>`)."""
     n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
-    cfg, net, h, classes = load_run(run); given = steps
-    if cfg.refine: return _sample_refined(run, cfg, net, h, n, seed, out, overwrite, cond_data)
-    sampler, steps = check_choice('sampler', sampler or cfg.sampler, list(SAMPLERS)), _check_steps(steps, cfg.sample_steps)
-    per_level = (cfg.level_steps if given is None and cfg.level_steps else [steps] * cfg.levels) if cfg.levels > 1 else steps   # a cascade: per level, finest first
-    if cfg.levels > 1: steps = '+'.join(map(str, per_level))                             # as the manifest and folder name record it
-    mode = mode_of(cfg); mode = getattr(mode, 'base', mode)     # a pyramid generates the base mode's images at full size
+    cfg, net, h, classes = load_run(run)
+    given = steps
+    if cfg.refine:
+        return _sample_refined(run, cfg, net, h, n, seed, out, overwrite, cond_data)
+    sampler, steps = check_choice('sampler', sampler or cfg.sampler, list(SAMPLERS)), _check_steps(steps,
+            cfg.sample_steps)
+    per_level = (cfg.level_steps if given is None and cfg.level_steps
+                 else [steps] * cfg.levels) if cfg.levels > 1 else steps   # a cascade: per level, finest first
+    if cfg.levels > 1:  # as the manifest and folder name record it
+        steps = '+'.join(map(str, per_level))
+    mode = mode_of(cfg)  # a pyramid generates the base mode's images at full size
+    mode = getattr(mode, 'base', mode)
     if mode.label:
-        if label is None: raise ValueError(f"run {run} is class-conditional: pass a label (0-{len(classes) - 1}: {', '.join(classes)})")
+        if label is None:
+            raise ValueError(f"run {run} is class-conditional: pass a label (0-{len(classes) - 1}: "
+                             f"{', '.join(classes)})")
         check_int('label', label, 0, len(classes) - 1, f" ({', '.join(classes)})")
     out = Path(out) if out else Path(run)/'samples'/f'{sampler}-{steps}-seed{seed}'
     valid = None
     if mode.conds:
-        if cond_data is None: valid = build_datasets(cfg)[1]
+        if cond_data is None:
+            valid = build_datasets(cfg)[1]
         else:                                           # every sample of other data, read with the run's settings
             from torch.utils.data import ConcatDataset
             from dataclasses import replace
@@ -94,52 +133,75 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
     rows = []
     with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, cfg.second_data, cond_data]) as tmp:
         for b0 in range(0, n, batch_size):
-            nb = min(batch_size, n - b0); cond, lab, desc = None, None, [''] * nb
+            nb = min(batch_size, n - b0)
+            cond, lab, desc = None, None, [''] * nb
             if valid is not None:
                 items = [valid[(b0 + i) % len(valid)] for i in range(nb)]
                 from torch.utils.data import default_collate
                 real, cond, _ = mode.split(default_collate(items))
-                desc = [f"{'+'.join(mode.conds)} from {it.get('subject', '?')}" + (f" slice {it['slice']}" if 'slice' in it else '') for it in items]
-            if mode.label: lab = torch.full((nb,), label); desc = [f"label={label} ({classes[label]})"] * nb
-            shape = (nb, mode.channels_out, *((math.prod(mode.grid_a) + math.prod(mode.grid_b),) if cfg.mode == 'pair' else cfg.size))   # a pair: packed
+                desc = [f"{'+'.join(mode.conds)} from {it.get('subject', '?')}" + (f" slice {it['slice']}"
+                                                                                   if 'slice' in it
+                                                                                   else '') for it in items]
+            if mode.label:
+                lab = torch.full((nb,), label)
+                desc = [f"label={label} ({classes[label]})"] * nb
+            shape = (nb, mode.channels_out,
+                     # a pair: packed
+                     *((math.prod(mode.grid_a) + math.prod(mode.grid_b),) if cfg.mode == 'pair' else cfg.size))
             gen = generate_cascade if cfg.levels > 1 else generate
-            noise = SampleGenerators(seed, range(b0, b0 + nb))                             # image i of seed s, whatever the batch
+            # image i of seed s, whatever the batch
+            noise = SampleGenerators(seed, range(b0, b0 + nb))
             x = gen(net, cfg, shape, cond, lab, sampler, per_level, noise, progress=progress).cpu()
             for i in range(nb):
                 outs = {k: v for k, v in mode.unsplit(x[i:i+1]).items()}
-                if valid is not None:                           # what it was generated from, and the real image of the same conditioning
+                # what it was generated from, and the real image of the same conditioning
+                if valid is not None:
                     outs.update({f'cond-{k}': cond[i:i+1, j:j+1] for j, k in enumerate(mode.conds)})
                     outs.update({f'real-{k}': v for k, v in mode.unsplit(real[i:i+1]).items()})
                 for k, v in outs.items():
-                    a = v[0].float().numpy(); a = a[0] if a.shape[0] == 1 else a              # (H, W[, D]), or (3, H, W) for RGB
+                    a = v[0].float().numpy()  # (H, W[, D]), or (3, H, W) for RGB
+                    a = a[0] if a.shape[0] == 1 else a
                     a = (a > 0).astype(np.float32) if k.endswith(mode.mask_key) else (a + 1) / 2
                     f = f"{b0 + i:05d}_{k}." + ('png' if cfg.dims == 2 else 'nii.gz')
                     (write_png if cfg.dims == 2 else write_nifti)(tmp/f, a)
-                    rows.append(dict(file=f, checkpoint=h, seed=seed, index=b0 + i, sampler=sampler, steps=steps, mode=cfg.mode, key=k, conditioning=desc[i]))
+                    rows.append(dict(file=f, checkpoint=h, seed=seed, index=b0 + i, sampler=sampler, steps=steps,
+                                     mode=cfg.mode, key=k, conditioning=desc[i]))
         write_manifest(tmp/'manifest.csv', rows)
     return out
 
+# %% ../../nbs/57_training.runs.ipynb #8baabc94
 def write_manifest(path, rows:list):
     "The provenance manifest: one CSV row per image written."
     with open(path, 'w', newline='') as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0])); w.writeheader(); w.writerows(rows)
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
+# %% ../../nbs/57_training.runs.ipynb #40ffd563
 def _sample_refined(run, cfg, net, h, n, seed, out, overwrite, cond_data) -> Path:
-    "A PDS refinement run: for `n` subjects (its validation split, or `cond_data`), stage 1's target map given the real source map, and its refinement."
+    """A PDS refinement run: for `n` subjects (its validation split, or `cond_data`), stage 1's target map given the
+    real source map, and its refinement."""
     from torch.utils.data import ConcatDataset
     from dataclasses import replace
     a, b = cfg.images
     out = Path(out) if out else Path(run)/'samples'/f'refined-seed{seed}'
     cfg1, net1, h1, _ = load_stage1(cfg)
-    ds = build_datasets(cfg)[1] if cond_data is None else ConcatDataset(build_datasets(replace(cfg, data=str(cond_data), second_data=None))[:2])
+    ds = build_datasets(cfg)[1] if cond_data is None else ConcatDataset(build_datasets(replace(cfg, data=str(cond_data),
+            second_data=None))[:2])
     rows = []
     with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, cfg.second_data, cfg.stage1, cond_data]) as tmp:
         items = [ds[i] for i in range(min(n, len(ds)))]
-        s1 = stage1_targets(net1, cfg1, items, seed); dev = next(net.parameters()).device
-        with torch.no_grad(): refined = net(torch.stack([it[a] for it in items]).float().to(dev), s1.to(dev)).cpu().clamp(-1, 1)
+        s1 = stage1_targets(net1, cfg1, items, seed)
+        dev = next(net.parameters()).device
+        with torch.no_grad():
+            refined = net(torch.stack([it[a] for it in items]).float().to(dev), s1.to(dev)).cpu().clamp(-1, 1)
         for i, it in enumerate(items):
-            for k, v in {f'{b}-refined': refined[i], f'{b}-stage1': s1[i], f'real-{b}': it[b], f'cond-{a}': it[a]}.items():
-                f = f"{i:05d}_{k}.nii.gz"; write_nifti(tmp/f, (v[0].float().numpy() + 1) / 2)
-                rows.append(dict(file=f, checkpoint=f"{h}+{h1}", seed=seed, index=i, sampler=cfg1.sampler, steps=cfg1.sample_steps, mode='refine', key=k, conditioning=f"{a} from {it['subject']}"))
+            for k, v in {f'{b}-refined': refined[i], f'{b}-stage1': s1[i], f'real-{b}': it[b],
+                         f'cond-{a}': it[a]}.items():
+                f = f"{i:05d}_{k}.nii.gz"
+                write_nifti(tmp/f, (v[0].float().numpy() + 1) / 2)
+                rows.append(dict(file=f, checkpoint=f"{h}+{h1}", seed=seed, index=i, sampler=cfg1.sampler,
+                                 steps=cfg1.sample_steps, mode='refine', key=k,
+                                 conditioning=f"{a} from {it['subject']}"))
         write_manifest(tmp/'manifest.csv', rows)
     return out
