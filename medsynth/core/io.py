@@ -15,7 +15,7 @@ from .basics import check_choice
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'SPACING_TOL', 'IRREGULAR', 'NIFTI_EXTS', 'FITS', 'DataError', 'atomic_path', 'read_image', 'write_png',
-           'Volume', 'check_finite', 'read_nifti', 'write_nifti', 'slice_spacing', 'read_dicom', 'is_nifti',
+           'Volume', 'check_finite', 'read_nifti', 'as_3d', 'write_nifti', 'slice_spacing', 'read_dicom', 'is_nifti',
            'read_volume', 'percentile_normalise', 'fit', 'spacing_size', 'file_sha256', 'read_weights', 'load_backbone']
 
 # %% ../../nbs/02_core.io.ipynb #7d46cab6
@@ -114,14 +114,19 @@ def read_nifti(path) -> Volume:
         raise DataError(path, 'file not found') from None
     except Exception as e:
         raise DataError(path, f'not a readable NIfTI file ({type(e).__name__}: {e})', 'replace the file') from None
+    a = as_3d(a, path)
+    return Volume(check_finite(a, path), tuple(float(s) for s in img.header.get_zooms()[:3]), str(path))
+
+def as_3d(a:np.ndarray, path, what:str='medsynth reads 3D volumes',
+          fix:str='split 4D series into one file per volume') -> np.ndarray:
+    "`a` (read from `path`) as 3D: trailing singleton axes dropped, a 2D slice given depth 1; else a `DataError`."
     while a.ndim > 3 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3:
-        raise DataError(path, f'has shape {a.shape}; medsynth reads 3D volumes',
-                        'split 4D series into one file per volume')
-    return Volume(check_finite(a, path), tuple(float(s) for s in img.header.get_zooms()[:3]), str(path))
+        raise DataError(path, f'has shape {a.shape}; {what}', fix)
+    return a
 
 def write_nifti(path, a, spacing=(1., 1., 1.)):
     "Write a 3D array with voxel `spacing` (mm) as NIfTI (RAS+ diagonal affine), atomically."

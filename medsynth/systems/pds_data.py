@@ -10,7 +10,7 @@ import math, re
 from pathlib import Path
 import numpy as np
 from scipy import ndimage
-from ..core.io import DataError, atomic_path, is_nifti, NIFTI_EXTS
+from ..core.io import DataError, as_3d, atomic_path, is_nifti, NIFTI_EXTS
 from ..data.datasets import match_modality, read_manifest
 from ..data.phantoms import BrainPhantom, FOV_MM
 
@@ -38,13 +38,7 @@ def read_atlas(path) -> tuple:
     if is_nifti(path) and int(hdr['qform_code']) == 0 and int(hdr['sform_code']) == 0:
         raise DataError(path, 'no affine: its grid cannot be resampled (qform_code and sform_code are 0)',
                         'save it as NIfTI with its affine')
-    while a.ndim > 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3:
-        raise DataError(path, f'has shape {a.shape}; an atlas is one 3D label volume',
-                        'give the label image, not a 4D probability atlas')
+    a = as_3d(a, path, 'an atlas is one 3D label volume', 'give the label image, not a 4D probability atlas')
     a = np.asarray(a, dtype=np.float64)
     if not np.isfinite(a).all() or np.abs(a - np.rint(a)).max() > 1e-3:
         raise DataError(path, 'holds non-integer values: it is not a label volume',
