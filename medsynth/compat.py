@@ -24,8 +24,8 @@ OLD_NAMES = dict(
     evaluate=('evaluation.sets', 'evaluation.report', 'evaluation.evaluate'),
     multiscale='systems.multiscale', pds=('systems.pds_data', 'systems.pds'), m2d='systems.m2d',
     experiments=('app.experiments', 'app.runs'), demo='app.demo', cli='app.cli',
-    train=tuple(f"training.{m}" for m in ('config', 'data', 'callbacks', 'checkpoint', 'generation', 'network',
-                                          'refine', 'runs', 'learner', 'classifier')))
+    train=tuple(f"training.{m}" for m in ('config', 'data', 'callbacks', 'checkpoint', 'generation', 'network', 'runs',
+                                          'learner')) + ('systems.multiscale', 'systems.pds_stages', 'systems.mgdm'))
 "medsynth 0.0.1's module name -> the module (or, for a split module, the modules) that replaced it"
 
 # %% ../nbs/99_compat.ipynb #32131fe7

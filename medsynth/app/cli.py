@@ -193,7 +193,7 @@ def _train(args):
     from medsynth.training.config import load_config   # deferred: torch loads only for the command that needs it
     from medsynth.training.learner import train, lr_find   # deferred: torch loads only for the command that needs it
     # deferred: torch loads only for the command that needs it
-    from medsynth.training.classifier import train_classifier
+    from medsynth.systems.mgdm import train_classifier
     cfg_path, ov = args.config, list(args.overrides)
     if cfg_path and '=' in cfg_path:  # only overrides, no file
         cfg_path, ov = None, [cfg_path] + ov

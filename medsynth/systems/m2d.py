@@ -6,7 +6,10 @@ Docs: https://medsynth.github.io/medsynth/systems.m2d.html.md"""
 
 # %% ../../nbs/73_systems.m2d.ipynb #96dcce7a
 from __future__ import annotations
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from fastcore.basics import patch
 import numpy as np
 import torch, torch.nn.functional as F
 from ..core.io import DataError, read_image, fit, IMAGE_EXTS, write_png
@@ -19,10 +22,13 @@ from ..training.runs import load_run, _check_steps, write_manifest
 from ..diffusion.samplers import SAMPLERS
 from ..core.basics import check_choice, check_int, SampleGenerators
 from ..core.folders import output_folder
+from ..models.repa import RepaCB, RepaECB, RepaMetric
+from ..spaces.vae import save_autoencoder
+from ..training.system import System
 
 # %% auto #0
 __all__ = ['read_references', 'image_files', 'reference_tokens', 'cycle', 'slerp', 'from_references', 'cfg_channels', 'img2img',
-           'interpolate', 'sample_features']
+           'interpolate', 'sample_features', 'RepaKeys', 'check_repa', 'Repa']
 
 # %% ../../nbs/73_systems.m2d.ipynb #a180a8ea
 def read_references(folder, size, channels:int=1) -> torch.Tensor:
@@ -196,3 +202,61 @@ def sample_features(run, n:int=16, references=None, init=None, strength:float=0.
                                                      and classes else '')))
         write_manifest(tmp/'manifest.csv', rows)
     return out
+
+# %% ../../nbs/73_systems.m2d.ipynb #8a01b48b
+@dataclass
+class RepaKeys:
+    "The config keys of REPA and REPA-E."
+    repa: float = 0.                      # REPA weight (0: off)
+    repa_block: str = 'mid'               # UNet block REPA aligns: mid or down<i>
+    repa_e: bool = False                  # REPA-E: tune the autoencoder end to end
+    vae_lr: float = 1e-4                  # REPA-E: the autoencoder's learning rate
+
+def check_repa(cfg, where:str):
+    "One-line errors for REPA keys that cannot work."
+    if cfg.repa and not cfg.encoder:
+        raise ValueError(f"{where}: repa needs encoder features: set encoder=panderm, timm:<name>, torchvision:<arch> "
+                         "or domain")
+    if cfg.repa and (cfg.dims != 2 or getattr(cfg, 'levels', 1) > 1):
+        raise ValueError(f"{where}: encoder features condition single-scale 2D models: set dims=2 and levels=1")
+    if cfg.repa_e and not (cfg.autoencoder and cfg.repa):
+        raise ValueError(f"{where}: repa_e=true tunes the autoencoder through REPA: set autoencoder=FILE and repa > 0")
+
+# %% ../../nbs/73_systems.m2d.ipynb #b36fb350
+class Repa(System):
+    "REPA (representation alignment) and REPA-E (the autoencoder tuned end to end), as M2D trains them."
+    name, keys = 'repa', RepaKeys
+    ranges = dict(repa='[0, inf)', vae_lr='(0, inf)')
+    def applies(self, cfg):
+        return bool(cfg.repa or cfg.repa_e)
+    def check(self, cfg, where):
+        check_repa(cfg, where)
+    def uses_encoder(self, cfg):
+        return bool(cfg.repa)
+    def tunes_space(self, cfg):
+        return cfg.repa_e
+    def unet_kwargs(self, cfg, feature_dim):
+        return dict(repa_dim=feature_dim, repa_block=cfg.repa_block)
+    def feature_dim(self, cfg, state_dict):
+        w = state_dict.get('repa_proj.4.weight')
+        return None if w is None else w.shape[0]
+
+# %% ../../nbs/73_systems.m2d.ipynb #ad59533e
+@patch
+def callbacks(self:Repa, cfg, net, space, schedule):
+    cbs = [RepaCB(net, cfg.repa)]
+    if cfg.repa_e:
+        cbs.append(RepaECB(net, space, schedule, cfg.repa, cfg.vae_lr))
+        cbs[-1].state_key = 'repa_e'                    # its optimiser state goes into the checkpoint
+    return cbs, [RepaMetric()]
+
+@patch
+def after_fit(self:Repa, learn, cfg, run, valid_ds):
+    if cfg.repa_e:                                      # the tuned autoencoder: what this run's samples decode with
+        save_autoencoder(learn.space.model, learn.space.config, learn.space.scale, Path(run)/'autoencoder.pt')
+    return {}
+
+@patch
+def run_config(self:Repa, cfg, run):
+    tuned = Path(run)/'autoencoder.pt'
+    return dataclasses.replace(cfg, autoencoder=str(tuned)) if cfg.repa_e and tuned.exists() else cfg

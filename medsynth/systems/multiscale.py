@@ -6,20 +6,29 @@ Docs: https://medsynth.github.io/medsynth/systems.multiscale.html.md"""
 
 # %% ../../nbs/70_systems.multiscale.ipynb #4179f14b
 from __future__ import annotations
-import dataclasses, json, time
+import dataclasses, hashlib, json, time
+from dataclasses import dataclass
 from pathlib import Path
-import torch
-from ..core.basics import check_int
-from ..spaces.pyramid import reduce
-from ..training.config import TrainConfig, make_config, is_cascade
-from ..training.learner import train, train_stage
-from ..training.runs import load_run, sample_run
+import torch, torch.nn as nn
+import yaml
+from ..core.basics import bcast, check_int
+from ..core.folders import mark, marker
+from ..core.io import DataError
+from ..data.modes import PyramidMode
+from ..spaces.pyramid import back_project, check_levels, level_size, reduce
+from ..training.config import TrainConfig, load_config, make_config
+from ..training.data import _barrier, _dist, mode_of, space_of
+from ..training.generation import generate
+from ..training.learner import check_resumable, start_run, train, train_stage
+from ..training.runs import class_folder_key, load_network, sample_run
+from ..training.system import System
 from ..evaluation.sets import read_set, ImageSet
 from ..evaluation.evaluate import evaluate
 from ..core.io import atomic_path
 
 # %% auto #0
-__all__ = ['split_epochs', 'coarse_consistency', 'compare_scales']
+__all__ = ['split_epochs', 'coarse_consistency', 'MultiscaleKeys', 'is_cascade', 'level_config', 'check_multiscale',
+           'generate_cascade', 'train_cascade', 'load_cascade', 'Multiscale', 'compare_scales']
 
 # %% ../../nbs/70_systems.multiscale.ipynb #03e074f5
 def split_epochs(epochs:int, levels:int) -> list:
@@ -40,6 +49,165 @@ def coarse_consistency(levels:list) -> list:
         e, sh = (r - c).abs().mean().item(), (r - c.roll(1, 0)).abs().mean().item()
         out.append(dict(error=e, shuffled=sh, ratio=e / max(sh, 1e-12)))
     return out
+
+# %% ../../nbs/70_systems.multiscale.ipynb #c2ec6585
+@dataclass
+class MultiscaleKeys:
+    "The config keys of pyramid diffusion."
+    levels: int = 1                       # pyramid levels (1: single scale; L: cascaded coarse to fine)
+    level: int|None = None                # the one level this network models (set by the cascade)
+    shared_levels: bool = False           # one network for all levels with a level embedding
+    aug_max: float = 0.3                  # largest coarse-input augmentation strength in training
+    sample_aug: float = 0.1               # coarse-input augmentation strength at sampling
+    level_epochs: list|None = None        # epochs per level network, finest first
+    level_steps: list|None = None         # sampling steps per level, finest first
+    back_projection: int = 0              # sampling: back-projection steps on each x0 estimate (0: none)
+
+def is_cascade(cfg) -> bool:
+    "A per-level cascade: `levels` > 1 networks trained in `run/level-K`, sampled coarse to fine."
+    return cfg.levels > 1 and cfg.level is None and not cfg.shared_levels
+
+def level_config(cfg, level:int):
+    "The config of a cascade's network for `level` (an autoencoder serves the finest level only)."
+    return dataclasses.replace(cfg, level=level, epochs=(cfg.level_epochs or [cfg.epochs] * cfg.levels)[level],
+                               autoencoder=cfg.autoencoder if level == 0 else None)
+
+# %% ../../nbs/70_systems.multiscale.ipynb #793b1700
+def check_multiscale(cfg, where:str):
+    "One-line errors for a pyramid config that cannot train."
+    f = 2 ** (len(cfg.channels) - 1)
+    try:                                                # the pyramid itself, then the UNet at the coarsest level
+        check_levels(cfg.size, cfg.levels)
+        if cfg.levels > 1:
+            check_levels(cfg.size, cfg.levels, factor=f)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if cfg.level is not None:
+        check_int('level', cfg.level, 0, cfg.levels - 1, f" (levels={cfg.levels}; 0 is the finest)")
+    if cfg.shared_levels and cfg.autoencoder:
+        raise ValueError(f"{where}: a shared network cannot mix latent and pixel levels: drop autoencoder or "
+                         "shared_levels")
+    if cfg.shared_levels and cfg.level is not None:
+        raise ValueError(f"{where}: shared_levels=true trains one network for every level; drop level={cfg.level}")
+    for k in ('level_epochs', 'level_steps'):
+        v = getattr(cfg, k)
+        if v is not None and (len(v) != cfg.levels or not all(isinstance(i, int) and i >= 1 for i in v)):
+            raise ValueError(f"{where}: {k}={v} must list {cfg.levels} positive integers, one per level, finest first")
+    if cfg.encoder and cfg.levels > 1:
+        raise ValueError(f"{where}: encoder features condition single-scale models: set levels=1")
+
+# %% ../../nbs/70_systems.multiscale.ipynb #5629d38b
+def _projected(coarse, iters):
+    """A denoiser wrapper: back-project each $\\hat x_0$ onto `coarse`, and shift $\\hat\\epsilon$ so that $x_t =
+    \\alpha \\hat x_0 + \\sigma \\hat\\epsilon$ still holds."""
+    def wrap(den, schedule):
+        def f(x, t):
+            x0, eps = den(x, t)
+            x1 = back_project(x0, coarse, iters)
+            a, s = schedule.alpha_sigma(torch.as_tensor(t).expand(x.shape[0]))
+            return x1, eps - bcast((a / s).to(x), x) * (x1 - x0)
+        return f
+    return wrap
+
+# %% ../../nbs/70_systems.multiscale.ipynb #6b711ad2
+@torch.no_grad()
+def generate_cascade(nets, cfg, shape, cond=None, label=None, sampler=None, steps=None, generator=None,
+                     progress=False, all_levels=False):
+    """Coarse to fine with `nets` (a `ModuleDict` by level, or one shared network): each finer level sees the expanded
+    coarser sample, augmented with strength `cfg.sample_aug`."""
+    mode = mode_of(cfg)
+    base = getattr(mode, 'base', mode)
+    shared = not isinstance(nets, nn.ModuleDict)
+    steps = ([steps] * cfg.levels if isinstance(steps, int)
+             else (steps or cfg.level_steps or [cfg.sample_steps] * cfg.levels))
+    x, outs = None, []
+    for lv in reversed(range(cfg.levels)):
+        net = nets if shared else nets[str(lv)]
+        like = torch.empty(shape[0], shape[1], *level_size(shape[2:], lv), device=next(net.parameters()).device)
+        c = PyramidMode(base, cfg.levels, None if shared else lv, cfg.aug_max).level_cond(cond, lv, like, x,
+                                                                                          cfg.sample_aug, generator)
+        lc = cfg if shared else level_config(cfg, lv)
+        latent = bool(lc.autoencoder)
+        wrap = _projected(x, cfg.back_projection) if cfg.back_projection and x is not None and not latent else None
+        coarse = x
+        x = generate(net, lc, like.shape, c, label, sampler, steps[lv], generator, progress,
+                     level=lv if shared else None, wrap=wrap)
+        if latent and cfg.back_projection and coarse is not None:  # a latent level: on the decoded image
+            x = back_project(x, coarse, cfg.back_projection * steps[lv]).clamp(-1, 1)
+        outs.append(x)
+    return outs[::-1] if all_levels else x
+
+# %% ../../nbs/70_systems.multiscale.ipynb #620b819e
+def train_cascade(cfg, run, resume:bool=False, overwrite:bool=False, force:bool=False, progress:bool=True) -> dict:
+    """Each level's network into `run/level-K`, coarsest first (through `train`); a level already trained is skipped
+    and a checkpointed one resumed."""
+    run = Path(run)
+    space_of(level_config(cfg, 0))
+    if resume:
+        if not (run/'config.yaml').exists():
+            raise DataError(run/'config.yaml', 'no cascade to resume here', 'start it without --resume')
+        check_resumable(load_config(run/'config.yaml'), cfg, run, force)
+    else:
+        start_run(run, cfg, resume, overwrite)
+    _barrier()
+    if _dist()[1] == 0:
+        if marker(run) is None:
+            mark(run, 'train')
+        with atomic_path(run/'config.yaml') as p:
+            p.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    _barrier()
+    out = dict(run=str(run), levels={}, seconds=0.)
+    for lv in reversed(range(cfg.levels)):
+        sub = run/f'level-{lv}'
+        if _dist()[1] == 0 and sub.exists() and marker(sub) is None:  # a level folder of this cascade
+            mark(sub, 'train')
+        r = train(level_config(cfg, lv), sub, resume=(sub/'checkpoints'/'last.pt').exists(), overwrite=True,
+                  force=force, progress=progress)
+        out['levels'][lv] = r
+        out['seconds'] += r['seconds']
+    return out
+
+# %% ../../nbs/70_systems.multiscale.ipynb #24295722
+def load_cascade(run, weights:str='ema'):
+    "A per-level cascade: its config, a `ModuleDict` of the level networks, one hash over their checkpoints."
+    cfg = load_config(run/'config.yaml')
+    nets, hs = {}, []
+    for lv in range(cfg.levels):
+        sub = run/f'level-{lv}'
+        if not (sub/'checkpoints'/'last.pt').exists():
+            raise DataError(sub, f'level {lv} of the cascade has no checkpoint',
+                            f'finish training it: medsynth train ... --run {run} --resume')
+        _, nets[str(lv)], h, classes = load_network(sub, weights)
+        hs.append(h)
+    return (class_folder_key(cfg, classes), torch.nn.ModuleDict(nets).eval(),
+            hashlib.sha256('+'.join(hs).encode()).hexdigest()[:16], classes)
+
+# %% ../../nbs/70_systems.multiscale.ipynb #82c04443
+class Multiscale(System):
+    "Pyramid diffusion: a cascade of per-level networks, or one shared network with a level embedding."
+    name, keys = 'multiscale', MultiscaleKeys
+    ranges = dict(levels='[1, inf)', level='[0, inf)', back_projection='[0, inf)', aug_max='[0, 1]',
+                  sample_aug='[0, 1]')
+    list_of = dict(level_epochs=int, level_steps=int)
+    resumable = ('level_epochs', 'level_steps', 'sample_aug', 'back_projection')
+    one_network = "add level=K (0 is the finest) or shared_levels=true"
+    def applies(self, cfg):
+        return cfg.levels > 1
+    def check(self, cfg, where):
+        check_multiscale(cfg, where)
+    def mode(self, cfg, base):
+        return None if is_cascade(cfg) else PyramidMode(base, cfg.levels, cfg.level, cfg.aug_max)
+    def net_size(self, cfg):
+        return level_size(cfg.size, cfg.level or 0)
+    def train(self, cfg, run, resume, overwrite, force, progress):
+        return train_cascade(cfg, run, resume, overwrite, force, progress) if is_cascade(cfg) else None
+    def load(self, run, weights):
+        is_one = run.is_dir() and (run/'level-0').is_dir() and not (run/'checkpoints'/'last.pt').exists()
+        return load_cascade(run, weights) if is_one else None
+    def sampling(self, cfg, steps, given):
+        "A cascade takes steps per level, finest first (`level_steps` unless steps are given)."
+        per_level = cfg.level_steps if given is None and cfg.level_steps else [steps] * cfg.levels
+        return generate_cascade, per_level, '+'.join(map(str, per_level))
 
 # %% ../../nbs/70_systems.multiscale.ipynb #ecc8f839
 def _sampled(run, n, out, seed, progress):

@@ -157,6 +157,15 @@ class PairMode:
         "A packed tensor back to `{a: (N, 1, *grid_a), b: (N, 1, *grid_b)}`."
         return dict(zip(self.targets, unpack(x, self.grid_a, self.grid_b)))
 
+    @property
+    def shape(self) -> tuple:
+        "The packed spatial shape `(La + Lb,)` a sample is drawn in."
+        return (_numel(self.grid_a) + _numel(self.grid_b),)
+
+    def tile(self, x:torch.Tensor) -> torch.Tensor:
+        "A map shown on `grid_a` (sample grids show both maps side by side)."
+        return resample(x, self.grid_a)
+
     def network(self, **unet_kwargs) -> DualGridUNet:
         "The stage-1 network for this pair."
         return DualGridUNet(self.grid_a, self.grid_b, cond_channels=0, channels_out=1, **unet_kwargs)

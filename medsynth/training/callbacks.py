@@ -25,20 +25,15 @@ __all__ = ['DiffusionLoss', 'DiffusionCB', 'PrecisionCB', 'StepCB', 'EMACB', 'Gu
 
 # %% ../../nbs/52_training.callbacks.ipynb #d08590fe
 class DiffusionLoss:
-    """The weighted diffusion objective (plus PDS's ROI term with `roi`); keeps the per-sample (unweighted) losses for
-    the importance sampler."""
-    def __init__(self, schedule, prediction, weighting, gamma, roi=None, roi_weight:float=0.):
-        self.schedule, self.prediction, self.weighting, self.gamma, self.roi, self.roi_weight = (schedule, prediction,
-                weighting, gamma, roi, roi_weight)
+    """The weighted diffusion objective; keeps the per-sample (unweighted) losses for the importance sampler. A system
+    changes it by subclassing `term` (`System.loss`)."""
+    def __init__(self, schedule, prediction, weighting, gamma):
+        self.schedule, self.prediction, self.weighting, self.gamma = schedule, prediction, weighting, gamma
+    def term(self, pred, x0, eps, t, importance) -> tuple:
+        "`(loss, per_sample)` of one batch."
+        return diffusion_loss(pred, x0, eps, t, self.schedule, self.prediction, self.weighting, self.gamma, importance)
     def __call__(self, pred, x0, eps, t, importance):
-        if self.roi is not None and self.roi_weight:
-            from medsynth.systems.pds import pattern_aware_loss   # PDS in the trainer: to become a system plug-in
-            loss, self.per_sample = pattern_aware_loss(pred.float(), x0, eps, t.cpu(), self.schedule, self.prediction,
-                                                       self.roi, self.roi_weight, self.weighting,
-                                                       self.gamma, importance)
-        else:
-            loss, self.per_sample = diffusion_loss(pred.float(), x0, eps, t.cpu(), self.schedule, self.prediction,
-                                                   self.weighting, self.gamma, importance)
+        loss, self.per_sample = self.term(pred.float(), x0, eps, t.cpu(), importance)
         return loss
 
 # %% ../../nbs/52_training.callbacks.ipynb #6cf62cbb
@@ -62,10 +57,10 @@ class DiffusionCB(Callback):
     def before_batch(self):
         self.learn.stepped = False
         g = self.gen if self.training else self.vgen
-        # a shared pyramid network also gets its level
+        # a mode may add the network's level (one network for several scales)
         x0, cond, label, *level = self.mode.split(self.xb[0], generator=g)
         feats = fdrop = None
-        # the encoder's patch tokens of the clean image (fusion input, REPA target)
+        # the encoder's patch tokens of the clean image (fusion input; `learn.tokens` for systems that align to them)
         if self.encoder is not None:
             with torch.no_grad():
                 tok = self.encoder.to(x0.device)(x0)

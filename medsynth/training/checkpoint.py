@@ -170,4 +170,4 @@ class CheckpointCB(Callback):
                         tsampler=self.dcb.tsampler.state_dict() if self.dcb else None,
                         rng=_rng_state(), epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()),
                         config=asdict(self.cfg),
-                        repa_e=self.learn.repa_ecb.state_dict() if getattr(self.learn, 'repa_ecb', None) else None)
+                        **{cb.state_key: cb.state_dict() for cb in self.learn.cbs if getattr(cb, 'state_key', None)})

@@ -11,18 +11,18 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import yaml
 from fastcore.docments import docments
-from ..core.basics import check_choice, check_int
+from ..core.basics import check_choice
 from ..diffusion.param import PREDICTIONS
 from ..diffusion.objectives import TIMESTEP_SAMPLERS, WEIGHTINGS
 from ..diffusion.samplers import SAMPLERS
 from ..core.io import DataError, IRREGULAR
 from ..data.modes import MODES
-from ..spaces.pyramid import check_levels
 from ..models.unet import FUSIONS
+from .system import config_class, owner, systems
 
 # %% auto #0
-__all__ = ['CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'TrainConfig', 'config_help', 'make_config', 'is_cascade',
-           'level_config', 'load_config']
+__all__ = ['CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'TrainConfig', 'config_help', 'make_config', 'run_inputs',
+           'load_config']
 
 # %% ../../nbs/50_training.config.ipynb #f676a2a0
 @dataclass
@@ -31,7 +31,7 @@ class TrainConfig:
     data: str = ''                        # class folders, subject folders or a CSV manifest
     # subject modalities to read (seg becomes the 'mask' key)
     modalities: list = field(default_factory=lambda: ['t1', 't1ce', 'seg'])
-    mode: str = 'bravo'                   # uncond, class, seg, bravo, dual, translate or pair
+    mode: str = 'bravo'                   # uncond, class, seg, bravo, dual or translate (systems add theirs)
     image: str = 't1ce'                   # target key for uncond/class/bravo ('image' for class folders)
     image_channels: int = 1               # class folders: 1 (gray) or 3 (RGB)
     images: list = field(default_factory=lambda: ['t1', 't1ce'])  # dual: the contrasts generated jointly
@@ -39,28 +39,11 @@ class TrainConfig:
     target: str = 't1ce'                  # translate: generated modality
     dims: int = 2                         # 2 (images or slices) or 3 (volumes)
     size: list = field(default_factory=lambda: [32, 32])  # spatial size the data is resized to
-    second_size: list|None = None         # pair: the grid of images[1]
-    second_data: str|None = None          # pair: images[1]'s folder, if separate
-    atlas: str|None = None                # pair: NIfTI label atlas for the ROI
-    atlas_labels: list = field(default_factory=lambda: [1])  # pair: atlas labels that form the ROI
-    roi_weight: float = 0.                # pair: pattern-aware loss weight (0: off)
-    refine: bool = False                  # PDS stage 2: train the refinement network
-    stage1: str|None = None               # the stage-1 run folder that refine=true refines
-    refine_l1: float = 1.                 # refinement: L1 weight (besides MSE)
-    refine_perceptual: float = 0.         # refinement: perceptual weight on projections (needs encoder)
     axis: int = 2                         # slice axis (2 = axial)
     foreground_only: bool = False         # slices with mask foreground only
     min_content: float = 0.05             # fraction of a slice that must be tissue
     irregular_spacing: str = 'error'      # DICOM series with uneven slice spacing: error or allow
-    levels: int = 1                       # pyramid levels (1: single scale; L: cascaded coarse to fine)
-    level: int|None = None                # the one level this network models (set by the cascade)
-    shared_levels: bool = False           # one network for all levels with a level embedding
-    aug_max: float = 0.3                  # largest coarse-input augmentation strength in training
-    sample_aug: float = 0.1               # coarse-input augmentation strength at sampling
-    level_epochs: list|None = None        # epochs per level network, finest first
-    level_steps: list|None = None         # sampling steps per level, finest first
-    back_projection: int = 0              # sampling: back-projection steps on each x0 estimate (0: none)
-    autoencoder: str|None = None          # autoencoder.pt: diffuse in its latent space (a cascade: the finest level)
+    autoencoder: str|None = None          # autoencoder.pt: diffuse in its latent space
     # features of the clean image: panderm, timm:<name>, torchvision:<arch> or domain
     encoder: str|None = None
     encoder_weights: str|None = None      # the encoder's local weights file (domain: its encoder.pt)
@@ -68,10 +51,6 @@ class TrainConfig:
     fusion: str|None = None               # features into the UNet: xattn, gated, concat or add (null: none)
     fusion_dim: int = 64                  # width of the fused features
     feature_dropout: float = 0.1          # features dropped to the null token (training only)
-    repa: float = 0.                      # REPA weight (0: off)
-    repa_block: str = 'mid'               # UNet block REPA aligns: mid or down<i>
-    repa_e: bool = False                  # REPA-E: tune the autoencoder end to end
-    vae_lr: float = 1e-4                  # REPA-E: the autoencoder's learning rate
     valid_frac: float = 0.1               # validation subjects (or images)
     balanced: bool = False                # draw classes equally often
     strategy: str = 'ddpm'                # ddpm or rflow (rectified flow)
@@ -111,32 +90,42 @@ class TrainConfig:
 
 # %% ../../nbs/50_training.config.ipynb #696cf49c
 def config_help() -> str:
-    "Every config key with its default and meaning (for `medsynth train --help`)."
-    docs = docments(TrainConfig)
-    return '\n'.join(f"  {k:18s} {v!r:>24}  {docs[k]}" for k, v in asdict(TrainConfig()).items())
+    "Every config key with its default and meaning (for `medsynth train --help`), the trainer's then each system's."
+    out = []
+    parts = [('', TrainConfig)] + [(f"{s.name}: {s.__doc__}", s.keys) for s in systems() if s.keys is not None]
+    for title, keys in parts:
+        docs = docments(keys)
+        out += [title] if title else []
+        out += [f"  {k:18s} {v!r:>24}  {docs[k]}" for k, v in asdict(keys()).items()]
+    return '\n'.join(out)
 
-CHOICES = dict(image_channels=(1, 3), irregular_spacing=IRREGULAR, mode=MODES + ('pair',), strategy=('ddpm', 'rflow'),
+CHOICES = dict(image_channels=(1, 3), irregular_spacing=IRREGULAR, mode=MODES, strategy=('ddpm', 'rflow'),
                prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
                lr_schedule=('one_cycle', 'cosine', 'constant'), precision=('fp32', 'bf16', 'fp16'),
                sampler=tuple(SAMPLERS), dims=(2, 3))
 
 # %% ../../nbs/50_training.config.ipynb #00e27a79
 def _fields():
-    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+    return {f.name: f for f in dataclasses.fields(config_class(TrainConfig))}
+
+def _merged(name:str) -> dict:
+    "The trainer's CHOICES, RANGES or LIST_OF with every system's (choices add values to a key's)."
+    out = dict(dict(choices=CHOICES, ranges=RANGES, list_of=LIST_OF)[name])
+    for sys_ in systems():
+        for k, v in getattr(sys_, name).items():
+            out[k] = tuple(out.get(k, ())) + tuple(v) if name == 'choices' else v
+    return out
 
 RANGES = dict(
     epochs='[1, inf)', batch_size='[1, inf)', accumulate='[1, inf)', ema_every='[1, inf)', save_every='[1, inf)',
     n_grid='[1, inf)', sample_steps='[1, inf)', timesteps='[1, inf)', num_res_blocks='[1, inf)',
-    num_head_channels='[1, inf)', fusion_dim='[1, inf)', levels='[1, inf)', encoder_size='[1, inf)',
-    ema_after='[0, inf)', sample_every='[0, inf)', seed='[0, inf)', back_projection='[0, inf)', level='[0, inf)',
-    axis='[0, 2]', lr='(0, inf)', vae_lr='(0, inf)', gamma='(0, inf)', clip='(0, inf)', max_minutes='[0, inf)',
-    wd='[0, inf)', repa='[0, inf)', roi_weight='[0, inf)', refine_l1='[0, inf)', refine_perceptual='[0, inf)',
-    ema_beta='(0, 1)', cfg_dropout='[0, 1)', valid_frac='[0, 1)', warmup='[0, 1)', feature_dropout='[0, 1]',
-    min_content='[0, 1]', aug_max='[0, 1]', sample_aug='[0, 1]')
-LIST_OF = dict(size=int, second_size=int, channels=int, atlas_labels=int, attention_levels=bool,
-               modalities=str, images=str,
-               level_epochs=int, level_steps=int)
-POSITIVE_LISTS = ('size', 'second_size', 'channels')
+    num_head_channels='[1, inf)', fusion_dim='[1, inf)', encoder_size='[1, inf)',
+    ema_after='[0, inf)', sample_every='[0, inf)', seed='[0, inf)',
+    axis='[0, 2]', lr='(0, inf)', gamma='(0, inf)', clip='(0, inf)', max_minutes='[0, inf)',
+    wd='[0, inf)', ema_beta='(0, 1)', cfg_dropout='[0, 1)', valid_frac='[0, 1)', warmup='[0, 1)',
+    feature_dropout='[0, 1]', min_content='[0, 1]')
+LIST_OF = dict(size=int, channels=int, attention_levels=bool, modalities=str, images=str)
+POSITIVE_LISTS = ('size', 'channels')
 
 def _in_interval(v, interval:str) -> bool:
     lo, hi = (float(x) for x in interval[1:-1].split(','))
@@ -151,10 +140,11 @@ def _in_words(interval:str) -> str:
 def _check_value(where, k, v, kind:str):
     "`v` for field `k` of annotated `kind`, type- and range-checked (a numeric string for a float is read as a number)."
     bad = lambda want: ValueError(f"{where}: {k}={v!r} is not allowed: it must be {want}")
+    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))   # a type, unless postponed
     if v is None:
         if 'None' in kind:
             return v
-        raise bad(f"set (it has no null value); its default is {getattr(TrainConfig(), k)!r}")
+        raise bad(f"set (it has no null value); its default is {getattr(config_class(TrainConfig)(), k)!r}")
     base = kind.split('|')[0].strip()
     if base == 'float' and isinstance(v, str):
         try:  # YAML 1.1 reads 1e-3 as a string
@@ -166,10 +156,11 @@ def _check_value(where, k, v, kind:str):
               list=lambda: isinstance(v, (list, tuple)))[base]()
     if not ok:
         raise bad(f"{'a number' if base == 'float' else 'a ' + base}")
-    if k in RANGES and not _in_interval(v, RANGES[k]):
-        raise bad(f"{'an integer' if base == 'int' else 'a number'} {_in_words(RANGES[k])}")
-    if base == 'list' and k in LIST_OF:
-        t = LIST_OF[k]
+    ranges, list_of = _merged('ranges'), _merged('list_of')
+    if k in ranges and not _in_interval(v, ranges[k]):
+        raise bad(f"{'an integer' if base == 'int' else 'a number'} {_in_words(ranges[k])}")
+    if base == 'list' and k in list_of:
+        t = list_of[k]
         if not all(isinstance(x, t) and (t is bool or not isinstance(x, bool)) for x in v):
             raise bad(f"a list of {t.__name__}")
         if k in POSITIVE_LISTS and not all(x >= 1 for x in v):
@@ -201,10 +192,11 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
         if k not in fs:
             close = difflib.get_close_matches(k, fs, n=3)
             raise ValueError(f"{where}: unknown key {k!r}" + (f"; did you mean {' or '.join(map(repr, close))}?"
-                                                              if close else f"; keys are {', '.join(fs)}"))
+                                                              if close else "; a key of your own system? register "
+                                                              "the system first (medsynth.training.system.register)"))
         d[k] = _check_value(where, k, d[k], fs[k].type)
-    cfg = TrainConfig(**d)
-    for k, allowed in CHOICES.items():
+    cfg = config_class(TrainConfig)(**d)
+    for k, allowed in _merged('choices').items():
         check_choice(k, getattr(cfg, k), allowed)
     if cfg.strategy == 'rflow':
         cfg.schedule, cfg.prediction = 'rflow', 'flow'
@@ -220,11 +212,13 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
                          f"({len(cfg.channels)})")
     # MONAI splits these into heads (the middle block always attends)
     att = [c for c, a in zip(cfg.channels, cfg.attention_levels) if a] + [cfg.channels[-1]]
-    if not cfg.refine and any(c % cfg.num_head_channels for c in att):
+    if owner(cfg, 'network') is None and any(c % cfg.num_head_channels for c in att):
         raise ValueError(f"{where}: channels {att} (the attention levels and the middle block) must be divisible by "
                          f"num_head_channels={cfg.num_head_channels}: set num_head_channels={math.gcd(*att)} or change "
                          "channels")
-    _check_levels(cfg, where, f)
+    _check_features(cfg, where)
+    for sys_ in systems():
+        sys_.check(cfg, where)
     if any(s % f for s in cfg.size):
         raise ValueError(f"{where}: size={cfg.size} is not divisible by {f} (the UNet halves the image "
                          f"{len(cfg.channels) - 1} times): use a multiple of {f}, e.g. "
@@ -232,85 +226,26 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
     return cfg
 
 # %% ../../nbs/50_training.config.ipynb #e213c001
-def _check_levels(cfg, where, f):
-    try:
-        # the pyramid itself, then the UNet at the coarsest level
-        check_levels(cfg.size, cfg.levels)
-        if cfg.levels > 1:
-            check_levels(cfg.size, cfg.levels, factor=f)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-    if cfg.level is not None:
-        check_int('level', cfg.level, 0, cfg.levels - 1, f" (levels={cfg.levels}; 0 is the finest)")
-    if cfg.shared_levels and cfg.autoencoder:
-        raise ValueError(f"{where}: a shared network cannot mix latent and pixel levels: drop autoencoder or "
-                         "shared_levels")
-    if cfg.shared_levels and cfg.level is not None:
-        raise ValueError(f"{where}: shared_levels=true trains one network for every level; drop level={cfg.level}")
-    for k in ('level_epochs', 'level_steps'):
-        v = getattr(cfg, k)
-        if v is not None and (len(v) != cfg.levels or not all(isinstance(i, int) and i >= 1 for i in v)):
-            raise ValueError(f"{where}: {k}={v} must list {cfg.levels} positive integers, one per level, finest first")
-    check_int('back_projection', cfg.back_projection, 0)
-    _check_features(cfg, where)
-    _check_pair(cfg, where, f)
-    for k in ('aug_max', 'sample_aug'):
-        if not 0 <= getattr(cfg, k) <= 1:
-            raise ValueError(f"{where}: {k}={getattr(cfg, k)} must be in [0, 1] (0: no augmentation, 1: pure noise)")
+def run_inputs(cfg) -> list:
+    "What a run of `cfg` reads (its systems' inputs too): `--overwrite` never deletes these."
+    own = [cfg.data, cfg.autoencoder, cfg.encoder_weights]
+    return [p for p in own + [q for sys_ in systems() if sys_.applies(cfg) for q in sys_.reads(cfg)] if p]
 
 # %% ../../nbs/50_training.config.ipynb #aa8a568c
 def _check_features(cfg, where):
     if cfg.fusion is not None:
         check_choice('fusion', cfg.fusion, FUSIONS)
-    if cfg.refine:  # the refinement uses the encoder for its perceptual loss
-        return
-    if (cfg.fusion or cfg.repa) and not cfg.encoder:
-        raise ValueError(f"{where}: {'fusion' if cfg.fusion else 'repa'} needs encoder features: set encoder=panderm, "
-                         "timm:<name>, torchvision:<arch> or domain")
-    if cfg.encoder and not (cfg.fusion or cfg.repa):
-        raise ValueError(f"{where}: encoder={cfg.encoder} is used by nothing: set fusion or repa, or drop encoder")
-    if cfg.encoder and (cfg.dims != 2 or cfg.levels > 1):
-        raise ValueError(f"{where}: encoder features condition single-scale 2D models: set dims=2 and levels=1")
-    if cfg.repa < 0 or not 0 <= cfg.feature_dropout <= 1:
-        raise ValueError(f"{where}: repa={cfg.repa} must be >= 0 and feature_dropout={cfg.feature_dropout} in [0, 1]")
-    if cfg.repa_e and not (cfg.autoencoder and cfg.repa):
-        raise ValueError(f"{where}: repa_e=true tunes the autoencoder through REPA: set autoencoder=FILE and repa > 0")
-
-# %% ../../nbs/50_training.config.ipynb #80342854
-def _check_pair(cfg, where, f):
-    if cfg.mode != 'pair':
-        if cfg.refine or cfg.second_size or cfg.atlas:
-            raise ValueError(f"{where}: {'refine' if cfg.refine else 'second_size' if cfg.second_size else 'atlas'} is "
-                             "for mode=pair (PDS)")
-        return
-    if cfg.dims != 3 or len(cfg.images) != 2 or cfg.levels > 1 or cfg.autoencoder or cfg.encoder and not cfg.refine:
-        raise ValueError(f"{where}: mode=pair generates two 3D maps jointly: set dims=3, images=[a, b], levels=1, and "
-                         "no autoencoder or encoder")
-    if not cfg.second_size or len(cfg.second_size) != 3:
-        raise ValueError(f"{where}: mode=pair needs second_size, the 3D grid of {cfg.images[1]!r} (e.g. [24, 24, 16])")
-    if any(s % f for s in cfg.second_size):
-        raise ValueError(f"{where}: second_size={cfg.second_size} is not divisible by {f} (the UNet halves it "
-                         f"{len(cfg.channels) - 1} times): use e.g. "
-                         f"{[max(f, round(s / f) * f) for s in cfg.second_size]}")
-    if cfg.roi_weight < 0 or (cfg.roi_weight and not cfg.atlas):
-        raise ValueError(f"{where}: roi_weight={cfg.roi_weight} needs atlas=FILE (a NIfTI label atlas) and must be >= "
-                         "0")
-    if cfg.refine and not cfg.stage1:
-        raise ValueError(f"{where}: refine=true refines a trained stage 1: set stage1=RUN (the stage-1 run folder)")
-    if cfg.refine_perceptual and not cfg.encoder:
-        raise ValueError(f"{where}: refine_perceptual needs encoder features for the projections: set encoder (e.g. "
-                         "domain) and encoder_weights")
-
-def is_cascade(cfg:TrainConfig) -> bool:
-    "A per-level cascade: `levels` > 1 networks trained in `run/level-K`, sampled coarse to fine."
-    return cfg.levels > 1 and cfg.level is None and not cfg.shared_levels
+    users = [sys_ for sys_ in systems() if sys_.applies(cfg) and sys_.uses_encoder(cfg)]
+    if cfg.fusion and not cfg.encoder:
+        raise ValueError(f"{where}: fusion needs encoder features: set encoder=panderm, timm:<name>, "
+                         "torchvision:<arch> or domain")
+    if cfg.encoder and not (cfg.fusion or users):
+        raise ValueError(f"{where}: encoder={cfg.encoder} is used by nothing: set fusion (or a system key that uses "
+                         "it), or drop encoder")
+    if cfg.encoder and cfg.fusion and cfg.dims != 2:
+        raise ValueError(f"{where}: encoder features condition 2D models: set dims=2")
 
 # %% ../../nbs/50_training.config.ipynb #afc206ae
-def level_config(cfg:TrainConfig, level:int) -> TrainConfig:
-    "The config of a cascade's network for `level`."
-    return dataclasses.replace(cfg, level=level, epochs=(cfg.level_epochs or [cfg.epochs] * cfg.levels)[level],
-                               autoencoder=cfg.autoencoder if level == 0 else None)
-
 def load_config(path=None, overrides=()) -> TrainConfig:
     "`make_config` from a YAML file (or none) plus overrides."
     d = {}

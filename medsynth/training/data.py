@@ -14,29 +14,28 @@ import torch, torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from fastai.data.core import DataLoaders
-from ..data.modes import get_mode, PyramidMode
-from ..spaces.pyramid import level_size
-from .config import TrainConfig, is_cascade
+from ..data.modes import MODES, get_mode
+from .config import TrainConfig
+from .system import first
 from ..data.datasets import (is_class_folders, ClassFolderDataset, SliceDataset, VolumeDataset, subjects_from,
                                     balanced_sampler)
 from ..spaces.vae import load_autoencoder
 from ..models.encoders import get_encoder
 
 # %% auto #0
-__all__ = ['mode_of', 'space_of', 'encoder_of', 'pair_data', 'roi_of', 'to_latent', 'cache_latents', 'build_datasets',
+__all__ = ['mode_of', 'space_of', 'encoder_of', 'to_latent', 'cache_latents', 'split_subjects', 'build_datasets',
            'init_distributed', 'build_dataloaders']
 
 # %% ../../nbs/51_training.data.ipynb #68eefb94
 def mode_of(cfg:TrainConfig):
-    """The `Mode` of `cfg`, its keys matched to the data (class folders yield 'image'); a pyramid level's (or shared)
-    network sees its `PyramidMode`."""
-    if cfg.mode == 'pair':
-        from medsynth.systems.pds import PairMode   # PDS in the trainer: to become a system plug-in
-        return PairMode(*cfg.images, tuple(cfg.size), tuple(cfg.second_size), roi=roi_of(cfg))
-    image = 'image' if cfg.mode in ('uncond', 'class') and is_class_folders(cfg.data) else cfg.image
-    mode = get_mode(cfg.mode, image=image, images=tuple(cfg.images), source=cfg.source, target=cfg.target,
-                    channels=cfg.image_channels)
-    return PyramidMode(mode, cfg.levels, cfg.level, cfg.aug_max) if cfg.levels > 1 and not is_cascade(cfg) else mode
+    """The `Mode` of `cfg`, its keys matched to the data (class folders yield 'image'), or the one its system makes of
+    it (`System.mode`)."""
+    base = None
+    if cfg.mode in MODES:                               # a system may add a mode of its own
+        image = 'image' if cfg.mode in ('uncond', 'class') and is_class_folders(cfg.data) else cfg.image
+        base = get_mode(cfg.mode, image=image, images=tuple(cfg.images), source=cfg.source, target=cfg.target,
+                        channels=cfg.image_channels)
+    return first(cfg, 'mode', base) or base
 
 # %% ../../nbs/51_training.data.ipynb #9b49bc4b
 _SPACES = {}
@@ -53,7 +52,7 @@ def space_of(cfg:TrainConfig):
         raise ValueError(f"{cfg.autoencoder}: this autoencoder takes {sp.in_channels}-channel {sp.spatial_dims}D "
                          f"images; mode {cfg.mode!r} generates {mode.channels_out}-channel {cfg.dims}D ones: train one "
                          "for them")
-    lat = sp.latent_shape(level_size(cfg.size, cfg.level or 0))
+    lat = sp.latent_shape(first(cfg, 'net_size') or cfg.size)
     f = 2 ** (len(cfg.channels) - 1)
     if any(v % f for v in lat[1:]):
         raise ValueError(f"{cfg.autoencoder}: latents of {lat[1:]} are not divisible by {f} (the UNet halves them "
@@ -69,28 +68,6 @@ def encoder_of(cfg:TrainConfig):
     if key not in _ENCODERS:
         _ENCODERS[key] = get_encoder(cfg.encoder, cfg.encoder_weights, cfg.encoder_size)
     return _ENCODERS[key]
-
-# %% ../../nbs/51_training.data.ipynb #51f4a3a1
-_ROIS = {}
-def pair_data(cfg:TrainConfig) -> list:
-    "The subjects of a pair run, each with both maps (a one-line error names the subjects that lack one)."
-    from medsynth.systems.pds_data import pair_subjects   # PDS in the trainer: to become a system plug-in
-    if not cfg.data:
-        raise ValueError("config: data is empty; set data=PATH (subject folders or a CSV manifest)")
-    return pair_subjects((cfg.data, cfg.second_data) if cfg.second_data else cfg.data, *cfg.images)
-
-def roi_of(cfg:TrainConfig):
-    "The atlas ROI of a pair run on its two grids (read once), or None."
-    if not cfg.atlas:
-        return None
-    key = (str(cfg.atlas), tuple(cfg.atlas_labels), tuple(cfg.size), tuple(cfg.second_size), cfg.data, cfg.second_data)
-    if key not in _ROIS:
-        from medsynth.systems.pds_data import roi_masks   # PDS in the trainer: to become a system plug-in
-        s0 = pair_data(cfg)[0]
-        a, b = cfg.images
-        _ROIS[key] = tuple(roi_masks(cfg.atlas, list(cfg.atlas_labels), (tuple(cfg.size), tuple(cfg.second_size)),
-                                     (s0[a], s0[b])))
-    return _ROIS[key]
 
 # %% ../../nbs/51_training.data.ipynb #df0b43af
 def to_latent(space, x0, cond, z=None):
@@ -129,47 +106,47 @@ def cache_latents(ds, space, mode, batch_size:int=64, device=None):
     return _Items(items)
 
 # %% ../../nbs/51_training.data.ipynb #9bf23ebf
+def split_subjects(n:int, valid_frac:float, seed:int) -> tuple:
+    "Sorted train and validation indices of `n` subjects; one subject trains and validates."
+    perm = np.random.default_rng(seed).permutation(n)
+    nv = max(1, int(round(valid_frac * n))) if n > 1 else 0
+    tr = sorted(perm[nv:].tolist())
+    return tr, sorted(perm[:nv].tolist()) or tr[:1]
+
 def build_datasets(cfg:TrainConfig):
-    "`(train, valid, classes)` for `cfg` (classes is None for subject data)."
+    "`(train, valid, classes)` for `cfg` (classes is None for subject data), or its system's (`System.datasets`)."
     if not cfg.data:
         raise ValueError("config: data is empty; set data=PATH (class folders, subject folders or a CSV manifest)")
-    rng = np.random.default_rng(cfg.seed)
-    if cfg.mode == 'pair':
-        a, b = cfg.images
-        subs = pair_data(cfg)
-        ds = VolumeDataset(subs, (a, b), mask=None, size={a: tuple(cfg.size), b: tuple(cfg.second_size)})
-        classes = None
-        perm = rng.permutation(len(subs))
-        nv = max(1, int(round(cfg.valid_frac * len(subs)))) if len(subs) > 1 else 0
-        tr = sorted(perm[nv:].tolist())
-        va = sorted(perm[:nv].tolist()) or tr[:1]
-    elif is_class_folders(cfg.data):
+    got = first(cfg, 'datasets')
+    if got is not None:
+        return got
+    if is_class_folders(cfg.data):
         if cfg.dims != 2:
             raise ValueError(f"{cfg.data}: class folders hold 2D images; set dims=2")
         ds = ClassFolderDataset(cfg.data, size=tuple(cfg.size), channels=cfg.image_channels)
-        classes = ds.classes
-        perm = rng.permutation(len(ds))
+        perm = np.random.default_rng(cfg.seed).permutation(len(ds))
         nv = max(1, int(round(cfg.valid_frac * len(ds))))
         tr, va = sorted(perm[nv:]), sorted(perm[:nv])
+        mode_of(cfg).check_batch(_collate([ds[0]])[0], where=str(cfg.data))      # a batch of one: keys and grids
+        return Subset(ds, tr), Subset(ds, va), ds.classes
+    return _subject_datasets(cfg)
+
+def _subject_datasets(cfg):
+    mask = 'seg' if 'seg' in cfg.modalities else None
+    subs = subjects_from(cfg.data, tuple(cfg.modalities))
+    kw = dict(mask=mask, irregular=cfg.irregular_spacing)
+    if cfg.dims == 2:
+        ds = SliceDataset(subs, tuple(cfg.modalities), axis=cfg.axis, size=tuple(cfg.size),
+                          foreground_only=cfg.foreground_only, min_content=cfg.min_content, **kw)
     else:
-        mask = 'seg' if 'seg' in cfg.modalities else None
-        subs = subjects_from(cfg.data, tuple(cfg.modalities))
-        kw = dict(mask=mask, irregular=cfg.irregular_spacing)
-        if cfg.dims == 2:
-            ds = SliceDataset(subs, tuple(cfg.modalities), axis=cfg.axis, size=tuple(cfg.size),
-                              foreground_only=cfg.foreground_only, min_content=cfg.min_content, **kw)
-        else:
-            ds = VolumeDataset(subs, tuple(cfg.modalities), size=tuple(cfg.size), **kw)
-        classes = None
-        perm = rng.permutation(len(subs))
-        nv = max(1, int(round(cfg.valid_frac * len(subs)))) if len(subs) > 1 else 0
-        val_subj = {subs[i]['subject'] for i in perm[:nv]}
-        owner = ([ds.subjects[i]['subject'] for i, _ in ds.index] if cfg.dims == 2
-                 else [s['subject'] for s in ds.subjects])
-        tr = [j for j, s in enumerate(owner) if s not in val_subj]
-        va = [j for j, s in enumerate(owner) if s in val_subj] or tr[:1]
+        ds = VolumeDataset(subs, tuple(cfg.modalities), size=tuple(cfg.size), **kw)
+    held = split_subjects(len(subs), cfg.valid_frac, cfg.seed)[1] if len(subs) > 1 else []
+    val_subj = {subs[i]['subject'] for i in held}
+    owner = [ds.subjects[i]['subject'] for i, _ in ds.index] if cfg.dims == 2 else [s['subject'] for s in ds.subjects]
+    tr = [j for j, s in enumerate(owner) if s not in val_subj]
+    va = [j for j, s in enumerate(owner) if s in val_subj] or tr[:1]
     mode_of(cfg).check_batch(_collate([ds[0]])[0], where=str(cfg.data))          # a batch of one: keys and grids
-    return Subset(ds, tr), Subset(ds, va), classes
+    return Subset(ds, tr), Subset(ds, va), None
 
 # %% ../../nbs/51_training.data.ipynb #82e881e9
 def init_distributed() -> bool:

@@ -1,4 +1,4 @@
-"""Sampling a trained network in its mode and space; cascades coarse to fine; sample grids.
+"""Sampling a trained network in its mode and space; sample grids.
 
 Docs: https://medsynth.github.io/medsynth/training.generation.html.md"""
 
@@ -6,21 +6,19 @@ Docs: https://medsynth.github.io/medsynth/training.generation.html.md"""
 
 # %% ../../nbs/54_training.generation.ipynb #d4e6cb25
 from __future__ import annotations
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn.functional as F
 from fastai.callback.core import Callback
-from ..core.basics import bcast, randn
+from ..core.basics import randn
 from ..diffusion.schedules import get_schedule
 from ..diffusion.param import Denoiser
 from ..diffusion.samplers import sample
-from ..data.modes import PyramidMode
-from ..spaces.pyramid import level_size, back_project
-from .config import TrainConfig, level_config
-from .data import _dist, encoder_of, mode_of, space_of
+from .config import TrainConfig
+from .data import _dist, encoder_of, space_of
 from .checkpoint import _finding_lr
 from ..core.io import write_png
 
 # %% auto #0
-__all__ = ['schedule_of', 'generate', 'SampleGridCB', 'generate_cascade']
+__all__ = ['schedule_of', 'generate', 'SampleGridCB']
 
 # %% ../../nbs/54_training.generation.ipynb #3b5f66ee
 def schedule_of(cfg:TrainConfig):
@@ -31,8 +29,8 @@ def schedule_of(cfg:TrainConfig):
 def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, steps=None, generator=None,
              progress=False, level=None, wrap=None, features=None, x_T=None):
     """Samples of `shape` `(N, C, *spatial)` from `net` given `cond` images, `label`s, encoder `features` (tokens; None:
-    the null token) and the pyramid `level` of a shared network, with `cfg`'s schedule and prediction; `x_T` is the
-    starting noise (default: drawn from `generator`)."""
+    the null token) and the `level` of a network shared by several scales, with `cfg`'s schedule and prediction; `x_T`
+    is the starting noise (default: drawn from `generator`)."""
     schedule = schedule_of(cfg)
     dev = next(net.parameters()).device
     space = space_of(cfg)
@@ -90,54 +88,13 @@ class SampleGridCB(Callback):
                  *self.tiles(x[i])] for i in range(len(x0))]
         _grid(rows, self.run/'samples'/f'epoch-{self.epoch + 1:03d}.png')
     def tiles(self, v):
-        """One tile per image of the mode: RGB stays one, masks go to [-1, 1], a pair's maps are shown on the first
-        map's grid."""
+        """One tile per image of the mode: RGB stays one, masks go to [-1, 1]; a mode with a `tile` method shows its
+        images its way (e.g. on one grid)."""
         out = []
         for t in self.mode.unsplit(v[None]).values():
             t = t.float() * 2 - 1 if t.dtype == torch.uint8 else t
-            if self.cfg.mode == 'pair':
-                from medsynth.systems.pds import resample   # PDS in the trainer: to become a system plug-in
-                t = resample(t, self.mode.grid_a)
-            out.append(t[0])
+            out.append((self.mode.tile(t) if hasattr(self.mode, 'tile') else t)[0])
         return out
 
-# %% ../../nbs/54_training.generation.ipynb #f47bf170
-def _projected(coarse, iters):
-    """A denoiser wrapper: back-project each $\\hat x_0$ onto `coarse`, and shift $\\hat\\epsilon$ so that $x_t =
-    \\alpha \\hat x_0 + \\sigma \\hat\\epsilon$ still holds."""
-    def wrap(den, schedule):
-        def f(x, t):
-            x0, eps = den(x, t)
-            x1 = back_project(x0, coarse, iters)
-            a, s = schedule.alpha_sigma(torch.as_tensor(t).expand(x.shape[0]))
-            return x1, eps - bcast((a / s).to(x), x) * (x1 - x0)
-        return f
-    return wrap
 
-# %% ../../nbs/54_training.generation.ipynb #9c77395e
-@torch.no_grad()
-def generate_cascade(nets, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, steps=None, generator=None,
-                     progress=False, all_levels=False):
-    """Coarse to fine with `nets` (a `ModuleDict` by level, or one shared network): each finer level sees the expanded
-    coarser sample, augmented with strength `cfg.sample_aug`."""
-    mode = mode_of(cfg)
-    base = getattr(mode, 'base', mode)
-    shared = not isinstance(nets, nn.ModuleDict)
-    steps = ([steps] * cfg.levels if isinstance(steps, int)
-             else (steps or cfg.level_steps or [cfg.sample_steps] * cfg.levels))
-    x, outs = None, []
-    for lv in reversed(range(cfg.levels)):
-        net = nets if shared else nets[str(lv)]
-        like = torch.empty(shape[0], shape[1], *level_size(shape[2:], lv), device=next(net.parameters()).device)
-        c = PyramidMode(base, cfg.levels, None if shared else lv, cfg.aug_max).level_cond(cond, lv, like, x,
-                                                                                          cfg.sample_aug, generator)
-        lc = cfg if shared else level_config(cfg, lv)
-        latent = bool(lc.autoencoder)
-        wrap = _projected(x, cfg.back_projection) if cfg.back_projection and x is not None and not latent else None
-        coarse = x
-        x = generate(net, lc, like.shape, c, label, sampler, steps[lv], generator, progress,
-                     level=lv if shared else None, wrap=wrap)
-        if latent and cfg.back_projection and coarse is not None:  # a latent level: on the decoded image
-            x = back_project(x, coarse, cfg.back_projection * steps[lv]).clamp(-1, 1)
-        outs.append(x)
-    return outs[::-1] if all_levels else x
+

@@ -20,23 +20,20 @@ from fastai.callback.training import GradientAccumulation
 from fastai.optimizer import OptimWrapper
 from ..core.basics import Preempted
 from ..diffusion.objectives import get_timestep_sampler
-from ..core.io import atomic_path, DataError
-from ..core.folders import MARKER, holding, new_folder, clear_folder, mark, marker
-from ..models.repa import RepaCB, RepaECB, RepaMetric
+from ..core.io import atomic_path
+from ..core.folders import MARKER, holding, new_folder, clear_folder
 from .checkpoint import CheckpointCB, _set_rng_state, load_checkpoint
 from .callbacks import (DiffusionCB, DiffusionLoss, EMACB, GuardCB, PrecisionCB, RunLog, StepCB,
                                          TensorBoardCB, WandbCB, _truncate_history)
 from .generation import SampleGridCB, schedule_of
-from .config import TrainConfig, is_cascade, level_config, load_config, make_config
+from .config import TrainConfig, make_config, run_inputs
 from .data import (_barrier, _check_batch, _dist, build_dataloaders, build_datasets, cache_latents,
                                     encoder_of, init_distributed, mode_of, space_of)
 from .network import build_model
-from .refine import build_refine_learner, build_refine_net, refine_datasets, refine_report
-from .runs import load_stage1
-from ..spaces.vae import save_autoencoder
+from .system import active, first, owner, systems
 
 # %% auto #0
-__all__ = ['RESUMABLE_CHANGES', 'JOB_FILES', 'build_learner', 'train', 'lr_find', 'train_stage']
+__all__ = ['RESUMABLE_CHANGES', 'JOB_FILES', 'build_learner', 'start_run', 'train', 'check_resumable', 'lr_find', 'train_stage']
 
 # %% ../../nbs/58_training.learner.ipynb #69d9308a
 def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -> Learner:
@@ -53,20 +50,15 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
         model = torch.compile(model)
     tsampler = get_timestep_sampler(cfg.timestep_sampler, schedule)
     space, metrics = space_of(cfg), []
-    if cfg.repa_e:                                       # the run tunes its own copy of the autoencoder
-        if _dist()[0] > 1:
-            raise ValueError("repa_e=true runs in one process for now: drop torchrun or repa_e")
+    if _tunes_space(cfg):                               # the run tunes its own copy of the autoencoder
         space = copy.deepcopy(space)
     dcb = DiffusionCB(cfg, mode, schedule, tsampler, len(classes) if classes else None, space, encoder_of(cfg))
     ema_cb = EMACB(net, cfg.ema_beta, cfg.ema_after, cfg.ema_every)
     cbs = [dcb, StepCB(cfg.clip), GuardCB(), ema_cb,
            CheckpointCB(run, cfg, net, ema_cb, dcb, None if cfg.max_minutes is None else cfg.max_minutes * 60)]
-    if cfg.repa:
-        cbs.append(RepaCB(net, cfg.repa))
-        metrics.append(RepaMetric())
-    repa_ecb = RepaECB(net, space, schedule, cfg.repa, cfg.vae_lr) if cfg.repa_e else None
-    if repa_ecb:
-        cbs.append(repa_ecb)
+    for sys_ in active(cfg):                            # the systems' own callbacks and metrics
+        more_cbs, more_metrics = sys_.callbacks(cfg, net, space, schedule)
+        cbs, metrics = cbs + list(more_cbs), metrics + list(more_metrics)
     if cfg.precision != 'fp32':
         cbs.append(PrecisionCB(cfg.precision))
     if cfg.accumulate > 1:
@@ -80,23 +72,27 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
             cbs.append(TensorBoardCB(run/'tensorboard'))
         if cfg.wandb:
             cbs.append(WandbCB(run, cfg))
-    roi = mode.roi_mask() if cfg.mode == 'pair' else None
-    learn = Learner(dls, model,
-                    loss_func=DiffusionLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma, roi, cfg.roi_weight),
+    loss = first(cfg, 'loss', mode, schedule) or DiffusionLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma)
+    learn = Learner(dls, model, loss_func=loss,
                     metrics=metrics,
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run,
                     model_dir='checkpoints')
     if not progress:
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *a: None
-    learn.net, learn.ema, learn.dcb, learn.mode_, learn.cfg, learn.space, learn.repa_ecb = (net, ema_cb.ema, dcb, mode,
-            cfg, space, repa_ecb)
+    learn.net, learn.ema, learn.dcb, learn.mode_, learn.cfg, learn.space = net, ema_cb.ema, dcb, mode, cfg, space
     return learn
+
+def _tunes_space(cfg) -> bool:
+    "Whether a system trains the autoencoder with the network (then latents cannot be cached, and one process runs)."
+    tunes = any(s.tunes_space(cfg) for s in active(cfg))
+    if tunes and _dist()[0] > 1:
+        raise ValueError("a run that tunes its autoencoder runs in one process for now: drop torchrun")
+    return tunes
 
 
 # %% ../../nbs/58_training.learner.ipynb #2d5f0d65
-RESUMABLE_CHANGES = ('epochs', 'max_minutes', 'sample_every', 'save_every', 'tensorboard', 'wandb', 'level_epochs',
-                     'level_steps', 'sample_aug', 'back_projection')
+RESUMABLE_CHANGES = ('epochs', 'max_minutes', 'sample_every', 'save_every', 'tensorboard', 'wandb')
 
 def _fit(learn, cfg, start_epoch):
     if start_epoch >= cfg.epochs:
@@ -115,17 +111,13 @@ def _is_run(run:Path) -> bool:  # a job's script and log alone are not a run
     return (run/'config.yaml').exists() or (run/'checkpoints').exists()
 JOB_FILES = ('job.sbatch', 'job.json')                  # written by `--slurm` before the job starts: they stay
 
-def _reads(cfg:TrainConfig) -> list:
-    "What a run of `cfg` reads: `--overwrite` must never delete these."
-    return [p for p in (cfg.data, cfg.second_data, cfg.stage1, cfg.autoencoder, cfg.encoder_weights, cfg.atlas) if p]
-
 def _refuse_existing(run:Path, resume:bool, overwrite:bool):
     "An existing run is resumed (`--resume`) or replaced (`--overwrite`), never written over by accident."
     if not resume and not overwrite and _is_run(run):
         raise ValueError(f"{run}: run folder exists; resume it (--resume) or start again (--overwrite)")
 
 # %% ../../nbs/58_training.learner.ipynb #a2c948ac
-def _start(run:Path, cfg:TrainConfig, resume:bool, overwrite:bool):
+def start_run(run:Path, cfg:TrainConfig, resume:bool, overwrite:bool):
     "Before training writes anything: refuse an existing run unless resumed, or clear it for `overwrite` (rank 0)."
     _refuse_existing(run, resume, overwrite)
     if resume or not _is_run(run):
@@ -133,7 +125,7 @@ def _start(run:Path, cfg:TrainConfig, resume:bool, overwrite:bool):
     _barrier()                                          # every process has looked before anyone deletes
     if _dist()[1] == 0:
         keep = {MARKER, *JOB_FILES} | {p.name for p in run.glob('slurm-*.log')}
-        clear_folder(run, 'train', reads=_reads(cfg), keep=keep)
+        clear_folder(run, 'train', reads=run_inputs(cfg), keep=keep)
 
 def train(cfg:TrainConfig, run, resume:bool=False, overwrite:bool=False, force:bool=False, progress:bool=True) -> dict:
     """Train `cfg` into the run folder `run`; returns a summary. Resumes from `run/checkpoints/last.pt` with
@@ -141,34 +133,33 @@ def train(cfg:TrainConfig, run, resume:bool=False, overwrite:bool=False, force:b
     init_distributed()
     run = Path(run)
     with holding(run) if _dist()[1] == 0 else nullcontext():    # one writer per run folder
-        if is_cascade(cfg):
-            return _train_cascade(cfg, run, resume, overwrite, force, progress)
-        return _train(cfg, run, resume, overwrite, force, progress)
+        whole = first(cfg, 'train', run, resume, overwrite, force, progress)   # a system's run of several networks
+        return whole if whole is not None else _train(cfg, run, resume, overwrite, force, progress)
 
 # %% ../../nbs/58_training.learner.ipynb #483852ee
 def _train(cfg, run, resume, overwrite, force, progress):
     space_of(cfg)  # a latent space that does not fit, or missing encoder weights, fail before anything is written
     encoder_of(cfg)
-    stage1 = load_stage1(cfg) if cfg.refine else None
+    first(cfg, 'preflight')
     ck = run/'checkpoints'/'last.pt'
     state = None
     if resume:
         state = load_checkpoint(ck)
-        _check_same(make_config(state['config'], where=str(ck)), cfg, run, force)
+        check_resumable(make_config(state['config'], where=str(ck)), cfg, run, force)
     else:  # before the data is read
         _refuse_existing(run, resume, overwrite)
     train_ds, valid_ds, classes = build_datasets(cfg)
     # a network that cannot be built fails before the run is written
-    build_refine_net(cfg) if cfg.refine else build_model(cfg, mode_of(cfg), len(classes) if classes else None)
+    build_model(cfg, mode_of(cfg), len(classes) if classes else None)
     _check_batch(train_ds, cfg)                         # too few samples for a batch: before anything is written
-    _start(run, cfg, resume, overwrite)
+    start_run(run, cfg, resume, overwrite)
     dev = (torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available()
            else torch.device('cpu'))
     with new_folder(run, 'train') if _dist()[1] == 0 else nullcontext():    # a failed start removes the folder it made
         _barrier()
-        if cfg.refine:
-            train_ds, valid_ds, classes = refine_datasets(cfg, run, stage1)
-        if space_of(cfg) is not None and not cfg.repa_e:  # a frozen autoencoder: encode every target once
+        train_ds, valid_ds, classes = first(cfg, 'prepare', run, train_ds, valid_ds, classes) or (train_ds, valid_ds,
+                                                                                                  classes)
+        if space_of(cfg) is not None and not _tunes_space(cfg):  # a frozen autoencoder: encode every target once
             train_ds, valid_ds = (cache_latents(d, space_of(cfg), mode_of(cfg),
                                                 device=dev) for d in (train_ds, valid_ds))
         if _dist()[1] == 0:
@@ -179,7 +170,7 @@ def _train(cfg, run, resume, overwrite, force, progress):
                 (run/'classes.json').write_text(json.dumps(classes))
         _barrier()
         dls = build_dataloaders(train_ds, valid_ds, cfg, device=dev)
-        learn = (build_refine_learner if cfg.refine else build_learner)(cfg, run, dls, classes, progress=progress)
+        learn = first(cfg, 'learner', run, dls, classes, progress) or build_learner(cfg, run, dls, classes, progress)
         learn.net.to(dev)
         learn.ema.to(dev)
         start = 0
@@ -191,8 +182,9 @@ def _train(cfg, run, resume, overwrite, force, progress):
             if learn.dcb is not None:
                 learn.dcb.gen.set_state(state['gen'])
                 learn.dcb.tsampler.load_state_dict(state['tsampler'])
-            if state.get('repa_e') is not None:
-                learn.repa_ecb.load_state_dict(state['repa_e'])
+            for cb in learn.cbs:                        # the systems' callbacks that keep a state
+                if getattr(cb, 'state_key', None) and state.get(cb.state_key) is not None:
+                    cb.load_state_dict(state[cb.state_key])
             _set_rng_state(state['rng'])
             start = state['epoch']
             if state.get('scaler') is not None:
@@ -202,15 +194,13 @@ def _train(cfg, run, resume, overwrite, force, progress):
     learn.diverged = None
     t0 = time.time()
     _fit(learn, cfg, start)
-    # the end-to-end tuned autoencoder: what this run's samples decode with
-    if cfg.repa_e and _dist()[1] == 0 and not learn.diverged:
-        save_autoencoder(learn.space.model, learn.space.config, learn.space.scale, run/'autoencoder.pt')
     out = dict(run=str(run), epochs_done=start, seconds=time.time() - t0, diverged=learn.diverged,
                stopped_early=getattr(learn, 'stopped_early', False))
     if ck.exists():
         out['epochs_done'] = load_checkpoint(ck)['epoch']
-    if cfg.refine and not learn.diverged and not learn.stopped_early and _dist()[1] == 0:
-        out['report'] = refine_report(learn, cfg, run, valid_ds)
+    if not learn.diverged and _dist()[1] == 0:          # a system's work after the fit (it sees `learn.stopped_early`)
+        for sys_ in active(cfg):
+            out.update(sys_.after_fit(learn, cfg, run, valid_ds))
     if getattr(learn, 'preempted', None) and learn.stopped_early:
         raise Preempted(f"{run}: training stopped at epoch {out['epochs_done']} of {cfg.epochs} on request "
                         f"({learn.preempted}); the checkpoint {ck} is written: resume the run to go on")
@@ -220,48 +210,22 @@ def _train(cfg, run, resume, overwrite, force, progress):
     return out
 
 # %% ../../nbs/58_training.learner.ipynb #b32a416d
-def _check_same(old, cfg, run, force):
-    diff = [k for k in asdict(cfg) if getattr(old, k) != getattr(cfg, k) and k not in RESUMABLE_CHANGES]
+def check_resumable(old, cfg, run, force:bool=False):
+    "Refuse to resume `run` (config `old`) with a changed `cfg`, unless `force` or the changed keys are resumable."
+    free = set(RESUMABLE_CHANGES).union(*(s.resumable for s in systems()))
+    diff = [k for k in asdict(cfg) if getattr(old, k) != getattr(cfg, k) and k not in free]
     if diff and not force:
         raise ValueError(f"{run}: the config differs from the run's "
                          f"({', '.join(f'{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}' for k in diff)}); resume "
                          "with the run's config or pass force")
 
-# %% ../../nbs/58_training.learner.ipynb #8a5414d9
-def _train_cascade(cfg, run, resume, overwrite, force, progress):
-    """Each level's network into `run/level-K`, coarsest first; a level already trained is skipped and a checkpointed
-    one resumed."""
-    space_of(level_config(cfg, 0))
-    if resume:
-        if not (run/'config.yaml').exists():
-            raise DataError(run/'config.yaml', 'no cascade to resume here', 'start it without --resume')
-        _check_same(load_config(run/'config.yaml'), cfg, run, force)
-    else:
-        _start(run, cfg, resume, overwrite)
-    _barrier()
-    if _dist()[1] == 0:
-        if marker(run) is None:
-            mark(run, 'train')
-        with atomic_path(run/'config.yaml') as p:
-            p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-    _barrier()
-    out = dict(run=str(run), levels={}, seconds=0.)
-    for lv in reversed(range(cfg.levels)):
-        sub = run/f'level-{lv}'
-        if _dist()[1] == 0 and sub.exists() and marker(sub) is None:  # a level folder of this cascade
-            mark(sub, 'train')
-        r = train(level_config(cfg, lv), sub, resume=(sub/'checkpoints'/'last.pt').exists(), overwrite=True,
-                  force=force, progress=progress)
-        out['levels'][lv] = r
-        out['seconds'] += r['seconds']
-    return out
-
 # %% ../../nbs/58_training.learner.ipynb #cd74f410
 def lr_find(cfg:TrainConfig, run) -> dict:
     "fastai's learning-rate finder on `cfg`'s model and data; saves `run/lr_find.png` and returns the suggestions."
-    if is_cascade(cfg):
-        raise ValueError(f"lr_find tunes one network: add level=K (0 is the finest of {cfg.levels}) or "
-                         "shared_levels=true")
+    whole = owner(cfg, 'train')
+    if whole is not None:
+        raise ValueError(f"lr_find tunes one network; {whole.name} trains several: "
+                         f"{getattr(whole, 'one_network', 'tune one of them')}")
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -291,8 +255,8 @@ def train_stage(cfg:dict, run, progress:bool=False) -> dict:
     c = make_config(cfg)
     run = Path(run)
     ck = run/'checkpoints'/'last.pt'
-    # levels in run/level-K: finished ones are skipped, a checkpointed one resumed
-    if is_cascade(c):
+    # a system's run of several networks: its finished networks are skipped, a checkpointed one resumed
+    if owner(c, 'train') is not None:
         again = (run/'config.yaml').exists()
         return {**train(c, run, resume=again, overwrite=True, progress=progress), 'resumed': again}
     if ck.exists():

@@ -10,18 +10,23 @@ import torch
 from ..models.unet import DiffusionUNet
 from .config import TrainConfig
 from .data import encoder_of, space_of
+from .system import active, first
 
 # %% auto #0
 __all__ = ['build_model']
 
 # %% ../../nbs/55_training.network.ipynb #46681300
 def build_model(cfg:TrainConfig, mode, num_classes=None, feature_dim:int|None=None) -> DiffusionUNet:
-    "The UNet of `cfg` for `mode`; `feature_dim` (the encoder's width) defaults to the encoder's, loaded from `cfg`."
+    """The UNet of `cfg` for `mode` (or its system's network, `System.network`); `feature_dim` (the encoder's width)
+    defaults to the encoder's, loaded from `cfg`."""
     space = space_of(cfg)
     if cfg.encoder and feature_dim is None:
         feature_dim = encoder_of(cfg).dim
     torch.manual_seed(cfg.seed)
-    if hasattr(mode, 'network'):                        # a mode with its own network (PDS's two grids)
+    own = first(cfg, 'network', mode, num_classes, feature_dim)
+    if own is not None:
+        return own
+    if hasattr(mode, 'network'):                        # a mode with its own network (two grids)
         return mode.network(channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
                             num_res_blocks=cfg.num_res_blocks,
                             num_head_channels=cfg.num_head_channels, norm_num_groups=min(32, cfg.channels[0]))
@@ -33,5 +38,5 @@ def build_model(cfg:TrainConfig, mode, num_classes=None, feature_dim:int|None=No
                          num_head_channels=cfg.num_head_channels, norm_num_groups=min(32, cfg.channels[0]),
                          feature_dim=feature_dim if cfg.fusion else None, fusion=cfg.fusion or 'xattn',
                          fusion_dim=cfg.fusion_dim,
-                         repa_dim=feature_dim if cfg.repa else None, repa_block=cfg.repa_block)
+                         **{k: v for s in active(cfg) for k, v in s.unet_kwargs(cfg, feature_dim).items()})
 
