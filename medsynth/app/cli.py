@@ -68,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
     info = sub.add_parser('info', help="print the schedules, parameterisations and samplers this install provides")
     info.set_defaults(func=_info)
     _data_parser(sub)
-    _train_parsers(sub)
+    _train_parser(sub)
+    _sample_parser(sub)
+    _demo_parser(sub)
     _eval_parser(sub)
     _paper_parsers(sub)
     return p
@@ -138,9 +140,9 @@ def _data_phantom(args):
     return 0
 
 # %% ../../nbs/93_app.cli.ipynb #d1f658fd
-def _train_parsers(sub):
+def _train_parser(sub):
+    "The `train` sub-command: a YAML config and key=value overrides into a run folder, here or as a SLURM job."
     from medsynth.training.config import config_help   # deferred: torch loads only for the command that needs it
-    from medsynth.diffusion.samplers import SAMPLERS   # deferred: torch loads only for the command that needs it
     t = sub.add_parser('train',
                        help="train a diffusion model (or the noisy classifier) from a config file and overrides",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -158,6 +160,20 @@ def _train_parsers(sub):
     t.add_argument('--no-progress', action='store_true', help="no progress bars (for batch jobs)")
     _slurm_args(t)
     t.set_defaults(func=_train)
+
+def _demo_parser(sub):
+    "The `demo` sub-command: the README's main job, within a training budget."
+    d = sub.add_parser('demo', help="the main job: phantom data -> train a mask-conditioned model on the CPU -> "
+                       "sample -> compare with ground truth")
+    d.add_argument('--out', help="run folder (default runs/demo-<time>)")
+    d.add_argument('--minutes', type=positive, default=8., help="training budget")
+    d.add_argument('--seed', type=count(0), default=0)
+    d.set_defaults(func=_demo)
+
+# %% ../../nbs/93_app.cli.ipynb #bab9dcfa
+def _sample_parser(sub):
+    "The `sample` sub-command: a trained run's samples, conditioned as it was trained or (M2D) on reference images."
+    from medsynth.diffusion.samplers import SAMPLERS   # deferred: torch loads only for the command that needs it
     s = sub.add_parser('sample', help="sample a trained run into PNG/NIfTI files with a provenance manifest")
     s.add_argument('run')
     s.add_argument('--n', type=count(1), default=16)
@@ -167,9 +183,8 @@ def _train_parsers(sub):
     s.add_argument('--label', type=count(0), help="class index (class-conditional runs)")
     s.add_argument('--out', help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)")
     s.add_argument('--batch-size', type=count(1), default=16)
-    s.add_argument('--cond-data',
-                   help="take conditioning images (masks, source modality) from this data instead of the run's "
-                   "validation split")
+    s.add_argument('--cond-data', help="take conditioning images (masks, source modality) from this data instead of "
+                   "the run's validation split")
     s.add_argument('--overwrite', action='store_true')
     s.add_argument('--no-progress', action='store_true')
     s.add_argument('--references',
@@ -180,13 +195,6 @@ def _train_parsers(sub):
     s.add_argument('--between', nargs=2, metavar=('DIR_A', 'DIR_B'),
                    help="M2D: --n images interpolating between two reference folders")
     s.set_defaults(func=_sample)
-    d = sub.add_parser('demo',
-                       help="the main job: phantom data -> train a mask-conditioned model on the CPU -> sample -> "
-                       "compare with ground truth")
-    d.add_argument('--out', help="run folder (default runs/demo-<time>)")
-    d.add_argument('--minutes', type=positive, default=8., help="training budget")
-    d.add_argument('--seed', type=count(0), default=0)
-    d.set_defaults(func=_demo)
 
 # %% ../../nbs/93_app.cli.ipynb #f84ba315
 def _train(args):
@@ -238,28 +246,9 @@ def _demo(args):
     demo(args.out, minutes=args.minutes, seed=args.seed)
     return 0
 
-# %% ../../nbs/93_app.cli.ipynb #6878fe11
-def _eval_parser(sub):
-    from medsynth.evaluation.evaluate import METRICS   # deferred: torch loads only for the command that needs it
-    e = sub.add_parser('eval',
-                       help="fidelity, diversity, memorization and downstream utility of synthetic images -> "
-                       "metrics.json + report.md")
-    e.add_argument('--real', required=True, help="real images: class folders, subject folders, an image folder")
-    e.add_argument('--synthetic', required=True,
-                   help="synthetic images: a `medsynth sample` folder, class folders or an image folder")
-    e.add_argument('--train',
-                   help="the generator's training images: memorization audit, and the downstream model's real training "
-                   "set")
-    e.add_argument('--out', help="output folder (default <synthetic>-eval)")
-    e.add_argument('--metrics',
-                   help=f"comma-separated subset of: {', '.join(METRICS)} (default: every one the data allow)")
-    e.add_argument('--features', default='domain',
-                   help="domain (trained here, default), inception, torchvision:<arch>, timm:<name>, "
-                   "monai:<resnet10|18|34|50>")
-    e.add_argument('--feature-weights', help="local weights file for --features other than domain")
-    e.add_argument('--encoder', help="a domain encoder.pt from an earlier evaluation (keeps numbers comparable)")
-    e.add_argument('--lpips-weights',
-                   help="torchvision AlexNet weights for LPIPS (default: torchvision's cache file if present)")
+# %% ../../nbs/93_app.cli.ipynb #6e4ab9c3
+def _eval_reading_args(e):
+    "How `eval` reads the images and trains its own models (the domain encoder, the downstream models)."
     e.add_argument('--modality', help="which image of subject folders / sample folders to evaluate (e.g. t1ce)")
     e.add_argument('--size', type=count(1), nargs='+',
                    help="evaluate at this size (default: the synthetic images' size)")
@@ -271,6 +260,28 @@ def _eval_parser(sub):
     e.add_argument('--seed', type=count(0), default=0)
     e.add_argument('--overwrite', action='store_true')
     e.add_argument('--no-progress', action='store_true')
+
+# %% ../../nbs/93_app.cli.ipynb #6878fe11
+def _eval_parser(sub):
+    from medsynth.evaluation.evaluate import METRICS   # deferred: torch loads only for the command that needs it
+    e = sub.add_parser('eval',
+                       help="fidelity, diversity, memorization and downstream utility of synthetic images -> "
+                       "metrics.json + report.md")
+    e.add_argument('--real', required=True, help="real images: class folders, subject folders, an image folder")
+    e.add_argument('--synthetic', required=True,
+                   help="synthetic images: a `medsynth sample` folder, class folders or an image folder")
+    e.add_argument('--train', help="the generator's training images: memorization audit, and the downstream model's "
+                   "real training set")
+    e.add_argument('--out', help="output folder (default <synthetic>-eval)")
+    e.add_argument('--metrics',
+                   help=f"comma-separated subset of: {', '.join(METRICS)} (default: every one the data allow)")
+    e.add_argument('--features', default='domain', help="domain (trained here, default), inception, "
+                   "torchvision:<arch>, timm:<name>, monai:<resnet10|18|34|50>")
+    e.add_argument('--feature-weights', help="local weights file for --features other than domain")
+    e.add_argument('--encoder', help="a domain encoder.pt from an earlier evaluation (keeps numbers comparable)")
+    e.add_argument('--lpips-weights',
+                   help="torchvision AlexNet weights for LPIPS (default: torchvision's cache file if present)")
+    _eval_reading_args(e)
     e.set_defaults(func=_eval)
 
 # %% ../../nbs/93_app.cli.ipynb #a892fb35

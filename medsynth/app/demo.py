@@ -81,6 +81,55 @@ def demo(out=None, minutes:float=8., subjects:int=24, size:int=32, n_eval:int=64
         mark(out, 'demo')
         return _demo(out, minutes, subjects, size, n_eval, seed, progress)
 
+# %% ../../nbs/92_app.demo.ipynb #c1030cd6
+def _base_config(out, size:int, seed:int) -> dict:
+    "The demo's training config, on the phantom subjects in `out/'data'`, without its number of epochs."
+    return dict(data=str(out/'data'), mode='bravo', image='t1ce', size=[size, size], foreground_only=False,
+                channels=[32, 64, 64],
+                attention_levels=[False, False, True], batch_size=16, lr=2e-3, ema_beta=0.995, ema_after=50,
+                sampler='dpmpp_2m', sample_steps=25,
+                valid_frac=0.15, seed=seed, sample_every=0)
+
+def _epochs_for(cfg0, n_train:int, minutes:float) -> tuple:
+    "`(epochs, seconds per step, steps per epoch)`: the epochs that fit `minutes` at this machine's step time."
+    sec = _step_seconds(cfg0)
+    per_epoch = max(1, n_train // cfg0.batch_size)
+    epochs = max(1, int(minutes * 60 / (sec * per_epoch * 1.15)))
+    return epochs, sec, per_epoch
+
+# %% ../../nbs/92_app.demo.ipynb #b3ab20f3
+def _eval_batch(va, n_eval:int) -> dict:
+    "`n_eval` held-out items of `va` as one batch, slices with lesions first, cycled if there are fewer."
+    from torch.utils.data import default_collate
+    # slices with lesions first: contrast needs them
+    order = sorted(range(len(va)), key=lambda i: not bool(va[i]['mask'].any()))
+    items = [va[order[i % len(va)]] for i in range(n_eval)]
+    return default_collate(items)
+
+def _sample_both(cfg, net, cond, shape, seed:int, progress) -> tuple:
+    "Samples of conditions `cond` (images of `shape`) from `net` and from an untrained network like it, same noise."
+    g = lambda m: torch.cat([generate(m, cfg, (len(c),) + tuple(shape), c,
+                                      generator=torch.Generator().manual_seed(seed + i), progress=progress)
+                             for i, c in enumerate(cond.split(32))])
+    return g(net), g(build_model(cfg, mode_of(cfg)).eval())
+
+def _compare(gen, untrained, x0, masks) -> dict:
+    "The metrics of the trained and the untrained samples against the real `x0`, and which ones training improved."
+    res = dict(trained=_metrics(gen, x0, masks), untrained=_metrics(untrained, x0, masks))
+    res['closer_than_untrained'] = {k: res['trained'][k] < res['untrained'][k] for k in ('intensity_w1', 'paired_mae',
+                                                                                         'contrast_error',
+                                                                                         'background_error')}
+    return res
+
+# %% ../../nbs/92_app.demo.ipynb #c30b9925
+def _write_results(out, res, cfg, n_train:int, size:int, masks, x0, gen, untrained):
+    "Write `samples.png`, `loss.png`, `metrics.json` and `report.md` into the demo folder `out`."
+    _grid([[masks[i].float() * 2 - 1, x0[i], gen[i], untrained[i]] for i in range(min(8, len(x0)))], out/'samples.png',
+          scale=max(1, 128 // size))
+    _loss_plot(out/'run'/'logs'/'history.csv', out/'loss.png')
+    (out/'metrics.json').write_text(json.dumps(res, indent=1))
+    (out/'report.md').write_text(_report(res, cfg, n_train, out))
+
 # %% ../../nbs/92_app.demo.ipynb #8b0a2117
 def _demo(out, minutes, subjects, size, n_eval, seed, progress):
     t_start = time.time()
@@ -88,45 +137,25 @@ def _demo(out, minutes, subjects, size, n_eval, seed, progress):
     say(f"[1/4] writing {subjects} phantom subjects (NIfTI) to {out/'data'}")
     write_subjects(out/'data', BrainPhantom((64, 64, 32), prevalence=0.8, seed=seed), subjects,
                    modalities=('t1', 't1ce', 'seg'), progress=progress)
-    base = dict(data=str(out/'data'), mode='bravo', image='t1ce', size=[size, size], foreground_only=False,
-                channels=[32, 64, 64],
-                attention_levels=[False, False, True], batch_size=16, lr=2e-3, ema_beta=0.995, ema_after=50,
-                sampler='dpmpp_2m', sample_steps=25,
-                valid_frac=0.15, seed=seed, sample_every=0)
+    base = _base_config(out, size, seed)
     cfg0 = make_config(dict(base, epochs=1))
     tr, va, _ = build_datasets(cfg0)
-    sec = _step_seconds(cfg0)
-    per_epoch = max(1, len(tr) // cfg0.batch_size)
-    epochs = max(1, int(minutes * 60 / (sec * per_epoch * 1.15)))
+    epochs, sec, per_epoch = _epochs_for(cfg0, len(tr), minutes)
     cfg = make_config(dict(base, epochs=epochs, max_minutes=minutes * 1.25, sample_every=max(1, epochs // 4)))
     say(f"[2/4] training bravo (mask -> t1ce) at {size}x{size}: {len(tr)} slices, {epochs} epochs x {per_epoch} steps "
         f"(~{sec:.2f} s/step) in {out/'run'}")
     info = train(cfg, out/'run', progress=progress)
     say(f"[3/4] sampling {n_eval} held-out masks with DPM-Solver++ ({cfg.sample_steps} steps), trained and untrained")
-    from torch.utils.data import default_collate
-    # slices with lesions first: contrast needs them
-    order = sorted(range(len(va)), key=lambda i: not bool(va[i]['mask'].any()))
-    items = [va[order[i % len(va)]] for i in range(n_eval)]
-    batch = default_collate(items)
+    batch = _eval_batch(va, n_eval)
     x0, cond, _ = mode_of(cfg).split(batch)
     _, net, h, _ = load_run(out/'run')
-    g = lambda m: torch.cat([generate(m, cfg, (len(c),) + tuple(x0.shape[1:]), c,
-                                      generator=torch.Generator().manual_seed(seed + i), progress=progress)
-                             for i, c in enumerate(cond.split(32))])
-    gen, untrained = g(net), g(build_model(cfg, mode_of(cfg)).eval())
+    gen, untrained = _sample_both(cfg, net, cond, x0.shape[1:], seed, progress)
     masks = batch['mask']
     say("[4/4] comparing with the phantoms' ground truth")
-    res = dict(trained=_metrics(gen, x0, masks), untrained=_metrics(untrained, x0, masks))
-    res['closer_than_untrained'] = {k: res['trained'][k] < res['untrained'][k] for k in ('intensity_w1', 'paired_mae',
-                                                                                         'contrast_error',
-                                                                                         'background_error')}
+    res = _compare(gen, untrained, x0, masks)
     res.update(checkpoint=h, epochs=info['epochs_done'], train_seconds=info['seconds'],
                total_seconds=time.time() - t_start, config=str(out/'run'/'config.yaml'))
-    _grid([[masks[i].float() * 2 - 1, x0[i], gen[i], untrained[i]] for i in range(min(8, n_eval))], out/'samples.png',
-          scale=max(1, 128 // size))
-    _loss_plot(out/'run'/'logs'/'history.csv', out/'loss.png')
-    (out/'metrics.json').write_text(json.dumps(res, indent=1))
-    (out/'report.md').write_text(_report(res, cfg, len(tr), out))
+    _write_results(out, res, cfg, len(tr), size, masks, x0, gen, untrained)
     say(f"done in {res['total_seconds'] / 60:.1f} min: {out/'report.md'}")
     return res
 

@@ -162,11 +162,13 @@ def _paper_folder(run_dir:Path, name:str):
                          "paper run's")
     mark(run_dir, 'paper', paper=name)
 
-# %% ../../nbs/90_app.experiments.ipynb #b164e602
-def _execute(name, path, declared, params, run_dir, resume, progress):
-    """Run the notebook with papermill in `run_dir`, keeping `config.json` and `status.json` (state, pid and host)
-    current."""
-    import papermill as pm
+# %% ../../nbs/90_app.experiments.ipynb #fe0bbc63
+def _version():
+    return medsynth.__version__
+
+# %% ../../nbs/90_app.experiments.ipynb #fcc3adf5
+def _write_config(name, path, declared, params, run_dir, resume) -> tuple:
+    "Write `run_dir`'s `config.json` (refusing a run of other parameters there); `(full parameters, attempt number)`."
     old = read_json(run_dir/'config.json', {})
     strip = lambda d: {k: v for k, v in d.items() if k != 'resume'}
     if old and strip(old.get('given', {})) != strip(params):
@@ -178,10 +180,30 @@ def _execute(name, path, declared, params, run_dir, resume, progress):
     attempts = old.get('attempts', 0) + 1
     write_json(run_dir/'config.json',
                dict(paper=name, notebook=str(path.resolve()), parameters=full, given=params, attempts=attempts,
-                                           medsynth=_version(), git_commit=_git_commit(path.parent),
-                                           host=socket.gethostname(),
-                                           python=sys.executable, slurm=_slurm_env(),
-                                           created=old.get('created', datetime.now().isoformat(timespec='seconds'))))
+                    medsynth=_version(), git_commit=_git_commit(path.parent), host=socket.gethostname(),
+                    python=sys.executable, slurm=_slurm_env(),
+                    created=old.get('created', datetime.now().isoformat(timespec='seconds'))))
+    return full, attempts
+
+# %% ../../nbs/90_app.experiments.ipynb #887596db
+def _record_failure(e:BaseException, run_dir, status:dict) -> tuple:
+    "Write the failed (or preempted: the stop file exists) status of a run that raised `e`; `(preempted, why, cell)`."
+    stop = os.environ.get('MEDSYNTH_STOP_FILE')
+    preempted = bool(stop and Path(stop).exists())
+    why = (f"{getattr(e, 'ename', type(e).__name__)}: "
+           f"{str(getattr(e, 'evalue', e)).splitlines()[0] if str(getattr(e, 'evalue', e)) else ''}")
+    cell = getattr(e, 'exec_count', None)
+    write_json(run_dir/'status.json',
+               {**status, 'state': 'preempted' if preempted else 'failed', 'error': why, 'cell': cell,
+                'ended': datetime.now().isoformat(timespec='seconds')})
+    return preempted, why, cell
+
+# %% ../../nbs/90_app.experiments.ipynb #b164e602
+def _execute(name, path, declared, params, run_dir, resume, progress):
+    """Run the notebook with papermill in `run_dir`, keeping `config.json` and `status.json` (state, pid and host)
+    current."""
+    import papermill as pm
+    full, attempts = _write_config(name, path, declared, params, run_dir, resume)
     status = dict(state='running', started=datetime.now().isoformat(timespec='seconds'), pid=os.getpid(),
                   host=socket.gethostname(), attempt=attempts)
     write_json(run_dir/'status.json', status)
@@ -191,14 +213,7 @@ def _execute(name, path, declared, params, run_dir, resume, progress):
                             progress_bar=progress,
                             kernel_name='python3', log_output=False, cwd=os.getcwd())
     except BaseException as e:
-        stop = os.environ.get('MEDSYNTH_STOP_FILE')
-        preempted = bool(stop and Path(stop).exists())
-        why = (f"{getattr(e, 'ename', type(e).__name__)}: "
-               f"{str(getattr(e, 'evalue', e)).splitlines()[0] if str(getattr(e, 'evalue', e)) else ''}")
-        cell = getattr(e, 'exec_count', None)
-        write_json(run_dir/'status.json',
-                   {**status, 'state': 'preempted' if preempted else 'failed', 'error': why, 'cell': cell,
-                                           'ended': datetime.now().isoformat(timespec='seconds')})
+        preempted, why, cell = _record_failure(e, run_dir, status)
         if preempted:
             raise Preempted(f"paper {name} stopped on request in cell {cell}; its checkpoints are in {run_dir}: run it "
                             f"again with --run-dir {run_dir} --resume") from None
@@ -208,10 +223,6 @@ def _execute(name, path, declared, params, run_dir, resume, progress):
     write_json(run_dir/'status.json',
                {**status, 'state': 'completed', 'ended': datetime.now().isoformat(timespec='seconds')})
     return run_dir
-
-# %% ../../nbs/90_app.experiments.ipynb #fe0bbc63
-def _version():
-    return medsynth.__version__
 
 # %% ../../nbs/90_app.experiments.ipynb #1227ab21
 def read_grid(path, name:str, declared:dict, base:dict|None=None) -> list[dict]:
@@ -274,6 +285,29 @@ def sbatch(script:Path) -> str:
         raise RuntimeError(f"sbatch refused {script}: {said.splitlines()[-1] if said else f'exit {r.returncode}'}")
     return r.stdout.strip().split(';')[0]
 
+# %% ../../nbs/90_app.experiments.ipynb #e023ce85
+def _paper_script(name:str, sweep:Path, n_tasks:int, array:bool, papers, partition, gpus, time_limit, cpus, mem,
+                  signal_s, extra) -> str:
+    "The rendered `paper.sbatch` of paper `name` for the sweep folder `sweep` (an array of `n_tasks` if `array`)."
+    return slurm_template('paper').substitute(
+        job_name=f'medsynth-{name}', log=(sweep/'task-%a'/'slurm-%A_%a.log') if array else (sweep/'slurm-%j.log'),
+        time=time_limit, cpus=cpus, mem=mem,
+        signal_s=signal_s, extra=_extra(partition, gpus, f"0-{n_tasks - 1}" if array else None, extra), gpus=gpus,
+        run_dir=shlex.quote(str(sweep)) + ('/task-$TASK' if array else ''), workdir=shlex.quote(os.getcwd()),
+        python=shlex.quote(sys.executable),
+        name=shlex.quote(name), sweep=shlex.quote(str(sweep/'sweep.json')),
+        papers_opt=f"--papers {shlex.quote(str(papers_dir(papers).resolve()))}")
+
+# %% ../../nbs/90_app.experiments.ipynb #6fd19c5f
+def _write_jobs(dirs, job, array:bool, script:Path):
+    "Write `job.json` (the SLURM ids of `job`) into every task folder; `submitted` where there is no status yet."
+    for i, d in enumerate(dirs):
+        write_json(d/'job.json',
+                   dict(job_id=job, array_task=i if array else None, slurm_id=f"{job}_{i}" if array else job,
+                        sbatch=str(script), submitted=datetime.now().isoformat(timespec='seconds')))
+        if not (d/'status.json').exists():
+            write_json(d/'status.json', dict(state='submitted'))
+
 # %% ../../nbs/90_app.experiments.ipynb #c013c4af
 def submit_paper(name:str, params:dict|None=None, grid=None, runs='runs', papers=None,
                  partition:str|None=None, gpus:int=0,
@@ -294,27 +328,15 @@ def submit_paper(name:str, params:dict|None=None, grid=None, runs='runs', papers
         mark(d, 'paper', paper=name)
     write_json(sweep/'sweep.json',
                dict(paper=name, tasks=tasks, grid=str(grid) if grid else None, dirs=[str(d) for d in dirs]))
-    script = slurm_template('paper').substitute(
-        job_name=f'medsynth-{name}', log=(sweep/'task-%a'/'slurm-%A_%a.log') if array else (sweep/'slurm-%j.log'),
-        time=time_limit, cpus=cpus, mem=mem,
-        signal_s=signal_s, extra=_extra(partition, gpus, f"0-{len(tasks) - 1}" if array else None, extra), gpus=gpus,
-        run_dir=shlex.quote(str(sweep)) + ('/task-$TASK' if array else ''), workdir=shlex.quote(os.getcwd()),
-        python=shlex.quote(sys.executable),
-        name=shlex.quote(name), sweep=shlex.quote(str(sweep/'sweep.json')),
-        papers_opt=f"--papers {shlex.quote(str(papers_dir(papers).resolve()))}")
+    script = _paper_script(name, sweep, len(tasks), array, papers, partition, gpus, time_limit, cpus, mem, signal_s,
+                           extra)
     (sweep/'job.sbatch').write_text(script)
     try:
         job = sbatch(sweep/'job.sbatch') if submit else None
     except RuntimeError:  # nothing half-made is left behind
         shutil.rmtree(sweep)
         raise
-    for i, d in enumerate(dirs):
-        write_json(d/'job.json',
-                   dict(job_id=job, array_task=i if array else None, slurm_id=f"{job}_{i}" if array else job,
-                        sbatch=str(sweep/'job.sbatch'),
-                                      submitted=datetime.now().isoformat(timespec='seconds')))
-        if not (d/'status.json').exists():
-            write_json(d/'status.json', dict(state='submitted'))
+    _write_jobs(dirs, job, array, sweep/'job.sbatch')
     return dict(job_id=job, sweep=str(sweep), tasks=len(tasks), dirs=[str(d) for d in dirs])
 
 # %% ../../nbs/90_app.experiments.ipynb #f45dd248

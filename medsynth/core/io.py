@@ -15,7 +15,7 @@ from .basics import check_choice
 
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'SPACING_TOL', 'IRREGULAR', 'NIFTI_EXTS', 'FITS', 'DataError', 'atomic_path', 'read_image', 'write_png',
-           'Volume', 'check_finite', 'read_nifti', 'as_3d', 'write_nifti', 'slice_spacing', 'read_dicom', 'is_nifti',
+           'Volume', 'check_finite', 'as_3d', 'read_nifti', 'write_nifti', 'slice_spacing', 'read_dicom', 'is_nifti',
            'read_volume', 'percentile_normalise', 'fit', 'spacing_size', 'file_sha256', 'read_weights', 'load_backbone']
 
 # %% ../../nbs/02_core.io.ipynb #7d46cab6
@@ -102,7 +102,18 @@ def check_finite(a:np.ndarray, path):
                         'fix or remove the file (medsynth never guesses values)')
     return a
 
-# %% ../../nbs/02_core.io.ipynb #2a92ac0d
+def as_3d(a:np.ndarray, path, what:str='medsynth reads 3D volumes',
+          fix:str='split 4D series into one file per volume') -> np.ndarray:
+    "`a` (read from `path`) as 3D: trailing singleton axes dropped, a 2D slice given depth 1; else a `DataError`."
+    while a.ndim > 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3:
+        raise DataError(path, f'has shape {a.shape}; {what}', fix)
+    return a
+
+# %% ../../nbs/02_core.io.ipynb #96af846e
 def read_nifti(path) -> Volume:
     "A NIfTI file (`.nii` / `.nii.gz`) in closest-canonical (RAS+) orientation."
     import nibabel as nib
@@ -116,17 +127,6 @@ def read_nifti(path) -> Volume:
         raise DataError(path, f'not a readable NIfTI file ({type(e).__name__}: {e})', 'replace the file') from None
     a = as_3d(a, path)
     return Volume(check_finite(a, path), tuple(float(s) for s in img.header.get_zooms()[:3]), str(path))
-
-def as_3d(a:np.ndarray, path, what:str='medsynth reads 3D volumes',
-          fix:str='split 4D series into one file per volume') -> np.ndarray:
-    "`a` (read from `path`) as 3D: trailing singleton axes dropped, a 2D slice given depth 1; else a `DataError`."
-    while a.ndim > 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3:
-        raise DataError(path, f'has shape {a.shape}; {what}', fix)
-    return a
 
 def write_nifti(path, a, spacing=(1., 1., 1.)):
     "Write a 3D array with voxel `spacing` (mm) as NIfTI (RAS+ diagonal affine), atomically."
@@ -208,29 +208,21 @@ def slice_spacing(pos, names=None, unit:str='mm', path=None, irregular:str='erro
     raise DataError(path or '<series>', '; '.join(problems), fix)
 
 # %% ../../nbs/02_core.io.ipynb #4a551b33
-def read_dicom(path, irregular:str='error') -> Volume:
-    """A DICOM series folder (or one DICOM file) as a volume in modality units (rescale slope / intercept applied).
-    Uneven slice spacing (a missing slice, a duplicate position) is a `DataError` unless `irregular='allow'`, which
-    stacks the slices in position order as if evenly spaced at the lower median of the gaps between distinct
-    positions (see `slice_spacing`)."""
+def _sort_series(path:Path, heads:list, irregular:str) -> tuple:
+    "`(heads, dz, unit)`: one series' headers sorted along the normal, checked spacing (before pixels are read), unit."
+    series = {str(getattr(h, 'SeriesInstanceUID', '')) for _, h in heads}
+    if len(series) > 1:
+        raise DataError(path, f'holds {len(series)} series ({", ".join(sorted(series)[:3])})',
+                        'give one series folder per volume')
+    pos, unit = _slice_positions([h for _, h in heads])
+    order = np.argsort(pos, kind='stable')                # ties keep file name order
+    heads = [heads[i] for i in order]
+    dz = slice_spacing([pos[i] for i in order], [f.name for f, _ in heads], unit, path, irregular)
+    return heads, dz, unit
+
+def _read_slices(heads:list) -> tuple:
+    "`(slices, ds)`: each file's 2D pixels in modality units (rescale slope / intercept applied), and the last header."
     import pydicom
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, 'file not found')
-    heads = _dicom_headers(path) if path.is_dir() else [(path, None)]
-    if not heads:
-        raise DataError(path, 'folder holds no DICOM files', 'point to the folder of one series')
-    dz, unit = None, 'mm'
-    if path.is_dir():
-        series = {str(getattr(h, 'SeriesInstanceUID', '')) for _, h in heads}
-        if len(series) > 1:
-            raise DataError(path, f'holds {len(series)} series ({", ".join(sorted(series)[:3])})',
-                            'give one series folder per volume')
-        pos, unit = _slice_positions([h for _, h in heads])
-        order = np.argsort(pos, kind='stable')                # ties keep file name order
-        heads = [heads[i] for i in order]
-        names = [f.name for f, _ in heads]
-        dz = slice_spacing([pos[i] for i in order], names, unit, path, irregular)   # before any pixel data is read
     slices = []
     for f, _ in heads:
         try:
@@ -244,6 +236,22 @@ def read_dicom(path, irregular:str='error') -> Volume:
         slices.append(a * float(getattr(ds, 'RescaleSlope', 1) or 1) + float(getattr(ds, 'RescaleIntercept', 0) or 0))
         if slices[0].shape != a.shape:
             raise DataError(f, f'slice shape {a.shape} differs from the first slice {slices[0].shape}')
+    return slices, ds
+
+# %% ../../nbs/02_core.io.ipynb #b7891a65
+def read_dicom(path, irregular:str='error') -> Volume:
+    """A DICOM series folder (or one DICOM file) as a volume in modality units (rescale slope / intercept applied).
+    Uneven slice spacing (a missing slice, a duplicate position) is a `DataError` unless `irregular='allow'`, which
+    stacks the slices in position order as if evenly spaced at the lower median of the gaps between distinct
+    positions (see `slice_spacing`)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, 'file not found')
+    heads = _dicom_headers(path) if path.is_dir() else [(path, None)]
+    if not heads:
+        raise DataError(path, 'folder holds no DICOM files', 'point to the folder of one series')
+    heads, dz, unit = _sort_series(path, heads, irregular) if path.is_dir() else (heads, None, 'mm')
+    slices, ds = _read_slices(heads)
     px = [float(s) for s in getattr(ds, 'PixelSpacing', (1., 1.))]
     if dz is None or unit != 'mm':  # one slice, or no mm positions
         dz = float(getattr(ds, 'SliceThickness', 1.) or 1.)

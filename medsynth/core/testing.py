@@ -43,17 +43,22 @@ class GaussianMixture:
         if (self._lam <= 0).any():
             raise ValueError("covs must be positive definite: some component has an eigenvalue <= 0")
 
-    @property
-    def d(self):
-        return self.means.shape[1]
-    @property
-    def K(self):
-        return self.means.shape[0]
-    @property
-    def n_classes(self):
-        return int(self.labels.max()) + 1
-    def __repr__(self):
-        return f"GaussianMixture(K={self.K}, d={self.d}, shape={self.shape})"
+# %% ../../nbs/01_core.testing.ipynb #3bd5c40c
+@patch(as_prop=True)
+def d(self:GaussianMixture):
+    return self.means.shape[1]
+
+@patch(as_prop=True)
+def K(self:GaussianMixture):
+    return self.means.shape[0]
+
+@patch(as_prop=True)
+def n_classes(self:GaussianMixture):
+    return int(self.labels.max()) + 1
+
+@patch
+def __repr__(self:GaussianMixture):
+    return f"GaussianMixture(K={self.K}, d={self.d}, shape={self.shape})"
 
 # %% ../../nbs/01_core.testing.ipynb #90887dea
 @patch
@@ -190,6 +195,7 @@ def sliced_wasserstein(x:torch.Tensor, y:torch.Tensor, n_proj:int=256, generator
     qy = py[(q * len(y)).long().clamp(max=len(y) - 1)]
     return ((qx - qy)**2).mean().sqrt().item()
 
+# %% ../../nbs/01_core.testing.ipynb #47c2f7b2
 def mixture_zscores(gm:GaussianMixture, x:torch.Tensor) -> dict:
     """Standardised errors of samples `x` against the mixture: each component's weight, mean and per-coordinate
     variance, by soft assignment, divided by its standard error under exact sampling."""

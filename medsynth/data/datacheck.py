@@ -85,6 +85,24 @@ def _check_classes(root:Path, rep:DataReport, size=None, fit_mode='resize'):
     _check_images(files, rep, size, fit_mode)
 
 # %% ../../nbs/32_data.datacheck.ipynb #ececefe0
+def _check_volume(path, m:str, inf:dict, rep:DataReport, mask, size, fit_mode):
+    "Read one volume of modality `m` into its running statistics `inf`; its shape, or None if it cannot be read."
+    try:
+        v = read_volume(path)
+    except DataError as e:
+        rep.problems.append(e)
+        return None
+    a = v.array
+    inf['shapes'][_shape(a.shape)] += 1
+    inf['spacing'][_shape(f'{x:g}' for x in v.spacing)] += 1
+    inf['lo'], inf['hi'] = min(inf['lo'], float(a.min())), max(inf['hi'], float(a.max()))
+    if m != mask and not np.any(a):
+        rep.problems.append(DataError(v.path, 'volume is all zero (nothing to normalise)',
+                                      'remove the file or exclude the subject'))
+    _check_fit(a[None], v.path, rep, size, fit_mode)
+    return a.shape
+
+# %% ../../nbs/32_data.datacheck.ipynb #7417ce63
 def _check_volumes(subjects:list[dict], modalities, rep:DataReport, mask:str|None='seg', size=None, fit_mode='resize'):
     info = {m: dict(shapes=Counter(), spacing=Counter(), lo=np.inf, hi=-np.inf) for m in modalities}
     for s in subjects:
@@ -92,21 +110,9 @@ def _check_volumes(subjects:list[dict], modalities, rep:DataReport, mask:str|Non
         for m in modalities:
             if m not in s:
                 continue
-            try:
-                v = read_volume(s[m])
-            except DataError as e:
-                rep.problems.append(e)
-                continue
-            a = v.array
-            shapes[m] = a.shape
-            inf = info[m]
-            inf['shapes'][_shape(a.shape)] += 1
-            inf['spacing'][_shape(f'{x:g}' for x in v.spacing)] += 1
-            inf['lo'], inf['hi'] = min(inf['lo'], float(a.min())), max(inf['hi'], float(a.max()))
-            if m != mask and not np.any(a):
-                rep.problems.append(DataError(v.path, 'volume is all zero (nothing to normalise)',
-                                              'remove the file or exclude the subject'))
-            _check_fit(a[None], v.path, rep, size, fit_mode)
+            shape = _check_volume(s[m], m, info[m], rep, mask, size, fit_mode)
+            if shape is not None:
+                shapes[m] = shape
         imgs = [m for m in modalities if m != mask and m in shapes]
         if mask in shapes and imgs and shapes[mask] != shapes[imgs[0]]:
             rep.problems.append(DataError(s[mask],
@@ -145,38 +151,33 @@ def _check_subject_folders(root:Path, modalities, patterns, rep:DataReport, size
     _check_volumes(subjects, modalities, rep, size=size, fit_mode=fit_mode)
 
 # %% ../../nbs/32_data.datacheck.ipynb #222f00dc
-def check_data(path, modalities=None, patterns:dict|None=None, size=None, fit_mode:str='resize') -> DataReport:
-    """Recognise the layout at `path`, read every file, and report contents and every problem (and, given `size`, images
-    `fit_mode` cannot fit)."""
-    path = Path(path)
-    rep = DataReport(str(path))
-    kw = dict(size=tuple(size) if size else None, fit_mode=fit_mode)
-    if not path.exists():
-        rep.problems.append(DataError(path, 'path not found', 'check the path'))
-        return rep
-    if path.is_file():
-        if path.suffix.lower() == '.csv':
-            rep.layout = 'CSV manifest'
-            try:
-                subs = read_manifest(path, modalities, errors=rep.problems)
-            except DataError as e:
-                rep.problems.append(e)
-                return rep
-            mods = modalities or [k for k in (subs[0] if subs else {}) if k != 'subject']
-            rep.summary['modalities'] = ', '.join(mods)
-            _check_volumes(subs, mods, rep, **kw)
-        elif path.suffix.lower() in IMAGE_EXTS:
-            rep.layout = 'image'
-            _check_images([path], rep, **kw)
-        else:
-            rep.layout = 'volume'
-            _check_volumes([dict(subject=path.name, image=path)], ['image'], rep, **kw)
-        return rep
+def _check_file(path:Path, modalities, rep:DataReport, **kw):
+    "Check a single file: a CSV manifest (the volumes it lists), an image, or a volume."
+    if path.suffix.lower() == '.csv':
+        rep.layout = 'CSV manifest'
+        try:
+            subs = read_manifest(path, modalities, errors=rep.problems)
+        except DataError as e:
+            rep.problems.append(e)
+            return
+        mods = modalities or [k for k in (subs[0] if subs else {}) if k != 'subject']
+        rep.summary['modalities'] = ', '.join(mods)
+        _check_volumes(subs, mods, rep, **kw)
+    elif path.suffix.lower() in IMAGE_EXTS:
+        rep.layout = 'image'
+        _check_images([path], rep, **kw)
+    else:
+        rep.layout = 'volume'
+        _check_volumes([dict(subject=path.name, image=path)], ['image'], rep, **kw)
+
+# %% ../../nbs/32_data.datacheck.ipynb #570785d7
+def _check_folder(path:Path, modalities, patterns, rep:DataReport, **kw):
+    "Check a folder: class folders, subject folders, a folder of images or volumes, or one DICOM series."
     dirs = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith('.')]
     files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith('.')]
     if not dirs and not files:
         rep.problems.append(DataError(path, 'empty folder', 'point to the folder that holds the data'))
-        return rep
+        return
     if is_class_folders(path):
         rep.layout = 'class folders'
         _check_classes(path, rep, **kw)
@@ -196,4 +197,18 @@ def check_data(path, modalities=None, patterns:dict|None=None, size=None, fit_mo
     else:
         rep.problems.append(DataError(path, 'holds no images, volumes or DICOM files',
                                       f'supported: {", ".join(IMAGE_EXTS)}, .nii, .nii.gz, DICOM'))
+
+# %% ../../nbs/32_data.datacheck.ipynb #2c900c77
+def check_data(path, modalities=None, patterns:dict|None=None, size=None, fit_mode:str='resize') -> DataReport:
+    """Recognise the layout at `path`, read every file, and report contents and every problem (and, given `size`, images
+    `fit_mode` cannot fit)."""
+    path = Path(path)
+    rep = DataReport(str(path))
+    kw = dict(size=tuple(size) if size else None, fit_mode=fit_mode)
+    if not path.exists():
+        rep.problems.append(DataError(path, 'path not found', 'check the path'))
+    elif path.is_file():
+        _check_file(path, modalities, rep, **kw)
+    else:
+        _check_folder(path, modalities, patterns, rep, **kw)
     return rep

@@ -10,6 +10,7 @@ import csv, fnmatch, hashlib, json, os, re, warnings
 from pathlib import Path
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch.utils.data import Dataset, WeightedRandomSampler
 from ..core.basics import check_choice
 from ..core.io import (DataError, IMAGE_EXTS, atomic_path, read_image, read_volume, fit, FITS,
@@ -38,6 +39,18 @@ def _must_be_dir(root) -> Path:
     return root
 
 # %% ../../nbs/31_data.datasets.ipynb #c3efdb17
+def _class_files(folder:Path) -> tuple:
+    "`(images, others)`: the files under one class folder (at any depth), hidden files and `manifest.csv` left out."
+    imgs, others = [], []
+    for p in sorted(folder.rglob('*')):
+        if p.name.startswith('.') or not p.is_file():
+            continue
+        if p.name == 'manifest.csv':  # a `medsynth sample` folder's provenance record
+            continue
+        (imgs if p.suffix.lower() in IMAGE_EXTS else others).append(p)
+    return imgs, others
+
+# %% ../../nbs/31_data.datasets.ipynb #f664bb85
 def scan_class_folders(root, errors:list|None=None):
     "`(files, labels, classes, skipped)` of a class-folder dataset; problems raise (or go to `errors`)."
     root = _must_be_dir(root)
@@ -48,13 +61,8 @@ def scan_class_folders(root, errors:list|None=None):
         raise DataError(root, f"has no class folders{why}", 'arrange images as root/<class>/<image>')
     files, labels, skipped, classes = [], [], [], []
     for c in dirs:
-        imgs = []
-        for p in sorted((root/c).rglob('*')):
-            if p.name.startswith('.') or not p.is_file():
-                continue
-            if p.name == 'manifest.csv':  # a `medsynth sample` folder's provenance record
-                continue
-            (imgs if p.suffix.lower() in IMAGE_EXTS else skipped).append(p)
+        imgs, others = _class_files(root/c)
+        skipped += others
         if not imgs:
             _raise_or_collect(DataError(root/c, 'class folder holds no images',
                                         f'add images ({", ".join(IMAGE_EXTS)}) or remove the folder'), errors)
@@ -94,18 +102,6 @@ class ClassFolderDataset(Dataset):
                                 'pass size= to resize them to one size')
             self._cache = torch.from_numpy(np.round(np.stack(ims) * 255).astype(np.uint8))   # 8-bit: 4x less memory
 
-    def _load(self, i):
-        a = read_image(self.files[i], self.channels)
-        if self.channels is None:
-            if not hasattr(self, '_first'):
-                self._first = (a.shape[0], self.files[i])
-            elif a.shape[0] != self._first[0]:
-                kind = {1: 'grayscale', 3: 'RGB'}
-                raise DataError(self.files[i],
-                                f'is {kind[a.shape[0]]} but {self._first[1].name} is {kind[self._first[0]]}',
-                                'pass channels=1 or channels=3 to convert every image')
-        return fit(a, self.size, self.fit_mode, path=self.files[i]) if self.size else a
-
     def __len__(self):
         return len(self.files)
     def __getitem__(self, i):
@@ -113,6 +109,20 @@ class ClassFolderDataset(Dataset):
         return dict(image=x * 2 - 1, label=int(self.labels[i]))
     def __repr__(self):
         return f"ClassFolderDataset({self.root}, {len(self)} images, counts={self.counts})"
+
+# %% ../../nbs/31_data.datasets.ipynb #cfca43ed
+@patch
+def _load(self:ClassFolderDataset, i):
+    a = read_image(self.files[i], self.channels)
+    if self.channels is None:
+        if not hasattr(self, '_first'):
+            self._first = (a.shape[0], self.files[i])
+        elif a.shape[0] != self._first[0]:
+            kind = {1: 'grayscale', 3: 'RGB'}
+            raise DataError(self.files[i],
+                            f'is {kind[a.shape[0]]} but {self._first[1].name} is {kind[self._first[0]]}',
+                            'pass channels=1 or channels=3 to convert every image')
+    return fit(a, self.size, self.fit_mode, path=self.files[i]) if self.size else a
 
 # %% ../../nbs/31_data.datasets.ipynb #d4c20011
 DEFAULT_PATTERNS = dict(
@@ -165,15 +175,8 @@ def find_subjects(root, modalities=('t1', 't1ce', 'seg'), patterns:dict|None=Non
     return subjects
 
 # %% ../../nbs/31_data.datasets.ipynb #1f69de68
-def read_manifest(path, modalities=None, errors:list|None=None) -> list[dict]:
-    """Subjects from a CSV with a `subject` column and one path column per modality (relative paths are relative to the
-    CSV)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, 'manifest not found', 'check the path')
-    with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
-    cols = list(rows[0]) if rows else []
+def _manifest_modalities(path:Path, cols:list, modalities) -> list:
+    "The modality columns to read from a manifest with columns `cols`: all but `subject`, or `modalities`, checked."
     if 'subject' not in cols:
         raise DataError(path, f"has no 'subject' column (columns: {', '.join(cols) or 'none'})",
                         'add a header row: subject,t1,t1ce,seg')
@@ -182,6 +185,18 @@ def read_manifest(path, modalities=None, errors:list|None=None) -> list[dict]:
         if m not in cols:
             raise DataError(path, f"has no column for modality '{m}' (columns: {', '.join(cols)})",
                             'add the column or leave the modality out')
+    return modalities
+
+# %% ../../nbs/31_data.datasets.ipynb #626abbea
+def read_manifest(path, modalities=None, errors:list|None=None) -> list[dict]:
+    """Subjects from a CSV with a `subject` column and one path column per modality (relative paths are relative to the
+    CSV)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, 'manifest not found', 'check the path')
+    with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
+    modalities = _manifest_modalities(path, list(rows[0]) if rows else [], modalities)
     subjects = []
     for k, r in enumerate(rows, start=2):
         sub, ok = dict(subject=r['subject']), True
@@ -204,6 +219,30 @@ def subjects_from(path, modalities=('t1', 't1ce', 'seg'), patterns=None, errors=
             else find_subjects(path, modalities, patterns, errors))
 
 # %% ../../nbs/31_data.datasets.ipynb #d459fc41
+def _load_mask(sub:dict, mask:str, mask_of:str, shape:tuple, mask_labels:str, irregular:str) -> tuple:
+    "`(mask (1, *spatial), spacing)`: the mask volume as labels, checked to lie on the grid (`shape`) of `mask_of`."
+    v = read_volume(sub[mask], irregular)
+    a = v.array
+    if a.shape != shape:
+        raise DataError(v.path,
+                        f"mask shape {a.shape} does not match {mask_of} shape {shape} "
+                        f"({Path(sub[mask_of]).name})", 'resample the mask to its image grid')
+    a = np.rint(a)
+    return ((a > 0).astype(np.uint8) if mask_labels == 'binary' else a.astype(np.int16))[None], v.spacing
+
+def _resample_all(out:dict, sub:dict, vox:dict, spacing, size, fit_mode:str, mask, mask_of:str) -> dict:
+    "Every array of `out` resampled to voxel `spacing` (mm, same field of view), then fitted to `size` (per modality)."
+    if spacing is not None:
+        for k in out:
+            out[k] = fit(out[k], spacing_size(out[k].shape[1:], vox[k], spacing), 'resize', mask=(k == 'mask'))
+    if size is not None:
+        for k in list(out):
+            s = size.get(mask_of if k == 'mask' else k) if isinstance(size, dict) else size
+            if s is not None:
+                out[k] = fit(out[k], s, fit_mode, mask=(k == 'mask'), path=sub[mask if k == 'mask' else k])
+    return out
+
+# %% ../../nbs/31_data.datasets.ipynb #56f19d90
 def load_subject(sub:dict, modalities, mask:str|None='seg', size=None, fit_mode:str='resize', mask_of:str|None=None,
                  mask_labels:str='binary', spacing=None, lower:float=0.5, upper:float=99.5,
                  irregular:str='error') -> dict:
@@ -218,24 +257,8 @@ def load_subject(sub:dict, modalities, mask:str|None='seg', size=None, fit_mode:
         raw_shape[m], vox[m] = v.array.shape, v.spacing
         out[m] = percentile_normalise(v.array, lower, upper, path=v.path)[None]
     if mask is not None and mask in modalities:
-        v = read_volume(sub[mask], irregular)
-        a = v.array
-        vox['mask'] = v.spacing
-        if a.shape != raw_shape[mask_of]:
-            raise DataError(v.path,
-                            f"mask shape {a.shape} does not match {mask_of} shape {raw_shape[mask_of]} "
-                            f"({Path(sub[mask_of]).name})", 'resample the mask to its image grid')
-        a = np.rint(a)
-        out['mask'] = ((a > 0).astype(np.uint8) if mask_labels == 'binary' else a.astype(np.int16))[None]
-    if spacing is not None:                                   # resample to a voxel spacing (mm), same field of view
-        for k in out:
-            out[k] = fit(out[k], spacing_size(out[k].shape[1:], vox[k], spacing), 'resize', mask=(k == 'mask'))
-    if size is not None:
-        for k in list(out):
-            s = size.get(mask_of if k == 'mask' else k) if isinstance(size, dict) else size
-            if s is not None:
-                out[k] = fit(out[k], s, fit_mode, mask=(k == 'mask'), path=sub[mask if k == 'mask' else k])
-    return out
+        out['mask'], vox['mask'] = _load_mask(sub, mask, mask_of, raw_shape[mask_of], mask_labels, irregular)
+    return _resample_all(out, sub, vox, spacing, size, fit_mode, mask, mask_of)
 
 # %% ../../nbs/31_data.datasets.ipynb #fdc86a0d
 def _as_subjects(data, modalities, patterns):
@@ -295,23 +318,25 @@ class SliceDataset(Dataset):
     def _volume(self, i):
         return load_subject(self.subjects[i], **self.load_kw)
 
-    def _build(self):
-        self.index, arrays = [], {}
-        for i in range(len(self.subjects)):
-            vol = self._volume(i)
-            ks = _slices(vol, self.axis, self.first, self.min_content, self.foreground_only)
-            self.index += [(i, k) for k in ks]
-            if self.cache:
-                for k in ks:
-                    for key, v in _take(vol, self.axis, k, self.size, self.fit_mode,
-                                        self.subjects[i][self.first]).items():
-                        arrays.setdefault(key, []).append(v)
-        if not self.index:
-            raise DataError(Path(self.subjects[0][self.first]).parent.parent if self.subjects else '<no subjects>',
-                            'no slices with content', 'lower min_content or turn off foreground_only')
-        self.arrays = {k: torch.from_numpy(np.stack(v)) for k, v in arrays.items()} if self.cache else None
-        if self.cache == 'disk':
-            self._write_cache()
+# %% ../../nbs/31_data.datasets.ipynb #8676cfb6
+@patch
+def _build(self:SliceDataset):
+    self.index, arrays = [], {}
+    for i in range(len(self.subjects)):
+        vol = self._volume(i)
+        ks = _slices(vol, self.axis, self.first, self.min_content, self.foreground_only)
+        self.index += [(i, k) for k in ks]
+        if self.cache:
+            for k in ks:
+                for key, v in _take(vol, self.axis, k, self.size, self.fit_mode,
+                                    self.subjects[i][self.first]).items():
+                    arrays.setdefault(key, []).append(v)
+    if not self.index:
+        raise DataError(Path(self.subjects[0][self.first]).parent.parent if self.subjects else '<no subjects>',
+                        'no slices with content', 'lower min_content or turn off foreground_only')
+    self.arrays = {k: torch.from_numpy(np.stack(v)) for k, v in arrays.items()} if self.cache else None
+    if self.cache == 'disk':
+        self._write_cache()
 
 # %% ../../nbs/31_data.datasets.ipynb #67127e0b
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ..spaces.pyramid import gaussian_pyramid, cond_at, coarse_cond
 import torch, torch.nn.functional as F
+from fastcore.basics import patch
 from ..core.basics import check_choice
 
 # %% auto #0
@@ -35,48 +36,54 @@ class Mode:
     def cond_channels(self) -> int:
         return sum(self._c(k) for k in self.conds)
 
-    def check_batch(self, batch:dict, where:str='the data'):
-        "Raise a one-line error if `batch` lacks a key this mode needs."
-        need = list(self.targets) + list(self.conds) + (['label'] if self.label else [])
-        missing = [k for k in need if k not in batch]
-        if missing:
-            fix = ('use data with masks (a seg modality) or another mode' if self.mask_key in missing
-                   else 'choose the mode\'s keys to match the data')
-            raise ValueError(f"mode {self.name!r} needs {', '.join(map(repr, missing))} but {where} yields "
-                             f"{', '.join(map(repr, [k for k in batch if isinstance(batch[k], torch.Tensor)]))}: {fix}")
+# %% ../../nbs/33_data.modes.ipynb #35cf10ad
+@patch
+def check_batch(self:Mode, batch:dict, where:str='the data'):
+    "Raise a one-line error if `batch` lacks a key this mode needs."
+    need = list(self.targets) + list(self.conds) + (['label'] if self.label else [])
+    missing = [k for k in need if k not in batch]
+    if missing:
+        fix = ('use data with masks (a seg modality) or another mode' if self.mask_key in missing
+               else 'choose the mode\'s keys to match the data')
+        raise ValueError(f"mode {self.name!r} needs {', '.join(map(repr, missing))} but {where} yields "
+                         f"{', '.join(map(repr, [k for k in batch if isinstance(batch[k], torch.Tensor)]))}: {fix}")
 
-    def _img(self, batch, k):
-        v = batch[k]
-        if v.shape[1] != self._c(k):
-            raise ValueError(f"mode {self.name!r}: key {k!r} has {v.shape[1]} channels but the mode takes "
-                             f"{self._c(k)}: set image_channels={v.shape[1]}" if k != self.mask_key
-                             else f"mode {self.name!r}: the mask {k!r} has {v.shape[1]} channels; masks have one")
-        return (v > 0).float() * 2 - 1 if k == self.mask_key else v.float()
+@patch
+def _img(self:Mode, batch, k):
+    v = batch[k]
+    if v.shape[1] != self._c(k):
+        raise ValueError(f"mode {self.name!r}: key {k!r} has {v.shape[1]} channels but the mode takes "
+                         f"{self._c(k)}: set image_channels={v.shape[1]}" if k != self.mask_key
+                         else f"mode {self.name!r}: the mask {k!r} has {v.shape[1]} channels; masks have one")
+    return (v > 0).float() * 2 - 1 if k == self.mask_key else v.float()
 
-    def split(self, batch:dict, generator=None):
-        """`(x0, cond, label)`: the target stacked on channels, conditioning images on the target's grid (or None),
-        labels (or None). (`generator` is for views that draw, like `PyramidMode`.)"""
-        self.check_batch(batch)
-        x0 = torch.cat([self._img(batch, k) for k in self.targets], 1)
-        cond = None
-        if self.conds:
-            cs = [self._img(batch, k) for k in self.conds]
-            cs = [c if c.shape[2:] == x0.shape[2:]
-                  else F.interpolate(c, size=x0.shape[2:],
-                                     mode='nearest' if k == self.mask_key
-                                     else ('bilinear' if c.ndim == 4 else 'trilinear'))
-                  for k, c in zip(self.conds, cs)]
-            cond = torch.cat(cs, 1)
-        return x0, cond, (batch['label'].long() if self.label else None)
+# %% ../../nbs/33_data.modes.ipynb #9dfba0cf
+@patch
+def split(self:Mode, batch:dict, generator=None):
+    """`(x0, cond, label)`: the target stacked on channels, conditioning images on the target's grid (or None),
+    labels (or None). (`generator` is for views that draw, like `PyramidMode`.)"""
+    self.check_batch(batch)
+    x0 = torch.cat([self._img(batch, k) for k in self.targets], 1)
+    cond = None
+    if self.conds:
+        cs = [self._img(batch, k) for k in self.conds]
+        cs = [c if c.shape[2:] == x0.shape[2:]
+              else F.interpolate(c, size=x0.shape[2:],
+                                 mode='nearest' if k == self.mask_key
+                                 else ('bilinear' if c.ndim == 4 else 'trilinear'))
+              for k, c in zip(self.conds, cs)]
+        cond = torch.cat(cs, 1)
+    return x0, cond, (batch['label'].long() if self.label else None)
 
-    def unsplit(self, x:torch.Tensor) -> dict:
-        "Generated `x` back to named images (masks thresholded to {0, 1})."
-        out, i = {}, 0
-        for k in self.targets:
-            v = x[:, i:i + self._c(k)]
-            i += self._c(k)
-            out[k] = (v > 0).to(torch.uint8) if k == self.mask_key else v
-        return out
+@patch
+def unsplit(self:Mode, x:torch.Tensor) -> dict:
+    "Generated `x` back to named images (masks thresholded to {0, 1})."
+    out, i = {}, 0
+    for k in self.targets:
+        v = x[:, i:i + self._c(k)]
+        i += self._c(k)
+        out[k] = (v > 0).to(torch.uint8) if k == self.mask_key else v
+    return out
 
 # %% ../../nbs/33_data.modes.ipynb #a6219f02
 MODES = ('uncond', 'class', 'seg', 'bravo', 'dual', 'translate')
@@ -121,26 +128,30 @@ class PyramidMode:
     def cond_channels(self) -> int:
         return self.base.cond_channels + (self.base.channels_out + 1 if self.has_coarse() else 0)
 
-    def level_cond(self, cond, level:int, like, coarse=None, s=0., generator=None):
-        """Conditioning for a target shaped `like` at `level`: the mode's own (carried down) and, where the level has
-        one, the coarse image (`None`: unknown)."""
-        parts = [] if cond is None else [cond_at(cond, self.base.conds, self.base.mask_key, level).to(like)]
-        if self.has_coarse(level):
-            if coarse is None:
-                parts += [torch.zeros_like(like), torch.ones_like(like[:, :1])]
-            else:
-                parts.append(coarse_cond(coarse, like.shape[2:], s, generator).to(like))
-        return torch.cat(parts, 1) if parts else None
+# %% ../../nbs/33_data.modes.ipynb #7ad4569a
+@patch
+def level_cond(self:PyramidMode, cond, level:int, like, coarse=None, s=0., generator=None):
+    """Conditioning for a target shaped `like` at `level`: the mode's own (carried down) and, where the level has
+    one, the coarse image (`None`: unknown)."""
+    parts = [] if cond is None else [cond_at(cond, self.base.conds, self.base.mask_key, level).to(like)]
+    if self.has_coarse(level):
+        if coarse is None:
+            parts += [torch.zeros_like(like), torch.ones_like(like[:, :1])]
+        else:
+            parts.append(coarse_cond(coarse, like.shape[2:], s, generator).to(like))
+    return torch.cat(parts, 1) if parts else None
 
-    def split(self, batch:dict, generator=None):
-        "`(x0, cond, label)` at this view's level, plus the level (a tensor) for a shared network."
-        x0, cond, label = self.base.split(batch)
-        B = x0.shape[0]
-        level = self.level if not self.shared else int(torch.randint(self.levels, (1,), generator=generator))
-        G = gaussian_pyramid(x0, self.levels)
-        coarse, s = None, None
-        if level < self.levels - 1:
-            coarse, s = G[level + 1], torch.rand(B, generator=generator) * self.aug_max
-        c = self.level_cond(cond, level, G[level], coarse, s, generator)
-        out = (G[level], c, label)
-        return out + (torch.full((B,), level, device=x0.device),) if self.shared else out
+# %% ../../nbs/33_data.modes.ipynb #6c0b3048
+@patch
+def split(self:PyramidMode, batch:dict, generator=None):
+    "`(x0, cond, label)` at this view's level, plus the level (a tensor) for a shared network."
+    x0, cond, label = self.base.split(batch)
+    B = x0.shape[0]
+    level = self.level if not self.shared else int(torch.randint(self.levels, (1,), generator=generator))
+    G = gaussian_pyramid(x0, self.levels)
+    coarse, s = None, None
+    if level < self.levels - 1:
+        coarse, s = G[level + 1], torch.rand(B, generator=generator) * self.aug_max
+    c = self.level_cond(cond, level, G[level], coarse, s, generator)
+    out = (G[level], c, label)
+    return out + (torch.full((B,), level, device=x0.device),) if self.shared else out

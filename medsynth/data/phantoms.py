@@ -180,24 +180,20 @@ def render(self:BrainPhantom, i:int, size=None, second_size=None) -> dict:
     return out
 
 # %% ../../nbs/30_data.phantoms.ipynb #5c98502d
-@patch
-def _tissues(self:BrainPhantom, a:dict, size, fa:bool=False) -> dict:
-    g = self.geometry(a, size)
-    kd = a['kind']
+def _fa_map(g:dict, size) -> torch.Tensor:
+    "Noise-free fractional anisotropy of geometry `g`: tissue values, white-matter texture, lesions near isotropic."
     rho = g['rho']
-    rng = np.random.default_rng([int(a['noise_seed'])] + list(size))
-    def rician(x):
-        n = torch.as_tensor(rng.standard_normal((2,) + tuple(size)), dtype=torch.float32) * self.noise
-        return torch.sqrt((x + n[0]) ** 2 + n[1] ** 2).numpy().astype(np.float32)
-    if fa:
-        x = torch.zeros(size)
-        x[g['gm']] = TISSUE_FA['gm']
-        x[g['wm']] = TISSUE_FA['wm']
-        x[g['vent'] | (g['brain'] & (rho >= 0.80))] = TISSUE_FA['csf']
-        x = x * (1 + 0.15 * g['texture'] * g['wm'])
-        x[g['lesion']] = 0.15
-        return dict(fa=rician(x))
-    t = TISSUE_T1
+    x = torch.zeros(size)
+    x[g['gm']] = TISSUE_FA['gm']
+    x[g['wm']] = TISSUE_FA['wm']
+    x[g['vent'] | (g['brain'] & (rho >= 0.80))] = TISSUE_FA['csf']
+    x = x * (1 + 0.15 * g['texture'] * g['wm'])
+    x[g['lesion']] = 0.15
+    return x
+
+def _t1_maps(g:dict, kd:LesionKind, size) -> tuple:
+    "Noise-free `(t1, t1ce, mask)` of geometry `g`: tissue T1 with texture, lesions of kind `kd` and their enhancement."
+    rho, t = g['rho'], TISSUE_T1
     x = torch.zeros(size)
     x[rho < 1.0] = t['scalp']
     x[rho < 0.93] = t['skull']
@@ -211,6 +207,19 @@ def _tissues(self:BrainPhantom, a:dict, size, fa:bool=False) -> dict:
     post = pre + 0.08 * ((rho < 1.0) & (rho >= 0.93))         # scalp and dura take up contrast a little
     post = post + kd.rim * t['wm'] * g['rim'] + kd.core * t['wm'] * g['core']
     mask = (g['core'].to(torch.uint8) + 2 * g['rim'].to(torch.uint8)).numpy()
+    return pre, post, mask
+
+# %% ../../nbs/30_data.phantoms.ipynb #3ea05d84
+@patch
+def _tissues(self:BrainPhantom, a:dict, size, fa:bool=False) -> dict:
+    g = self.geometry(a, size)
+    rng = np.random.default_rng([int(a['noise_seed'])] + list(size))
+    def rician(x):
+        n = torch.as_tensor(rng.standard_normal((2,) + tuple(size)), dtype=torch.float32) * self.noise
+        return torch.sqrt((x + n[0]) ** 2 + n[1] ** 2).numpy().astype(np.float32)
+    if fa:
+        return dict(fa=rician(_fa_map(g, size)))
+    pre, post, mask = _t1_maps(g, a['kind'], size)
     return dict(t1=rician(pre), t1ce=rician(post.clamp(min=0)), mask=mask)
 
 # %% ../../nbs/30_data.phantoms.ipynb #2c7c1f73

@@ -7,6 +7,7 @@ Docs: https://medsynth.github.io/medsynth/diffusion.objectives.html.md"""
 # %% ../../nbs/12_diffusion.objectives.ipynb #661f02b2
 from __future__ import annotations
 import torch
+from fastcore.basics import patch
 from ..core.basics import check_choice, check_int, bcast
 from .param import PREDICTIONS, from_x0_eps, x0_error_scale
 
@@ -68,35 +69,47 @@ class LossSecondMomentSampler(TimestepSampler):
     @property
     def warmed_up(self):
         return bool((self.counts == self.history).all())
-    def probs(self):
-        "Sampling probabilities of the bins."
-        if not self.warmed_up:
-            return torch.full((self.n_bins,), 1. / self.n_bins, dtype=torch.float64)
-        p = self.losses.pow(2).mean(-1).sqrt()
-        p = p / p.sum()
-        return p * (1 - self.uniform_prob) + self.uniform_prob / self.n_bins
-    def sample(self, n:int, generator=None, device=None):
-        p = self.probs()
-        b = torch.multinomial(p, check_int('n', n), replacement=True, generator=generator)
-        w = (1. / (self.n_bins * p[b])).float()
-        if self.schedule.discrete:
-            return b.to(device), w.to(device)
-        # uniform inside the bin, in (0, 1]
-        u = (b + 1 - torch.rand(n, generator=generator, dtype=torch.float64)) / self.n_bins
-        return u.to(device), w.to(device)
-    def update(self, t, losses):
-        """Record per-sample `losses` (unweighted by importance) observed at times `t`; the oldest drops out once a bin
-        is full."""
-        for b, l in zip(self._bin(t).tolist(), torch.as_tensor(losses).detach().double().cpu().tolist()):
-            if self.counts[b] == self.history:
-                self.losses[b] = torch.cat([self.losses[b, 1:], self.losses.new_tensor([l])])
-            else:
-                self.losses[b, self.counts[b]] = l
-                self.counts[b] += 1
-    def state_dict(self):
-        return dict(losses=self.losses.clone(), counts=self.counts.clone())
-    def load_state_dict(self, state):
-        self.losses, self.counts = state['losses'].clone(), state['counts'].clone()
+
+# %% ../../nbs/12_diffusion.objectives.ipynb #af49c97c
+@patch
+def probs(self:LossSecondMomentSampler):
+    "Sampling probabilities of the bins."
+    if not self.warmed_up:
+        return torch.full((self.n_bins,), 1. / self.n_bins, dtype=torch.float64)
+    p = self.losses.pow(2).mean(-1).sqrt()
+    p = p / p.sum()
+    return p * (1 - self.uniform_prob) + self.uniform_prob / self.n_bins
+
+@patch
+def sample(self:LossSecondMomentSampler, n:int, generator=None, device=None):
+    p = self.probs()
+    b = torch.multinomial(p, check_int('n', n), replacement=True, generator=generator)
+    w = (1. / (self.n_bins * p[b])).float()
+    if self.schedule.discrete:
+        return b.to(device), w.to(device)
+    # uniform inside the bin, in (0, 1]
+    u = (b + 1 - torch.rand(n, generator=generator, dtype=torch.float64)) / self.n_bins
+    return u.to(device), w.to(device)
+
+# %% ../../nbs/12_diffusion.objectives.ipynb #65cb42e3
+@patch
+def update(self:LossSecondMomentSampler, t, losses):
+    """Record per-sample `losses` (unweighted by importance) observed at times `t`; the oldest drops out once a bin
+    is full."""
+    for b, l in zip(self._bin(t).tolist(), torch.as_tensor(losses).detach().double().cpu().tolist()):
+        if self.counts[b] == self.history:
+            self.losses[b] = torch.cat([self.losses[b, 1:], self.losses.new_tensor([l])])
+        else:
+            self.losses[b, self.counts[b]] = l
+            self.counts[b] += 1
+
+@patch
+def state_dict(self:LossSecondMomentSampler):
+    return dict(losses=self.losses.clone(), counts=self.counts.clone())
+
+@patch
+def load_state_dict(self:LossSecondMomentSampler, state):
+    self.losses, self.counts = state['losses'].clone(), state['counts'].clone()
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #17901cb0
 TIMESTEP_SAMPLERS = dict(uniform=UniformSampler, logit_normal=LogitNormalSampler, loss_aware=LossSecondMomentSampler)

@@ -90,47 +90,59 @@ class DiscreteSchedule(NoiseSchedule):
         log_ab = torch.cumsum(torch.log1p(-torch.as_tensor(betas, dtype=torch.float64)), 0)
         return cls(log_ab.mul(0.5).exp(), (-torch.expm1(log_ab)).sqrt(), name=name, vp=True, **kw)
 
-    @property
-    def alphas_cumprod(self):
-        "$\\bar\\alpha_t = \\alpha_t^2$ (variance-preserving schedules only)."
-        if not self.vp:
-            raise ValueError(f"alphas_cumprod is defined for variance-preserving schedules, not {self.name!r}")
-        return self.alphas**2
-    @property
-    def betas(self):
-        """$\\beta_t = 1 - \\bar\\alpha_t/\\bar\\alpha_{t-1}$, recomputed from the table (so respaced schedules have
-        their own)."""
-        ab = self.alphas_cumprod
-        return 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
-    @property
-    def t_clean(self):
-        return -1
-    @property
-    def t_max(self):
-        return self.T - 1
+# %% ../../nbs/10_diffusion.schedules.ipynb #8bc4de98
+@patch(as_prop=True)
+def alphas_cumprod(self:DiscreteSchedule):
+    "$\\bar\\alpha_t = \\alpha_t^2$ (variance-preserving schedules only)."
+    if not self.vp:
+        raise ValueError(f"alphas_cumprod is defined for variance-preserving schedules, not {self.name!r}")
+    return self.alphas**2
 
-    def _check_t(self, t):
-        t = torch.as_tensor(t)
-        if t.is_floating_point():
-            if not torch.equal(t, t.round()):
-                raise ValueError(f"t={t.tolist()} is not allowed: schedule {self.name!r} is discrete, t must be an "
-                                 f"integer step in [-1, {self.T - 1}]")
-            t = t.long()
-        if (t < -1).any() or (t > self.T - 1).any():
-            raise ValueError(f"t={t.tolist()} is outside [-1, {self.T - 1}] for discrete schedule {self.name!r} (-1 is "
-                             "the clean image)")
-        return t
-    def _alpha_sigma(self, t):
-        return self._a[t + 1], self._s[t + 1]
-    def model_t(self, t):
-        "The time the network sees: the original training step (through `timestep_map`)."
-        t = self._check_t(t)
-        if (t < 0).any():
-            raise ValueError("the network is never evaluated at the clean end t=-1")
-        return self.timestep_map[t]
-    def model_alpha_sigma(self, tm):
-        "$(\\alpha, \\sigma)$ at a network time `tm` (a training step of the base schedule)."
-        return self.base.alpha_sigma(tm)
+@patch(as_prop=True)
+def betas(self:DiscreteSchedule):
+    """$\\beta_t = 1 - \\bar\\alpha_t/\\bar\\alpha_{t-1}$, recomputed from the table (so respaced schedules have
+    their own)."""
+    ab = self.alphas_cumprod
+    return 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
+
+@patch(as_prop=True)
+def t_clean(self:DiscreteSchedule):
+    return -1
+
+@patch(as_prop=True)
+def t_max(self:DiscreteSchedule):
+    return self.T - 1
+
+# %% ../../nbs/10_diffusion.schedules.ipynb #5343c030
+@patch
+def _check_t(self:DiscreteSchedule, t):
+    t = torch.as_tensor(t)
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError(f"t={t.tolist()} is not allowed: schedule {self.name!r} is discrete, t must be an "
+                             f"integer step in [-1, {self.T - 1}]")
+        t = t.long()
+    if (t < -1).any() or (t > self.T - 1).any():
+        raise ValueError(f"t={t.tolist()} is outside [-1, {self.T - 1}] for discrete schedule {self.name!r} (-1 is "
+                         "the clean image)")
+    return t
+
+@patch
+def _alpha_sigma(self:DiscreteSchedule, t):
+    return self._a[t + 1], self._s[t + 1]
+
+@patch
+def model_t(self:DiscreteSchedule, t):
+    "The time the network sees: the original training step (through `timestep_map`)."
+    t = self._check_t(t)
+    if (t < 0).any():
+        raise ValueError("the network is never evaluated at the clean end t=-1")
+    return self.timestep_map[t]
+
+@patch
+def model_alpha_sigma(self:DiscreteSchedule, tm):
+    "$(\\alpha, \\sigma)$ at a network time `tm` (a training step of the base schedule)."
+    return self.base.alpha_sigma(tm)
 
 # %% ../../nbs/10_diffusion.schedules.ipynb #d5a41a28
 class ContinuousSchedule(NoiseSchedule):

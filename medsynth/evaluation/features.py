@@ -14,6 +14,7 @@ from ..core.io import DataError, file_sha256, read_weights, load_backbone   # we
 from ..models.domain import (_check_images, _device, _gn, DomainEncoder, augment, nt_xent, MIN_ENCODER_IMAGES,
                                     train_encoder, ENCODER_FORMAT, save_encoder, load_encoder)
 from ..models.encoders import IMAGENET_MEAN, IMAGENET_STD, drop_head, _imagenet_prep, _close, load_timm
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['INCEPTION_FILE', 'MONAI_RESNETS', 'FEATURE_KINDS', 'FeatureExtractor', 'inception_features', 'torchvision_features',
@@ -37,37 +38,41 @@ class FeatureExtractor:
         self.model.to(device)
         return self
 
-    def describe(self) -> dict:
-        "Name, width and the weights file with its SHA-256 prefix: what metrics.json records about the features."
-        d = dict(name=self.name, dim=self.dim, **self.info)
-        if self.weights:
-            d.update(weights=self.weights, sha256=self.sha256)
-        return d
+# %% ../../nbs/61_evaluation.features.ipynb #521ebbc5
+@patch
+def describe(self:FeatureExtractor) -> dict:
+    "Name, width and the weights file with its SHA-256 prefix: what metrics.json records about the features."
+    d = dict(name=self.name, dim=self.dim, **self.info)
+    if self.weights:
+        d.update(weights=self.weights, sha256=self.sha256)
+    return d
 
-    def __call__(self, images, batch_size:int=64, progress:bool=False) -> torch.Tensor:
-        x = _check_images(images, f"{self.name} features", self.dims,
-                          (1, 3) if self.channels == 3 else (self.channels,))
-        if len(x) == 0:
-            return torch.zeros(0, self.dim, dtype=torch.float64)
-        dev, was_training = _device(self.model), self.model.training
-        self.model.eval()
-        out = []
-        steps = range(0, len(x), batch_size)
-        if progress:
-            steps = track(steps, 'features')
-        try:
-            with torch.no_grad():
-                for i in steps:
-                    b = x[i:i + batch_size].to(dev)
-                    if b.shape[1] != self.channels:
-                        b = b.expand(-1, self.channels, *b.shape[2:])
-                    f = self.model(self.prep(b) if self.prep else b)
-                    if isinstance(f, (tuple, list)):
-                        f = f[0]
-                    out.append(f.flatten(1).double().cpu())
-        finally:
-            self.model.train(was_training)
-        return torch.cat(out)
+# %% ../../nbs/61_evaluation.features.ipynb #9bbc74d1
+@patch
+def __call__(self:FeatureExtractor, images, batch_size:int=64, progress:bool=False) -> torch.Tensor:
+    x = _check_images(images, f"{self.name} features", self.dims,
+                      (1, 3) if self.channels == 3 else (self.channels,))
+    if len(x) == 0:
+        return torch.zeros(0, self.dim, dtype=torch.float64)
+    dev, was_training = _device(self.model), self.model.training
+    self.model.eval()
+    out = []
+    steps = range(0, len(x), batch_size)
+    if progress:
+        steps = track(steps, 'features')
+    try:
+        with torch.no_grad():
+            for i in steps:
+                b = x[i:i + batch_size].to(dev)
+                if b.shape[1] != self.channels:
+                    b = b.expand(-1, self.channels, *b.shape[2:])
+                f = self.model(self.prep(b) if self.prep else b)
+                if isinstance(f, (tuple, list)):
+                    f = f[0]
+                out.append(f.flatten(1).double().cpu())
+    finally:
+        self.model.train(was_training)
+    return torch.cat(out)
 
 # %% ../../nbs/61_evaluation.features.ipynb #3830b54b
 INCEPTION_FILE = 'pt_inception-2015-12-05-6726825d.pth'

@@ -21,81 +21,117 @@ def _subplots(*grid, figsize=None):
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(*grid)
 
+# %% ../../nbs/64_evaluation.report.ipynb #bf600f3c
+def _two(x):
+    "2D images as they are; volumes as their central axial slice."
+    return x if x.ndim == 4 else x[..., x.shape[-1] // 2]
+
+def _plot_calibration(cal:dict, out:Path):
+    "metrics.png: the calibration ladder's FID and KID as bars, real half B green and synthetic blue."
+    fig, axs = _subplots(1, 2, figsize=(8, 3))
+    for ax, key in zip(axs, ('fid', 'kid')):
+        names = list(cal)
+        vals = [cal[k][key] for k in names]
+        ax.barh(names, vals,
+                color=['C2' if k == 'real half B' else 'C0' if k == 'synthetic' else 'C3' for k in names])
+        ax.set_xlabel(f"{key.upper()} against real half A (lower is closer)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out/'metrics.png', dpi=110)
+
+# %% ../../nbs/64_evaluation.report.ipynb #4cc99731
+def _plot_memorization(mem:dict, synth, trn, out:Path):
+    "memorization.png: distance histograms per space; nearest.png: flagged (or closest) images over their neighbours."
+    fig, axs = _subplots(1, 2, figsize=(8, 3))
+    for ax, space in zip(axs, ('feature', 'pixel')):
+        m = mem[space]
+        ax.hist(m['heldout'], bins=20, alpha=.6, density=True, label='held-out real -> train')
+        ax.hist(m['synthetic'], bins=20, alpha=.6, density=True, label='synthetic -> train')
+        ax.axvline(m['threshold'], color='k', ls='--', label='flag threshold')
+        ax.set_xlabel(f"nearest-training-image distance ({space}{', RMSE' if space == 'pixel' else ''})")
+    axs[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out/'memorization.png', dpi=110)
+    px = mem['pixel']
+    show = mem['flagged'][:8] or list(np.argsort(px['synthetic'])[:8])
+    _grid([[_two(synth.images)[i] * 2 - 1 for i in show],
+           [_two(trn.images)[px['nearest'][i]] * 2 - 1 for i in show]],
+          out/'nearest.png', scale=max(1, 96 // max(synth.size[:2])))
+
+# %% ../../nbs/64_evaluation.report.ipynb #227ce803
+def _plot_classes(pc:dict, out:Path):
+    "classes.png: real and synthetic images per class, side by side."
+    names = list(pc)
+    x = np.arange(len(names))
+    fig, ax = _subplots(figsize=(max(4, len(names) * 1.2), 3))
+    ax.bar(x - .2, [pc[k]['real'] for k in names], .4, label='real')
+    ax.bar(x + .2, [pc[k]['synthetic'] for k in names], .4, label='synthetic')
+    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax.set_ylabel('images')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out/'classes.png', dpi=110)
+
+def _plot_utility(ut:dict, out:Path):
+    "utility.png: each downstream metric per training set, mean with the standard deviation over seeds."
+    u = ut['results']
+    names = list(u)
+    met = list(u[names[0]])
+    fig, ax = _subplots(figsize=(6, 3))
+    x = np.arange(len(met))
+    for j, k in enumerate(names):
+        ax.bar(x + (j - 1) * .27, [u[k][m]['mean'] for m in met], .27, yerr=[u[k][m]['std'] for m in met],
+               label=f"trained on {k}", capsize=3)
+    ax.set_xticks(x, met)
+    ax.set_ylabel(f"held-out real test ({len(ut['seeds'])} seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out/'utility.png', dpi=110)
+
 # %% ../../nbs/64_evaluation.report.ipynb #af13a848
 def _plots(res, real, synth, trn, out:Path):
-    two = lambda x: x if x.ndim == 4 else x[..., x.shape[-1] // 2]                    # volumes: the central axial slice
+    "The report's figures: the sample grid, and one figure per measured section."
     n = min(8, len(real), len(synth))
-    _grid([[two(real.images)[i] * 2 - 1 for i in range(n)], [two(synth.images)[i] * 2 - 1 for i in range(n)]],
+    _grid([[_two(real.images)[i] * 2 - 1 for i in range(n)], [_two(synth.images)[i] * 2 - 1 for i in range(n)]],
           out/'samples.png', scale=max(1, 96 // max(synth.size[:2])))
     if 'calibration' in res:
-        cal = res['calibration']
-        fig, axs = _subplots(1, 2, figsize=(8, 3))
-        for ax, key in zip(axs, ('fid', 'kid')):
-            names = list(cal)
-            vals = [cal[k][key] for k in names]
-            ax.barh(names, vals,
-                    color=['C2' if k == 'real half B' else 'C0' if k == 'synthetic' else 'C3' for k in names])
-            ax.set_xlabel(f"{key.upper()} against real half A (lower is closer)")
-            ax.invert_yaxis()
-        fig.tight_layout()
-        fig.savefig(out/'metrics.png', dpi=110)
+        _plot_calibration(res['calibration'], out)
     if 'memorization' in res:
-        mem = res['memorization']
-        fig, axs = _subplots(1, 2, figsize=(8, 3))
-        for ax, space in zip(axs, ('feature', 'pixel')):
-            m = mem[space]
-            ax.hist(m['heldout'], bins=20, alpha=.6, density=True, label='held-out real -> train')
-            ax.hist(m['synthetic'], bins=20, alpha=.6, density=True, label='synthetic -> train')
-            ax.axvline(m['threshold'], color='k', ls='--', label='flag threshold')
-            ax.set_xlabel(f"nearest-training-image distance ({space}{', RMSE' if space == 'pixel' else ''})")
-        axs[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out/'memorization.png', dpi=110)
-        px = mem['pixel']
-        show = mem['flagged'][:8] or list(np.argsort(px['synthetic'])[:8])
-        _grid([[two(synth.images)[i] * 2 - 1 for i in show], [two(trn.images)[px['nearest'][i]] * 2 - 1 for i in show]],
-              out/'nearest.png', scale=max(1, 96 // max(synth.size[:2])))
+        _plot_memorization(res['memorization'], synth, trn, out)
     if 'per_class' in res:
-        pc = res['per_class']
-        names = list(pc)
-        x = np.arange(len(names))
-        fig, ax = _subplots(figsize=(max(4, len(names) * 1.2), 3))
-        ax.bar(x - .2, [pc[k]['real'] for k in names], .4, label='real')
-        ax.bar(x + .2, [pc[k]['synthetic'] for k in names], .4, label='synthetic')
-        ax.set_xticks(x, names, rotation=20, fontsize=8)
-        ax.set_ylabel('images')
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out/'classes.png', dpi=110)
+        _plot_classes(res['per_class'], out)
     if 'utility' in res:
-        u = res['utility']['results']
-        names = list(u)
-        met = list(u[names[0]])
-        fig, ax = _subplots(figsize=(6, 3))
-        x = np.arange(len(met))
-        for j, k in enumerate(names):
-            ax.bar(x + (j - 1) * .27, [u[k][m]['mean'] for m in met], .27, yerr=[u[k][m]['std'] for m in met],
-                   label=f"trained on {k}", capsize=3)
-        ax.set_xticks(x, met)
-        ax.set_ylabel(f"held-out real test ({len(res['utility']['seeds'])} seeds)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out/'utility.png', dpi=110)
+        _plot_utility(res['utility'], out)
 
 # %% ../../nbs/64_evaluation.report.ipynb #b665ee46
 def _f(v, d=4):
     return f"{v:.{d}f}" if isinstance(v, (int, float)) else str(v)
 
-# %% ../../nbs/64_evaluation.report.ipynb #69b3f6e0
-def report(res:dict) -> str:
-    "The markdown report of `evaluate`'s result."
+# %% ../../nbs/64_evaluation.report.ipynb #b78bcdf5
+def _header(res:dict) -> list:
+    "The report's first lines: the sets compared, the features used and the sample grid."
     L = (["# medsynth evaluation", "", f"- real: {res['real']}",
           f"- synthetic: {res['synthetic']}"] + ([f"- training set (memorization): {res['train']}"]
                                                  if res['train'] else []))
     fe = res['features']
     L += [f"- features: `{fe.get('name')}` ({fe.get('dim')}-d){'; ' + fe['encoder'] if 'encoder' in fe else ''}", "",
           "![samples](samples.png)", "", "Top row real, bottom row synthetic.", ""]
-    L += ["## Realistic?", "", "| metric | value | meaning |", "|---|---:|---|"]
+    return L
+
+def _footer(res:dict) -> list:
+    "What was not computed and why, the warnings, and the time taken."
+    L = []
+    if res['skipped']:
+        L += ["", "## Not computed", ""] + [f"- {k}: {v}" for k, v in res['skipped'].items()]
+    if res.get('warnings'):
+        L += ["", "## Warnings", ""] + [f"- {w}" for w in res['warnings']]
+    L += ["", f"Computed in {res['seconds']:.0f} s. All numbers: `metrics.json`.", ""]
+    return L
+
+# %% ../../nbs/64_evaluation.report.ipynb #4ab5e546
+def _fidelity(res:dict) -> list:
+    "The 'Realistic?' table: FID, KID, precision/recall and density/coverage, each with what it means."
+    L = ["## Realistic?", "", "| metric | value | meaning |", "|---|---:|---|"]
     if 'fid' in res:
         L.append(f"| FID | {_f(res['fid'], 3)} | Fréchet distance of feature Gaussians; lower is closer |")
     if 'kid' in res:
@@ -111,23 +147,29 @@ def report(res:dict) -> str:
               "are dense |",
               f"| coverage | {_f(res['density_coverage']['coverage'], 3)} | share of real neighbourhoods that hold a "
               "synthetic image |"]
-    if 'calibration' in res:
-        cal = res['calibration']
-        order = sorted(cal, key=lambda k: cal[k]['fid'])
-        L += ["", "Calibration ladder, all against real half A (same features, same set size):", "",
-              "| set | FID | KID |", "|---|---:|---:|"]
-        L += [f"| {k} | {_f(cal[k]['fid'], 3)} | {_f(cal[k]['kid'], 5)} |" for k in order]
-        L += ["", f"Ordering by FID: {' < '.join(order)}.", "", "![metrics](metrics.png)"]
-    if 'paired' in res:
-        L += ["", "Paired with the real image of the same conditioning (mean ± std over images):", "",
-              "| SSIM | MS-SSIM | PSNR (dB) | MAE | LPIPS |", "|---:|---:|---:|---:|---:|",
-              "| " + " | ".join(f"{_f(res['paired'][k]['mean'], 3)} ± {_f(res['paired'][k]['std'], 3)}"
-                                if k in res['paired']
-                                else '-' for k in ('ssim', 'ms_ssim', 'psnr', 'mae', 'lpips')) + " |"]
-    if 'phantom' in res:
-        L += ["", "Phantom ground truth:", ""]
-        L += [f"- {k}: {_f(v) if not isinstance(v, list) else ', '.join(_f(x, 3) for x in v)}"
-              for k, v in res['phantom'].items()]
+    return L
+
+# %% ../../nbs/64_evaluation.report.ipynb #44d0a433
+def _calibration(cal:dict) -> list:
+    "The calibration ladder: every reference set's FID and KID against real half A, ordered by FID."
+    order = sorted(cal, key=lambda k: cal[k]['fid'])
+    L = ["", "Calibration ladder, all against real half A (same features, same set size):", "",
+         "| set | FID | KID |", "|---|---:|---:|"]
+    L += [f"| {k} | {_f(cal[k]['fid'], 3)} | {_f(cal[k]['kid'], 5)} |" for k in order]
+    return L + ["", f"Ordering by FID: {' < '.join(order)}.", "", "![metrics](metrics.png)"]
+
+def _paired(paired:dict) -> list:
+    "Paired metrics against the real image of the same conditioning, mean ± std over images."
+    return ["", "Paired with the real image of the same conditioning (mean ± std over images):", "",
+            "| SSIM | MS-SSIM | PSNR (dB) | MAE | LPIPS |", "|---:|---:|---:|---:|---:|",
+            "| " + " | ".join(f"{_f(paired[k]['mean'], 3)} ± {_f(paired[k]['std'], 3)}"
+                              if k in paired
+                              else '-' for k in ('ssim', 'ms_ssim', 'psnr', 'mae', 'lpips')) + " |"]
+
+# %% ../../nbs/64_evaluation.report.ipynb #8e8a4264
+def _varied(res:dict) -> list:
+    "The 'Varied?' section: pairwise diversity within each set, and images per class."
+    L = []
     if 'diversity' in res:
         dv = res['diversity']
         L += ["", "## Varied?", "",
@@ -138,33 +180,51 @@ def report(res:dict) -> str:
         L += (["", "| class | real | synthetic | coverage |",
                "|---|---:|---:|---:|"] + [f"| {k} | {v['real']} | {v['synthetic']} | {_f(v.get('coverage', '-'), 3)} "
                                           "|" for k, v in res['per_class'].items()] + ["", "![classes](classes.png)"])
+    return L
+
+# %% ../../nbs/64_evaluation.report.ipynb #0d23c905
+def _memorization(res:dict) -> list:
+    "The 'Copies of training images?' section: flagged fraction, distance ratios and the nearest pairs."
+    m = res['memorization']
+    L = ["", "## Copies of training images?", "",
+         f"{len(m['flagged'])} of {res['n']['synthetic']} synthetic images ({100 * m['flagged_fraction']:.1f} %) "
+         f"are closer to a training image than {100 * (1 - m['quantile']):.0f} % of held-out real images are "
+         f"(about {100 * m['quantile']:.0f} % expected by chance).", "",
+         "| space | median distance ratio synthetic / held-out | p (synthetic closer, Mann-Whitney) | flagged |",
+         "|---|---:|---:|---:|"]
+    L += [f"| {s} | {_f(m[s]['median_ratio'], 3)} | {_f(m[s]['p_closer'], 3)} | {len(m[s]['flagged'])} "
+          "|" for s in ('feature', 'pixel')]
+    return L + ["", "![memorization](memorization.png)", "",
+                f"{'Flagged' if m['flagged'] else 'Closest'} synthetic images (top) and their nearest training images "
+                "(bottom):", "", "![nearest](nearest.png)"]
+
+def _utility(u:dict) -> list:
+    "The 'Useful?' section: downstream metrics per training set, mean ± std over seeds."
+    r = u['results']
+    met = list(r[next(iter(r))])
+    L = ["", "## Useful?", "",
+         f"A {'classifier' if u['task'] == 'classify' else 'segmenter'} trained for {u['steps']} steps on each "
+         f"set, tested on held-out real images ({u['n']['test']}), seeds {u['seeds']}:", "",
+         "| trained on | n | " + " | ".join(met) + " |", "|---|---:|" + "---:|" * len(met)]
+    rows = [f"| {k} | {u['n'][k]} | " + " | ".join(f"{_f(r[k][m]['mean'], 3)} ± {_f(r[k][m]['std'], 3)}" for m in met)
+            + " |" for k in r]
+    return L + rows + ["", "![utility](utility.png)"]
+
+# %% ../../nbs/64_evaluation.report.ipynb #69b3f6e0
+def report(res:dict) -> str:
+    "The markdown report of `evaluate`'s result."
+    L = _header(res) + _fidelity(res)
+    if 'calibration' in res:
+        L += _calibration(res['calibration'])
+    if 'paired' in res:
+        L += _paired(res['paired'])
+    if 'phantom' in res:
+        L += ["", "Phantom ground truth:", ""]
+        L += [f"- {k}: {_f(v) if not isinstance(v, list) else ', '.join(_f(x, 3) for x in v)}"
+              for k, v in res['phantom'].items()]
+    L += _varied(res)
     if 'memorization' in res:
-        m = res['memorization']
-        L += ["", "## Copies of training images?", "",
-              f"{len(m['flagged'])} of {res['n']['synthetic']} synthetic images ({100 * m['flagged_fraction']:.1f} %) "
-              f"are closer to a training image than {100 * (1 - m['quantile']):.0f} % of held-out real images are "
-              f"(about {100 * m['quantile']:.0f} % expected by chance).", "",
-              "| space | median distance ratio synthetic / held-out | p (synthetic closer, Mann-Whitney) | flagged |",
-              "|---|---:|---:|---:|"]
-        L += [f"| {s} | {_f(m[s]['median_ratio'], 3)} | {_f(m[s]['p_closer'], 3)} | {len(m[s]['flagged'])} "
-              "|" for s in ('feature', 'pixel')]
-        L += ["", "![memorization](memorization.png)", "",
-              f"{'Flagged' if m['flagged'] else 'Closest'} synthetic images (top) and their nearest training images "
-              "(bottom):", "", "![nearest](nearest.png)"]
+        L += _memorization(res)
     if 'utility' in res:
-        u = res['utility']
-        r = u['results']
-        met = list(r[next(iter(r))])
-        L += ["", "## Useful?", "",
-              f"A {'classifier' if u['task'] == 'classify' else 'segmenter'} trained for {u['steps']} steps on each "
-              f"set, tested on held-out real images ({u['n']['test']}), seeds {u['seeds']}:", "",
-              "| trained on | n | " + " | ".join(met) + " |", "|---|---:|" + "---:|" * len(met)]
-        L += ([f"| {k} | {u['n'][k]} | " + " | ".join(f"{_f(r[k][m]['mean'], 3)} ± "
-                                                      f"{_f(r[k][m]['std'], 3)}" for m in met) + " |" for k in r] + ["",
-                                                              "![utility](utility.png)"])
-    if res['skipped']:
-        L += ["", "## Not computed", ""] + [f"- {k}: {v}" for k, v in res['skipped'].items()]
-    if res.get('warnings'):
-        L += ["", "## Warnings", ""] + [f"- {w}" for w in res['warnings']]
-    L += ["", f"Computed in {res['seconds']:.0f} s. All numbers: `metrics.json`.", ""]
-    return '\n'.join(L)
+        L += _utility(res['utility'])
+    return '\n'.join(L + _footer(res))

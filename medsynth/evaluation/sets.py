@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..core.basics import check_choice
 from ..core.io import DataError, read_image, read_volume, is_nifti, IMAGE_EXTS
 from ..data.datasets import is_class_folders, scan_class_folders, SliceDataset, VolumeDataset
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['ImageSet', 'read_set']
@@ -42,11 +43,6 @@ class ImageSet:
     @property
     def size(self) -> tuple:
         return tuple(self.images.shape[2:])
-    def subset(self, idx):
-        "The images at `idx` with their labels, masks and references."
-        t = lambda v: None if v is None else v[idx]
-        return ImageSet(self.path, self.layout, self.images[idx], [self.files[i] for i in idx], t(self.labels),
-                        self.classes, t(self.masks), t(self.reference), self.meta)
     def __repr__(self):
         counts = None if self.labels is None else np.bincount(self.labels.numpy(), minlength=len(self.classes)).tolist()
         extra = [f"classes {dict(zip(self.classes, counts))}" if counts is not None else '',
@@ -54,6 +50,14 @@ class ImageSet:
                  'phantom' if self.meta else '']
         return (f"ImageSet({self.path}: {self.layout}, {len(self)} x "
                 f"{tuple(self.images.shape[1:])}{''.join(', ' + e for e in extra if e)})")
+
+# %% ../../nbs/63_evaluation.sets.ipynb #ffd98503
+@patch
+def subset(self:ImageSet, idx):
+    "The images at `idx` with their labels, masks and references."
+    t = lambda v: None if v is None else v[idx]
+    return ImageSet(self.path, self.layout, self.images[idx], [self.files[i] for i in idx], t(self.labels),
+                    self.classes, t(self.masks), t(self.reference), self.meta)
 
 # %% ../../nbs/63_evaluation.sets.ipynb #5d1cb735
 def _read(f, channels=None) -> np.ndarray:
@@ -104,6 +108,38 @@ def _read_samples(root:Path, channels, modality):
 def _is_subjects(p:Path) -> bool:
     return p.suffix.lower() == '.csv' or any(q.is_dir() and any(is_nifti(f) for f in q.iterdir()) for q in p.iterdir())
 
+# %% ../../nbs/63_evaluation.sets.ipynb #039652d8
+def _read_class_folders(root:Path, channels) -> dict:
+    "A class-folder layout: the images with their labels and class names."
+    files, labels, classes, _ = scan_class_folders(root)
+    return dict(layout='class folders', images=_stack([_read(f, channels) for f in files], files, root),
+                files=[str(f) for f in files], labels=torch.as_tensor(labels), classes=classes)
+
+def _read_images(root:Path, channels) -> dict:
+    "A plain folder of images or volumes."
+    files = sorted(f for f in root.iterdir() if f.is_file() and (f.suffix.lower() in IMAGE_EXTS or is_nifti(f)))
+    if not files:
+        raise DataError(root, 'holds no images',
+                        f"supported: {', '.join(IMAGE_EXTS)}, .nii, .nii.gz, class folders, subject folders")
+    return dict(layout='images', images=_stack([_read(f, channels) for f in files], files, root),
+                files=[str(f) for f in files])
+
+# %% ../../nbs/63_evaluation.sets.ipynb #540af8b5
+def _read_subjects(root:Path, size, modality, dims, meta) -> dict:
+    "Subject folders as 2D slices (`dims=2`, the training reader) or as volumes, with their lesion masks."
+    mod = modality or ((meta or {}).get('modalities') or ['t1ce'])[1 if meta else 0]
+    sz = tuple(size) if size else None
+    if dims == 2:
+        ds = SliceDataset(root, modalities=(mod, 'seg'), size=sz or (64, 64))
+        return dict(layout=f'subject slices ({mod})', images=(ds.arrays[mod].float() + 1) / 2,
+                    masks=(ds.arrays['mask'].float() > 0).float(),
+                    files=[f"{ds.subjects[i][mod]}:{k}" for i, k in ds.index])
+    ds = VolumeDataset(root, modalities=(mod, 'seg'), size=sz)
+    vols = [ds[i] for i in range(len(ds))]
+    return dict(layout=f'subject volumes ({mod})', images=(torch.stack([v[mod] for v in vols]).float() + 1) / 2,
+                masks=(torch.stack([v['mask'] for v in vols]) > 0).float(),
+                files=[str(s[mod]) for s in ds.subjects])
+
 # %% ../../nbs/63_evaluation.sets.ipynb #162cd492
 def read_set(path, size=None, modality:str|None=None, dims:int|None=None, channels:int|None=None,
              max_images:int|None=None, seed:int=0) -> ImageSet:
@@ -117,30 +153,11 @@ def read_set(path, size=None, modality:str|None=None, dims:int|None=None, channe
     if root.is_dir() and (root/'manifest.csv').exists():
         d.update(_read_samples(root, channels, modality))
     elif root.is_dir() and is_class_folders(root):
-        files, labels, classes, _ = scan_class_folders(root)
-        d.update(layout='class folders', images=_stack([_read(f, channels) for f in files], files, root),
-                 files=[str(f) for f in files], labels=torch.as_tensor(labels), classes=classes)
+        d.update(_read_class_folders(root, channels))
     elif _is_subjects(root):
-        mod = modality or ((meta or {}).get('modalities') or ['t1ce'])[1 if meta else 0]
-        sz = tuple(size) if size else None
-        if dims == 2:
-            ds = SliceDataset(root, modalities=(mod, 'seg'), size=sz or (64, 64))
-            d.update(layout=f'subject slices ({mod})', images=(ds.arrays[mod].float() + 1) / 2,
-                     masks=(ds.arrays['mask'].float() > 0).float(),
-                     files=[f"{ds.subjects[i][mod]}:{k}" for i, k in ds.index])
-        else:
-            ds = VolumeDataset(root, modalities=(mod, 'seg'), size=sz)
-            vols = [ds[i] for i in range(len(ds))]
-            d.update(layout=f'subject volumes ({mod})', images=(torch.stack([v[mod] for v in vols]).float() + 1) / 2,
-                     masks=(torch.stack([v['mask'] for v in vols]) > 0).float(),
-                     files=[str(s[mod]) for s in ds.subjects])
+        d.update(_read_subjects(root, size, modality, dims, meta))
     else:
-        files = sorted(f for f in root.iterdir() if f.is_file() and (f.suffix.lower() in IMAGE_EXTS or is_nifti(f)))
-        if not files:
-            raise DataError(root, 'holds no images',
-                            f"supported: {', '.join(IMAGE_EXTS)}, .nii, .nii.gz, class folders, subject folders")
-        d.update(layout='images', images=_stack([_read(f, channels) for f in files], files, root),
-                 files=[str(f) for f in files])
+        d.update(_read_images(root, channels))
     s = ImageSet(str(root), meta=meta, **d)
     if not torch.isfinite(s.images).all():
         raise DataError(root, 'images contain NaN or Inf', 'fix or remove them')

@@ -100,6 +100,31 @@ def _targets(task, name, s, x, classes):
         raise ValueError(f"{name} masks hold values other than 0 and 1: binarise them (e.g. mask > 0)")
     return m.float()
 
+# %% ../../nbs/62_evaluation.utility.ipynb #0d1b46ed
+def _real_classes(sets:dict, xs:dict) -> list:
+    "The real class names (at least 2), which every other set that names its classes must repeat in the same order."
+    real_train = sets['real_train']
+    if 'classes' not in real_train:
+        _targets('classify', 'real_train', real_train, xs['real_train'], [])
+    classes = [str(c) for c in real_train['classes']]
+    for k in ('real_test', 'synthetic'):
+        if 'classes' in sets[k] and [str(c) for c in sets[k]['classes']] != classes:
+            raise ValueError(f"{k} classes {[str(c) for c in sets[k]['classes']]} differ from the real classes "
+                             f"{classes}: relabel {k} onto the real class list")
+    if len(classes) < 2:
+        raise ValueError(f"classification needs at least 2 classes, got {classes}")
+    return classes
+
+def _check_test(task:str, y, classes):
+    "Refuse a real test set without every class (classification) or without foreground (segmentation)."
+    if task == 'classify':
+        missing = [c for c, n in zip(classes, torch.bincount(y, minlength=len(classes)).tolist()) if n < 1]
+        if missing:
+            raise ValueError(f"real_test has no image of class {missing}: every class needs at least 1 test image "
+                             "(per-class recall, AUROC)")
+    elif not y.flatten(1).any(1).any():
+        raise ValueError("real_test masks are all empty: Dice needs test images with foreground")
+
 # %% ../../nbs/62_evaluation.utility.ipynb #3470a002
 def check_sets(task:str, real_train:dict, real_test:dict, synthetic:dict) -> dict:
     "Validate the three sets for `task`; returns {name: (images, targets)} and the class names (or None)."
@@ -111,26 +136,9 @@ def check_sets(task:str, real_train:dict, real_test:dict, synthetic:dict) -> dic
         if tuple(xs[k].shape[1:]) != ref:
             raise ValueError(f"{k} images are {tuple(xs[k].shape[1:])} (C, *spatial) but real_train images are {ref}: "
                              "resize (and match channels) before calling")
-    classes = None
-    if task == 'classify':
-        if 'classes' not in real_train:
-            _targets(task, 'real_train', real_train, xs['real_train'], [])
-        classes = [str(c) for c in real_train['classes']]
-        for k in ('real_test', 'synthetic'):
-            if 'classes' in sets[k] and [str(c) for c in sets[k]['classes']] != classes:
-                raise ValueError(f"{k} classes {[str(c) for c in sets[k]['classes']]} differ from the real classes "
-                                 f"{classes}: relabel {k} onto the real class list")
-        if len(classes) < 2:
-            raise ValueError(f"classification needs at least 2 classes, got {classes}")
+    classes = _real_classes(sets, xs) if task == 'classify' else None
     out = {k: (xs[k], _targets(task, k, s, xs[k], classes)) for k, s in sets.items()}
-    y = out['real_test'][1]
-    if task == 'classify':
-        missing = [c for c, n in zip(classes, torch.bincount(y, minlength=len(classes)).tolist()) if n < 1]
-        if missing:
-            raise ValueError(f"real_test has no image of class {missing}: every class needs at least 1 test image "
-                             "(per-class recall, AUROC)")
-    elif not y.flatten(1).any(1).any():
-        raise ValueError("real_test masks are all empty: Dice needs test images with foreground")
+    _check_test(task, out['real_test'][1], classes)
     return out, classes
 
 # %% ../../nbs/62_evaluation.utility.ipynb #17aaf835
@@ -190,13 +198,9 @@ def _summary(v) -> dict:
     v = [float(x) for x in v]
     return dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)), values=v)
 
-# %% ../../nbs/62_evaluation.utility.ipynb #27bdd72a
-def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str='classify', seeds=(0, 1, 2),
-                       steps:int=300,
-                       batch_size:int=32, lr:float=1e-3, progress:bool=False) -> dict:
-    """Train on real, synthetic and real+synthetic for each seed (equal steps), test on `real_test`; mean, std and
-    values of each metric."""
-    check_choice('task', task, ('classify', 'segment'))
+# %% ../../nbs/62_evaluation.utility.ipynb #00ec590e
+def _check_seeds(seeds) -> tuple:
+    "`seeds` as a tuple of at least `MIN_SEEDS` distinct integers >= 0, or a one-line error."
     seeds = tuple(seeds) if np.iterable(seeds) else (seeds,)
     if len(seeds) < MIN_SEEDS:
         raise ValueError(f"seeds={seeds!r}: give at least {MIN_SEEDS} seeds (the spread over seeds needs >= "
@@ -204,6 +208,16 @@ def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str
     seeds = tuple(check_int('seeds', s, 0) for s in seeds)
     if len(set(seeds)) < len(seeds):
         raise ValueError(f"seeds={seeds!r} repeats a seed: repeated runs are identical and would understate the spread")
+    return seeds
+
+# %% ../../nbs/62_evaluation.utility.ipynb #27bdd72a
+def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str='classify', seeds=(0, 1, 2),
+                       steps:int=300,
+                       batch_size:int=32, lr:float=1e-3, progress:bool=False) -> dict:
+    """Train on real, synthetic and real+synthetic for each seed (equal steps), test on `real_test`; mean, std and
+    values of each metric."""
+    check_choice('task', task, ('classify', 'segment'))
+    seeds = _check_seeds(seeds)
     steps, batch_size = check_int('steps', steps, 1), check_int('batch_size', batch_size, 1)
     if not lr > 0:
         raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")

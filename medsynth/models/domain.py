@@ -91,11 +91,9 @@ def nt_xent(z1:torch.Tensor, z2:torch.Tensor, tau:float=0.15) -> torch.Tensor:
 # %% ../../nbs/41_models.domain.ipynb #cab77fda
 MIN_ENCODER_IMAGES = 8
 
-# %% ../../nbs/41_models.domain.ipynb #c18aa990
-def train_encoder(images, labels=None, steps:int=300, batch_size:int=64, lr:float=2e-3, tau:float=0.15,
-                  widths=(32, 64, 128, 128), seed:int=0, progress:bool=False) -> DomainEncoder:
-    """Train a `DomainEncoder` on `images` `(N, C, *spatial)` in [0, 1]: a classifier on `labels` if given, SimCLR
-    otherwise."""
+# %% ../../nbs/41_models.domain.ipynb #bd21a29d
+def _encoder_data(images, labels):
+    "The checked images `x` and class labels `y` (`None`: train with SimCLR) that `train_encoder` learns from."
     x = _check_images(images, 'the domain encoder', (2, 3), (1, 2, 3, 4))
     if len(x) < MIN_ENCODER_IMAGES:
         raise ValueError(f"the domain encoder needs at least {MIN_ENCODER_IMAGES} real images; got {len(x)}")
@@ -105,32 +103,51 @@ def train_encoder(images, labels=None, steps:int=300, batch_size:int=64, lr:floa
                          "0)")
     if y is not None and len(y.unique()) < 2:  # one class: nothing to classify, learn views instead
         y = None
+    return x, y
+
+# %% ../../nbs/41_models.domain.ipynb #77718298
+def _encoder_head(d:int, y):
+    "The head trained with the encoder and then thrown away: a linear classifier for `y`, or SimCLR's projector."
+    return (nn.Linear(d, int(y.max()) + 1) if y is not None
+            else nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 64)))
+
+def _encoder_loss(enc, head, xb, yb, g, tau:float):
+    "One batch's loss: cross-entropy on the labels `yb`, or NT-Xent between two views of `xb`."
+    if yb is not None:
+        return F.cross_entropy(head(enc(augment(xb, g))), yb)
+    return nt_xent(head(enc(augment(xb, g))), head(enc(augment(xb, g))), tau)
+
+def _batches(n:int, bs:int, g):
+    "Endless batches of `bs` indices, drawn without replacement from a permutation of `n` renewed when used up."
+    order, pos = torch.randperm(n, generator=g), 0
+    while True:
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        yield order[pos:pos + bs]
+        pos += bs
+
+# %% ../../nbs/41_models.domain.ipynb #c18aa990
+def train_encoder(images, labels=None, steps:int=300, batch_size:int=64, lr:float=2e-3, tau:float=0.15,
+                  widths=(32, 64, 128, 128), seed:int=0, progress:bool=False) -> DomainEncoder:
+    """Train a `DomainEncoder` on `images` `(N, C, *spatial)` in [0, 1]: a classifier on `labels` if given, SimCLR
+    otherwise."""
+    x, y = _encoder_data(images, labels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enc = DomainEncoder(x.shape[1], x.ndim - 2, widths)
-        d = enc.dim
-        head = (nn.Linear(d, int(y.max()) + 1) if y is not None
-                else nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 64)))
+        head = _encoder_head(enc.dim, y)
     g = torch.Generator().manual_seed(seed)
     params = list(enc.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.15)
-    bs, order, pos = min(batch_size, len(x)), torch.randperm(len(x), generator=g), 0
+    batches = _batches(len(x), min(batch_size, len(x)), g)
     it = range(steps)
     if progress:
         it = track(it, 'domain encoder')
     enc.train()
     head.train()
-    for _ in it:
-        if pos + bs > len(x):
-            order, pos = torch.randperm(len(x), generator=g), 0
-        idx = order[pos:pos + bs]
-        pos += bs
-        xb = x[idx]
-        if y is not None:
-            loss = F.cross_entropy(head(enc(augment(xb, g))), y[idx])
-        else:
-            loss = nt_xent(head(enc(augment(xb, g))), head(enc(augment(xb, g))), tau)
+    for _, idx in zip(it, batches):
+        loss = _encoder_loss(enc, head, x[idx], None if y is None else y[idx], g, tau)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -13,6 +13,7 @@ from ..core.basics import check_choice
 from ..core.io import DataError, file_sha256, read_weights, load_backbone
 from .domain import DomainEncoder, load_encoder
 from .vit import map_vit_keys, resize_pos_embed, cae_sincos_pos_embed, vit_backbone, _vit_tokens
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'PANDERM_FILE', 'PANDERM_VIT', 'TORCHVISION_FAMILIES', 'ENCODER_KINDS', 'drop_head',
@@ -93,33 +94,38 @@ class TokenEncoder(nn.Module):
             self.net.eval()
         return self
 
-    def __repr__(self):
-        return (f"TokenEncoder({self.name!r}, dim={self.dim}, grid={self.grid}, image_size={self.image_size}, "
-                f"frozen={self.frozen})")
+# %% ../../nbs/43_models.encoders.ipynb #969197dc
+@patch
+def __repr__(self:TokenEncoder):
+    return (f"TokenEncoder({self.name!r}, dim={self.dim}, grid={self.grid}, image_size={self.image_size}, "
+            f"frozen={self.frozen})")
 
-    def describe(self) -> dict:
-        "Name, token width and grid, and the weights file with its SHA-256 prefix."
-        return dict(name=self.name, dim=self.dim, grid=self.grid, weights=self.weights, sha256=self.sha256)
+@patch
+def describe(self:TokenEncoder) -> dict:
+    "Name, token width and grid, and the weights file with its SHA-256 prefix."
+    return dict(name=self.name, dim=self.dim, grid=self.grid, weights=self.weights, sha256=self.sha256)
 
-    def forward(self, x:torch.Tensor) -> Tokens:
-        if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] not in {1, 3, self.channels}:
-            raise ValueError(f"the {self.name} encoder needs images (N, C, H, W) in [-1, 1] with C = 1 or 3; got shape "
-                             f"{tuple(getattr(x, 'shape', ()))}")
-        p = next(self.net.parameters())
-        # the diffusion range [-1, 1] -> [0, 1]
-        x = (x.to(p.device, p.dtype) + 1) / 2
-        s = self.image_size
-        if s is not None and tuple(x.shape[-2:]) != (s, s):
-            x = F.interpolate(x, size=(s, s), mode='bilinear', align_corners=False, antialias=True)
-        if x.shape[1] != self.channels:
-            if x.shape[1] != 1:
-                raise ValueError(f"the {self.name} encoder takes {self.channels}-channel images; got {x.shape[1]} "
-                                 "channels")
-            x = x.expand(-1, self.channels, -1, -1)
-        if self.mean is not None:
-            x = (x - self.mean.to(x)) / self.std.to(x)
-        t, grid = self.tokens_fn(self.net, x)
-        return Tokens(t, t.mean(1), tuple(int(g) for g in grid))
+# %% ../../nbs/43_models.encoders.ipynb #6bf0b7b8
+@patch
+def forward(self:TokenEncoder, x:torch.Tensor) -> Tokens:
+    if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] not in {1, 3, self.channels}:
+        raise ValueError(f"the {self.name} encoder needs images (N, C, H, W) in [-1, 1] with C = 1 or 3; got shape "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+    p = next(self.net.parameters())
+    # the diffusion range [-1, 1] -> [0, 1]
+    x = (x.to(p.device, p.dtype) + 1) / 2
+    s = self.image_size
+    if s is not None and tuple(x.shape[-2:]) != (s, s):
+        x = F.interpolate(x, size=(s, s), mode='bilinear', align_corners=False, antialias=True)
+    if x.shape[1] != self.channels:
+        if x.shape[1] != 1:
+            raise ValueError(f"the {self.name} encoder takes {self.channels}-channel images; got {x.shape[1]} "
+                             "channels")
+        x = x.expand(-1, self.channels, -1, -1)
+    if self.mean is not None:
+        x = (x - self.mean.to(x)) / self.std.to(x)
+    t, grid = self.tokens_fn(self.net, x)
+    return Tokens(t, t.mean(1), tuple(int(g) for g in grid))
 
 # %% ../../nbs/43_models.encoders.ipynb #841ff280
 def _map_tokens(m:torch.Tensor):
@@ -239,10 +245,9 @@ def _tv_trunk(net:nn.Module, family:str) -> nn.Module:
 def _cnn_tokens(net, x):
     return _map_tokens(net(x))
 
-# %% ../../nbs/43_models.encoders.ipynb #43bf7a3b
-def torchvision_encoder(arch:str, weights, image_size:int=224) -> TokenEncoder:
-    """A torchvision network `arch` from the local state dict `weights`: ViT patch tokens, or a CNN's last feature map
-    flattened."""
+# %% ../../nbs/43_models.encoders.ipynb #805e5c78
+def _tv_check(arch:str) -> str:
+    "The supported family of torchvision's classification model `arch`, or a one-line error."
     import torchvision
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:
@@ -252,22 +257,36 @@ def torchvision_encoder(arch:str, weights, image_size:int=224) -> TokenEncoder:
     if family is None:
         raise ValueError(f"encoder torchvision:{arch}: its family is not supported; use one of "
                          f"{', '.join(TORCHVISION_FAMILIES)} (or timm:<name>)")
+    return family
+
+# %% ../../nbs/43_models.encoders.ipynb #696f1ec5
+def _tv_vit_encoder(arch:str, sd:dict, weights, fix:str, image_size:int) -> TokenEncoder:
+    "torchvision's ViT `arch` holding `sd` at `image_size` (through PanDerm's loader), its patch tokens."
+    import torchvision
+    with torch.device('meta'):
+        ref = torchvision.models.get_model(arch, weights=None)
+    cfg = dict(patch_size=ref.patch_size, num_layers=len(ref.encoder.layers),
+               num_heads=ref.encoder.layers[0].num_heads,
+               hidden_dim=ref.hidden_dim, mlp_dim=ref.mlp_dim)
+    if image_size % ref.patch_size:
+        raise ValueError(f"encoder torchvision:{arch}: image_size={image_size} must be a multiple of its patch "
+                         f"size {ref.patch_size}")
+    net = _load_vit(map_vit_keys(sd, weights, fix), weights, f"torchvision's {arch}", fix, image_size, **cfg)
+    g = image_size // ref.patch_size
+    return TokenEncoder(f'torchvision:{arch}', net, _vit_tokens, ref.hidden_dim, image_size, grid=(g, g),
+                        weights=weights)
+
+# %% ../../nbs/43_models.encoders.ipynb #43bf7a3b
+def torchvision_encoder(arch:str, weights, image_size:int=224) -> TokenEncoder:
+    """A torchvision network `arch` from the local state dict `weights`: ViT patch tokens, or a CNN's last feature map
+    flattened."""
+    import torchvision
+    family = _tv_check(arch)
     fix = f"set encoder_weights=FILE (a local state dict of torchvision's {arch})"
     _need_weights(weights, f'torchvision:{arch}', fix)
     sd = read_weights(weights, f'torchvision {arch}', fix)
     if family == 'vit':
-        with torch.device('meta'):
-            ref = torchvision.models.get_model(arch, weights=None)
-        cfg = dict(patch_size=ref.patch_size, num_layers=len(ref.encoder.layers),
-                   num_heads=ref.encoder.layers[0].num_heads,
-                   hidden_dim=ref.hidden_dim, mlp_dim=ref.mlp_dim)
-        if image_size % ref.patch_size:
-            raise ValueError(f"encoder torchvision:{arch}: image_size={image_size} must be a multiple of its patch "
-                             f"size {ref.patch_size}")
-        net = _load_vit(map_vit_keys(sd, weights, fix), weights, f"torchvision's {arch}", fix, image_size, **cfg)
-        g = image_size // ref.patch_size
-        return TokenEncoder(f'torchvision:{arch}', net, _vit_tokens, ref.hidden_dim, image_size, grid=(g, g),
-                            weights=weights)
+        return _tv_vit_encoder(arch, sd, weights, fix, image_size)
     net = torchvision.models.get_model(arch, weights=None)
     _, head = drop_head(net, arch)
     load_backbone(net, sd, weights, f"torchvision's {arch}", fix, drop=(head,))

@@ -10,6 +10,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.metrics import Metric
 from ..spaces.vae import autoencoder_loss
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['repa_loss', 'RepaCB', 'RepaMetric', 'RepaECB']
@@ -74,30 +75,33 @@ class RepaECB(Callback):
     def load_state_dict(self, sd):
         self.space.model.load_state_dict(sd['vae'])
         self.opt.load_state_dict(sd['opt'])
-    def before_batch(self):
-        if not self.training:
-            return
-        dcb = self.learn.dcb
-        x = dcb.pixels
-        eps, t = self.learn.yb[1], self.learn.yb[2]
-        m = self.space.model.train()
-        terms, _ = autoencoder_loss(m, x, self.space.config)
-        # the latents the diffusion network sees, with gradient to the VAE
-        z = m.encode(x)[0] * self.space.scale
-        xt = self.schedule.add_noise(z, eps, t)
-        was = [p.requires_grad for p in self.net.parameters()]
-        self.net.requires_grad_(False)                                   # the diffusion network is frozen in this step
-        try:
-            # the batch's time, conditioning and features
-            self.net(xt, *self.learn.xb[1:])
-            r = repa_loss(self.net.repa_out, self.learn.tokens, self.learn.grid)
-            loss = terms['loss'] + self.weight * r
-            self.opt.zero_grad()  # no VAE gradients held through the diffusion step
-            loss.backward()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-        finally:
-            for p, w in zip(self.net.parameters(), was):
-                p.requires_grad_(w)
-        m.eval()
-        self.learn.vae_loss = float(terms['loss'].detach())
+
+# %% ../../nbs/44_models.repa.ipynb #15715aaf
+@patch
+def before_batch(self:RepaECB):
+    if not self.training:
+        return
+    dcb = self.learn.dcb
+    x = dcb.pixels
+    eps, t = self.learn.yb[1], self.learn.yb[2]
+    m = self.space.model.train()
+    terms, _ = autoencoder_loss(m, x, self.space.config)
+    # the latents the diffusion network sees, with gradient to the VAE
+    z = m.encode(x)[0] * self.space.scale
+    xt = self.schedule.add_noise(z, eps, t)
+    was = [p.requires_grad for p in self.net.parameters()]
+    self.net.requires_grad_(False)                                   # the diffusion network is frozen in this step
+    try:
+        # the batch's time, conditioning and features
+        self.net(xt, *self.learn.xb[1:])
+        r = repa_loss(self.net.repa_out, self.learn.tokens, self.learn.grid)
+        loss = terms['loss'] + self.weight * r
+        self.opt.zero_grad()  # no VAE gradients held through the diffusion step
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+    finally:
+        for p, w in zip(self.net.parameters(), was):
+            p.requires_grad_(w)
+    m.eval()
+    self.learn.vae_loss = float(terms['loss'].detach())

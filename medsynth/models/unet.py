@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch, torch.nn as nn
 from monai.networks.nets.diffusion_model_unet import DiffusionModelUNet, DiffusionModelEncoder
 from ..core.basics import check_choice
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['FUSIONS', 'DiffusionUNet', 'NoisyClassifier', 'count_params']
@@ -33,6 +34,15 @@ def _repa_block(unet, name:str):
         return unet.down_blocks[int(name[4:])], unet.block_out_channels[int(name[4:])]
     raise ValueError(f"repa_block={name!r}: use 'mid' or 'down0' ... 'down{len(unet.down_blocks) - 1}'")
 
+# %% ../../nbs/40_models.unet.ipynb #f925a547
+def _context_dim(fusion, context_dim, fusion_dim):
+    "The cross-attention width: `fusion_dim` when encoder tokens are attended to, else the raw `context_dim`."
+    attn = fusion in ('xattn', 'gated')
+    if attn and context_dim is not None:
+        raise ValueError("a network takes either raw context tokens (context_dim) or encoder features fused by "
+                         "attention (feature_dim), not both")
+    return fusion_dim if attn else context_dim
+
 # %% ../../nbs/40_models.unet.ipynb #a444abb9
 class DiffusionUNet(nn.Module):
     """MONAI `DiffusionModelUNet` with medsynth's conditioning: `cond` images, `label` (null class = `num_classes`),
@@ -44,17 +54,11 @@ class DiffusionUNet(nn.Module):
                  feature_dim:int|None=None, fusion:str='xattn', fusion_dim:int=64, repa_dim:int|None=None,
                  repa_block:str='mid', repa_hidden:int=256):
         super().__init__()
-        self.spatial_dims, self.channels_out, self.cond_channels, self.num_classes = (spatial_dims, channels_out,
-                                                                                      cond_channels, num_classes)
-        self.levels, self.n_labels, self.feature_dim, self.repa_dim = (levels,
-                                                                       (1 if num_classes is None else num_classes + 1),
-                                                                       feature_dim, repa_dim)
+        self.spatial_dims, self.channels_out, self.cond_channels = spatial_dims, channels_out, cond_channels
+        self.num_classes, self.levels, self.feature_dim, self.repa_dim = num_classes, levels, feature_dim, repa_dim
+        self.n_labels = 1 if num_classes is None else num_classes + 1
         self.fusion = check_choice('fusion', fusion, FUSIONS) if feature_dim else None
-        attn = self.fusion in ('xattn', 'gated')
-        if attn and context_dim is not None:
-            raise ValueError("a network takes either raw context tokens (context_dim) or encoder features fused by "
-                             "attention (feature_dim), not both")
-        self.context_dim = fusion_dim if attn else context_dim
+        self.context_dim = _context_dim(self.fusion, context_dim, fusion_dim)
         self.unet = DiffusionModelUNet(
             spatial_dims=spatial_dims,
             in_channels=channels_out + cond_channels + (fusion_dim if self.fusion == 'concat' else 0),
@@ -63,80 +67,106 @@ class DiffusionUNet(nn.Module):
             num_head_channels=num_head_channels, norm_num_groups=norm_num_groups,
             num_class_embeds=None if num_classes is None and levels == 1 else self.n_labels * levels,
             with_conditioning=self.context_dim is not None, cross_attention_dim=self.context_dim)
+        self._add, self.repa_out = None, None
         if self.fusion:
-            # the learned 'no reference' token (feature dropout, unconditional sampling)
-            self.null_features = nn.Parameter(torch.zeros(1, 1, feature_dim))
-            emb = channels[0] * 4
-            self.fuse = dict(xattn=lambda: nn.Sequential(nn.Linear(feature_dim, fusion_dim), nn.LayerNorm(fusion_dim)),
-                             gated=lambda: nn.Sequential(nn.Linear(feature_dim, fusion_dim), nn.LayerNorm(fusion_dim)),
-                             concat=lambda: nn.Linear(feature_dim, fusion_dim),
-                             add=lambda: nn.Sequential(nn.Linear(feature_dim, emb), nn.SiLU(),
-                                                       nn.Linear(emb, emb)))[self.fusion]()
-            if self.fusion == 'gated':
-                for m in self.unet.modules():
-                    if hasattr(m, 'attn2'):
-                        m.attn2 = _Gated(m.attn2)
-            if self.fusion == 'add':
-                self.unet.time_embed.register_forward_hook(lambda mod, inp, out: out + self._add.to(out)
-                                                           if self._add is not None else out)
-        self._add = None
-        # REPA: project a hidden state to the encoder's feature width, per position
+            self._build_fusion(feature_dim, fusion_dim, channels[0] * 4)
         if repa_dim:
-            self.repa_block = repa_block
-            block, c = _repa_block(self.unet, repa_block)
-            Conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-            self.repa_proj = nn.Sequential(Conv(c, repa_hidden, 1), nn.SiLU(), Conv(repa_hidden, repa_hidden, 1),
-                                           nn.SiLU(), Conv(repa_hidden, repa_dim, 1))
-            block.register_forward_hook(lambda mod, inp, out: setattr(self, 'repa_out',
-                                                                      self.repa_proj(out[0]
-                                                                                     if isinstance(out,
-                                                                                             tuple) else out)))
-        self.repa_out = None
+            self._build_repa(repa_block, repa_hidden)
 
-    def tokens(self, features, drop=None, n:int=1):
-        """The encoder tokens the network fuses: `features` `(B, L, D)` with the rows where `drop` is True (or all, for
-        `None`) replaced by the null token."""
-        if features is None:
-            return self.null_features.expand(n, 1, -1)
-        if features.ndim != 3 or features.shape[-1] != self.feature_dim:
-            raise ValueError(f"this network fuses {self.feature_dim}-wide encoder features (B, L, {self.feature_dim}); "
-                             f"got {tuple(features.shape)}: use the encoder it was trained with")
-        if drop is None:
-            return features
-        return torch.where(drop.view(-1, 1, 1).to(features.device),
-                           self.null_features.to(features).expand_as(features), features)
+# %% ../../nbs/40_models.unet.ipynb #0d238209
+@patch
+def _check_inputs(self:DiffusionUNet, cond, level, features):
+    "Raise if `cond`, `level` or `features` do not fit how the network was built."
+    if (cond is None) != (self.cond_channels == 0) or (cond is not None and cond.shape[1] != self.cond_channels):
+        raise ValueError(f"this network takes {self.cond_channels} conditioning channels; got "
+                         f"{None if cond is None else cond.shape[1]}")
+    if (level is None) != (self.levels == 1):
+        raise ValueError(f"this network was built for {self.levels} pyramid level(s): "
+                         f"{'pass level' if level is None else 'it takes no level'}")
+    if features is not None and not self.fusion:
+        raise ValueError("this network was built without feature fusion (feature_dim=None): it takes no features")
 
-    def forward(self, x, t, cond=None, label=None, level=None, context=None, features=None, drop=None):
-        if (cond is None) != (self.cond_channels == 0) or (cond is not None and cond.shape[1] != self.cond_channels):
-            raise ValueError(f"this network takes {self.cond_channels} conditioning channels; got "
-                             f"{None if cond is None else cond.shape[1]}")
-        if (level is None) != (self.levels == 1):
-            raise ValueError(f"this network was built for {self.levels} pyramid level(s): "
-                             f"{'pass level' if level is None else 'it takes no level'}")
-        if features is not None and not self.fusion:
-            raise ValueError("this network was built without feature fusion (feature_dim=None): it takes no features")
-        if self.num_classes is not None and label is None:
-            label = torch.full((x.shape[0],), self.num_classes, device=x.device)
-        # one embedding per (level, label) pair: the level shifts the label's row
-        if level is not None:
-            level = torch.as_tensor(level, device=x.device).expand(x.shape[0])
-            label = level * self.n_labels + (0 if label is None else label)
-        h = x if cond is None else torch.cat([x, cond.to(x.dtype)], 1)
-        if self.fusion:
-            f = self.fuse(self.tokens(features, drop, x.shape[0]).to(x.dtype))
-            if self.fusion in ('xattn', 'gated'):  # attention over the tokens
-                context = f
-            # the pooled feature as constant channels
-            elif self.fusion == 'concat':
-                g = f.mean(1)
-                h = torch.cat([h, g.view(*g.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:])], 1)
-            else:  # the pooled feature added to the time embedding
-                self._add = f.mean(1)
-        t = torch.as_tensor(t, device=x.device)
-        try:
-            return self.unet(h, t.expand(x.shape[0]) if t.ndim == 0 else t, context=context, class_labels=label)
-        finally:
-            self._add = None
+# %% ../../nbs/40_models.unet.ipynb #3969d3eb
+@patch
+def forward(self:DiffusionUNet, x, t, cond=None, label=None, level=None, context=None, features=None, drop=None):
+    self._check_inputs(cond, level, features)
+    if self.num_classes is not None and label is None:
+        label = torch.full((x.shape[0],), self.num_classes, device=x.device)
+    # one embedding per (level, label) pair: the level shifts the label's row
+    if level is not None:
+        level = torch.as_tensor(level, device=x.device).expand(x.shape[0])
+        label = level * self.n_labels + (0 if label is None else label)
+    h = x if cond is None else torch.cat([x, cond.to(x.dtype)], 1)
+    if self.fusion:
+        h, context = self._fused(x, h, context, features, drop)
+    t = torch.as_tensor(t, device=x.device)
+    try:
+        return self.unet(h, t.expand(x.shape[0]) if t.ndim == 0 else t, context=context, class_labels=label)
+    finally:
+        self._add = None
+
+# %% ../../nbs/40_models.unet.ipynb #92adf909
+@patch
+def _build_fusion(self:DiffusionUNet, feature_dim:int, fusion_dim:int, emb:int):
+    "The null token, the fusion projection and, for `gated`/`add`, the wiring into the UNet."
+    # the learned 'no reference' token (feature dropout, unconditional sampling)
+    self.null_features = nn.Parameter(torch.zeros(1, 1, feature_dim))
+    self.fuse = dict(xattn=lambda: nn.Sequential(nn.Linear(feature_dim, fusion_dim), nn.LayerNorm(fusion_dim)),
+                     gated=lambda: nn.Sequential(nn.Linear(feature_dim, fusion_dim), nn.LayerNorm(fusion_dim)),
+                     concat=lambda: nn.Linear(feature_dim, fusion_dim),
+                     add=lambda: nn.Sequential(nn.Linear(feature_dim, emb), nn.SiLU(),
+                                               nn.Linear(emb, emb)))[self.fusion]()
+    if self.fusion == 'gated':
+        for m in self.unet.modules():
+            if hasattr(m, 'attn2'):
+                m.attn2 = _Gated(m.attn2)
+    if self.fusion == 'add':
+        self.unet.time_embed.register_forward_hook(lambda mod, inp, out: out + self._add.to(out)
+                                                   if self._add is not None else out)
+
+# %% ../../nbs/40_models.unet.ipynb #a11aee60
+@patch
+def tokens(self:DiffusionUNet, features, drop=None, n:int=1):
+    """The encoder tokens the network fuses: `features` `(B, L, D)` with the rows where `drop` is True (or all, for
+    `None`) replaced by the null token."""
+    if features is None:
+        return self.null_features.expand(n, 1, -1)
+    if features.ndim != 3 or features.shape[-1] != self.feature_dim:
+        raise ValueError(f"this network fuses {self.feature_dim}-wide encoder features (B, L, {self.feature_dim}); "
+                         f"got {tuple(features.shape)}: use the encoder it was trained with")
+    if drop is None:
+        return features
+    return torch.where(drop.view(-1, 1, 1).to(features.device),
+                       self.null_features.to(features).expand_as(features), features)
+
+# %% ../../nbs/40_models.unet.ipynb #eb5bc7c1
+@patch
+def _fused(self:DiffusionUNet, x, h, context, features, drop):
+    "The UNet input `h` and `context` with the projected encoder tokens fused in by `self.fusion`."
+    f = self.fuse(self.tokens(features, drop, x.shape[0]).to(x.dtype))
+    if self.fusion in ('xattn', 'gated'):  # attention over the tokens
+        context = f
+    # the pooled feature as constant channels
+    elif self.fusion == 'concat':
+        g = f.mean(1)
+        h = torch.cat([h, g.view(*g.shape, *(1,) * (x.ndim - 2)).expand(-1, -1, *x.shape[2:])], 1)
+    else:  # the pooled feature added to the time embedding
+        self._add = f.mean(1)
+    return h, context
+
+# %% ../../nbs/40_models.unet.ipynb #6e253329
+@patch
+def _build_repa(self:DiffusionUNet, repa_block:str, repa_hidden:int):
+    "REPA's projector of `repa_block`'s output, run by a forward hook that stores it in `repa_out`."
+    # REPA: project a hidden state to the encoder's feature width, per position
+    self.repa_block = repa_block
+    block, c = _repa_block(self.unet, repa_block)
+    Conv = (nn.Conv2d, nn.Conv3d)[self.spatial_dims - 2]
+    self.repa_proj = nn.Sequential(Conv(c, repa_hidden, 1), nn.SiLU(), Conv(repa_hidden, repa_hidden, 1),
+                                   nn.SiLU(), Conv(repa_hidden, self.repa_dim, 1))
+    block.register_forward_hook(lambda mod, inp, out: setattr(self, 'repa_out',
+                                                              self.repa_proj(out[0] if isinstance(out, tuple)
+                                                                             else out)))
 
 # %% ../../nbs/40_models.unet.ipynb #38f2cf85
 class NoisyClassifier(nn.Module):

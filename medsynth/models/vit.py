@@ -29,11 +29,9 @@ def _fold(g, w):
     "Layer scale `g` folded into a linear layer's weight or bias `w` (gamma * (W x + b) = (gamma W) x + gamma b)."
     return w if g is None else (g.float().view(-1, *[1] * (w.ndim - 1)) * w.float()).to(w.dtype)
 
-# %% ../../nbs/42_models.vit.ipynb #009e2165
-def map_vit_keys(sd:dict, path='<state dict>',
-                 fix:str='use a checkpoint with absolute position embeddings (pos_embed)') -> dict:
-    """A ViT state dict in the BEiT/CAE layout (PanDerm) or the timm/MAE layout -> torchvision `VisionTransformer` keys
-    (layer scale folded in)."""
+# %% ../../nbs/42_models.vit.ipynb #c144a66b
+def _unwrap_vit(sd:dict) -> dict:
+    "The backbone's tensors of a checkpoint: unwrapped, wrapper prefixes stripped, CAE's encoder kept, heads dropped."
     for k in ('model', 'state_dict', 'module'):
         if isinstance(sd.get(k), dict):
             sd = sd[k]
@@ -42,14 +40,37 @@ def map_vit_keys(sd:dict, path='<state dict>',
     # CAE pretraining: keep the encoder
     if any(k.startswith('encoder.') for k in sd) and not 'conv_proj.weight' in sd:
         sd = {k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
-    sd = {k: v for k, v in sd.items() if not k.startswith(_VIT_DROP)}
-    if 'conv_proj.weight' in sd:  # torchvision's own layout
-        return sd
-    rel = [k for k in sd if 'relative_position_bias' in k]
-    if rel:
-        raise DataError(path,
-                        f"holds a relative position bias ({rel[0]}), which torchvision's ViT cannot represent (not "
-                        "supported)", fix)
+    return {k: v for k, v in sd.items() if not k.startswith(_VIT_DROP)}
+
+# %% ../../nbs/42_models.vit.ipynb #78543eb2
+def _map_block(i:int, sd:dict, get, put):
+    "Block `i` of a BEiT/timm ViT `sd` -> torchvision's `encoder_layer_i`, read with `get`, written with `put`."
+    b, t = f'blocks.{i}.', f'encoder.layers.encoder_layer_{i}.'
+    for a, c in (('norm1', 'ln_1'), ('norm2', 'ln_2')):
+        put(t + c + '.weight', get(b + a + '.weight'))
+        put(t + c + '.bias', get(b + a + '.bias'))
+    w = get(b + 'attn.qkv.weight')
+    bias = get(b + 'attn.qkv.bias')
+    if bias is None and w is not None:
+        q, kb, v = get(b + 'attn.q_bias'), get(b + 'attn.k_bias'), get(b + 'attn.v_bias')
+        d = w.shape[0] // 3
+        z = w.new_zeros(d)
+        # BEiT: no key bias
+        bias = torch.cat([z if q is None else q, z if kb is None else kb, z if v is None else v])
+    put(t + 'self_attention.in_proj_weight', w)
+    put(t + 'self_attention.in_proj_bias', bias)
+    g1 = get(b + 'gamma_1') if b + 'gamma_1' in sd else get(b + 'ls1.gamma')
+    g2 = get(b + 'gamma_2') if b + 'gamma_2' in sd else get(b + 'ls2.gamma')
+    for src, dst, g in (('attn.proj', 'self_attention.out_proj', g1), ('mlp.fc1', 'mlp.0', None),
+                        ('mlp.fc2', 'mlp.3', g2)):
+        for p in ('weight', 'bias'):
+            v = get(f'{b}{src}.{p}')
+            if v is not None:
+                put(f'{t}{dst}.{p}', _fold(g, v))
+
+# %% ../../nbs/42_models.vit.ipynb #9c466f75
+def _to_torchvision(sd:dict) -> dict:
+    "A BEiT/CAE or timm/MAE backbone state dict in torchvision's keys; keys it does not know are passed through."
     out, used = {}, set()
     def get(k):
         if k in sd:
@@ -67,34 +88,28 @@ def map_vit_keys(sd:dict, path='<state dict>',
         pe = torch.cat([pe.new_zeros(1, 1, pe.shape[-1]), pe], 1)
     put('encoder.pos_embedding', pe)
     for i in sorted({int(m.group(1)) for k in sd if (m := re.match(r'blocks\.(\d+)\.', k))}):
-        b, t = f'blocks.{i}.', f'encoder.layers.encoder_layer_{i}.'
-        for a, c in (('norm1', 'ln_1'), ('norm2', 'ln_2')):
-            put(t + c + '.weight', get(b + a + '.weight'))
-            put(t + c + '.bias', get(b + a + '.bias'))
-        w = get(b + 'attn.qkv.weight')
-        bias = get(b + 'attn.qkv.bias')
-        if bias is None and w is not None:
-            q, kb, v = get(b + 'attn.q_bias'), get(b + 'attn.k_bias'), get(b + 'attn.v_bias')
-            d = w.shape[0] // 3
-            z = w.new_zeros(d)
-            # BEiT: no key bias
-            bias = torch.cat([z if q is None else q, z if kb is None else kb, z if v is None else v])
-        put(t + 'self_attention.in_proj_weight', w)
-        put(t + 'self_attention.in_proj_bias', bias)
-        g1 = get(b + 'gamma_1') if b + 'gamma_1' in sd else get(b + 'ls1.gamma')
-        g2 = get(b + 'gamma_2') if b + 'gamma_2' in sd else get(b + 'ls2.gamma')
-        for src, dst, g in (('attn.proj', 'self_attention.out_proj', g1), ('mlp.fc1', 'mlp.0', None),
-                            ('mlp.fc2', 'mlp.3', g2)):
-            for p in ('weight', 'bias'):
-                v = get(f'{b}{src}.{p}')
-                if v is not None:
-                    put(f'{t}{dst}.{p}', _fold(g, v))
+        _map_block(i, sd, get, put)
     norm = 'norm' if 'norm.weight' in sd else 'fc_norm'
     put('encoder.ln.weight', get(norm + '.weight'))
     put('encoder.ln.bias', get(norm + '.bias'))
     rest = {k: v for k, v in sd.items() if k not in used and not k.startswith('fc_norm.')
             and 'relative_position_index' not in k}
     return {**out, **rest}
+
+# %% ../../nbs/42_models.vit.ipynb #009e2165
+def map_vit_keys(sd:dict, path='<state dict>',
+                 fix:str='use a checkpoint with absolute position embeddings (pos_embed)') -> dict:
+    """A ViT state dict in the BEiT/CAE layout (PanDerm) or the timm/MAE layout -> torchvision `VisionTransformer` keys
+    (layer scale folded in)."""
+    sd = _unwrap_vit(sd)
+    if 'conv_proj.weight' in sd:  # torchvision's own layout
+        return sd
+    rel = [k for k in sd if 'relative_position_bias' in k]
+    if rel:
+        raise DataError(path,
+                        f"holds a relative position bias ({rel[0]}), which torchvision's ViT cannot represent (not "
+                        "supported)", fix)
+    return _to_torchvision(sd)
 
 # %% ../../nbs/42_models.vit.ipynb #0e15b926
 def resize_pos_embed(pos:torch.Tensor, grid, num_prefix:int=1) -> torch.Tensor:

@@ -10,6 +10,7 @@ import math, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch, torch.nn as nn
+from fastcore.basics import patch
 from ..core.basics import check_choice, check_int, track
 from ..core.io import DataError, atomic_path
 from ..core.io import load_backbone
@@ -204,6 +205,67 @@ def autoencoder_loss(model, x, cfg:AEConfig, perceptual=None, disc=None, adv=Non
 TERMS = ('loss', 'recon', 'kl', 'perceptual', 'adversarial', 'disc')
 
 # %% ../../nbs/20_spaces.vae.ipynb #245d936b
+def _ae_networks(cfg:AEConfig, discriminator, use_adv:bool, dev):
+    "The autoencoder (and discriminator) on `dev` in training mode, initialised from `cfg.seed` (global RNG untouched)."
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = model_of(cfg)
+        if use_adv and discriminator is None:
+            discriminator = build_discriminator(cfg)
+    model.to(dev).train()
+    if use_adv:
+        discriminator.to(dev).train()
+    return model, discriminator
+
+def _ae_optimisers(model, discriminator, cfg:AEConfig, steps:int, use_adv:bool):
+    "`(opt, sched, opt_d, sched_d, adv)`: Adam and its schedule (one-cycle or None) per network, and the patch loss."
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt_d = adv = None
+    if use_adv:
+        from monai.losses import PatchAdversarialLoss
+        adv = PatchAdversarialLoss(criterion=cfg.adv_criterion)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.disc_lr or cfg.lr)
+    cycle = lambda o, n: torch.optim.lr_scheduler.OneCycleLR(o, o.param_groups[0]['lr'], total_steps=max(n, 1),
+                                                             pct_start=0.15) if cfg.lr_schedule == 'onecycle' else None
+    # the discriminator's cycle starts with it
+    sched, sched_d = cycle(opt, steps), cycle(opt_d, steps - cfg.adv_start) if use_adv else None
+    return opt, sched, opt_d, sched_d, adv
+
+# %% ../../nbs/20_spaces.vae.ipynb #23e2b343
+def _batches(x:torch.Tensor, bs:int, g:torch.Generator):
+    "Endless batches of `bs` rows of `x`, in an order from `g` that is reshuffled whenever fewer than `bs` are left."
+    order, pos = torch.randperm(len(x), generator=g), 0
+    while True:
+        if pos + bs > len(x):
+            order, pos = torch.randperm(len(x), generator=g), 0
+        yield x[order[pos:pos + bs]]
+        pos += bs
+
+# %% ../../nbs/20_spaces.vae.ipynb #917e5fb5
+def _generator_step(model, opt, sched, xb, cfg:AEConfig, perc, disc, adv, g, step:int):
+    "One autoencoder step on the batch `xb` (loss checked finite); returns the loss terms and the reconstruction."
+    t, recon = autoencoder_loss(model, xb, cfg, perc, disc, adv, g)
+    if not torch.isfinite(t['loss']):
+        raise FloatingPointError(f"autoencoder loss is {float(t['loss'])} at step {step}: lower lr (now {cfg.lr})")
+    opt.zero_grad(set_to_none=True)
+    t['loss'].backward()
+    opt.step()
+    if sched:
+        sched.step()
+    return t, recon
+
+def _discriminator_step(discriminator, adv, opt_d, sched_d, recon, xb) -> torch.Tensor:
+    "One discriminator step on real `xb` and the detached `recon`; returns its loss."
+    opt_d.zero_grad(set_to_none=True)
+    d = 0.5 * (adv(discriminator(recon.detach())[-1], target_is_real=False, for_discriminator=True)
+               + adv(discriminator(xb)[-1], target_is_real=True, for_discriminator=True))
+    d.backward()
+    opt_d.step()
+    if sched_d:
+        sched_d.step()
+    return d
+
+# %% ../../nbs/20_spaces.vae.ipynb #b1aabce1
 def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discriminator=None, device=None,
                       progress:bool=False):
     """Train an `AutoencoderKL` on `images` `(N, C, *spatial)` in [-1, 1]; returns `(model, history)` with one value per
@@ -218,51 +280,16 @@ def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discr
     if use_adv:
         _check_disc(cfg, x.shape[2:])
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        model = model_of(cfg)
-        if use_adv and discriminator is None:
-            discriminator = build_discriminator(cfg)
-    model.to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    if use_adv:
-        from monai.losses import PatchAdversarialLoss
-        discriminator.to(dev).train()
-        adv = PatchAdversarialLoss(criterion=cfg.adv_criterion)
-        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.disc_lr or cfg.lr)
-    cycle = lambda o, n: torch.optim.lr_scheduler.OneCycleLR(o, o.param_groups[0]['lr'], total_steps=max(n, 1),
-                                                             pct_start=0.15) if cfg.lr_schedule == 'onecycle' else None
-    # the discriminator's cycle starts with it
-    sched, sched_d = cycle(opt, steps), cycle(opt_d, steps - cfg.adv_start) if use_adv else None
+    model, discriminator = _ae_networks(cfg, discriminator, use_adv, dev)
+    opt, sched, opt_d, sched_d, adv = _ae_optimisers(model, discriminator, cfg, steps, use_adv)
     g = torch.Generator().manual_seed(cfg.seed)
-    bs, order, pos = min(cfg.batch_size, len(x)), torch.randperm(len(x), generator=g), 0
-    hist = {k: [] for k in TERMS}
-    it = range(steps)
-    if progress:
-        it = track(it, 'autoencoder')
-    for step in it:
-        if pos + bs > len(x):
-            order, pos = torch.randperm(len(x), generator=g), 0
-        xb = x[order[pos:pos + bs]].to(dev)
-        pos += bs
+    batches, hist = _batches(x, min(cfg.batch_size, len(x)), g), {k: [] for k in TERMS}
+    for step in (track(range(steps), 'autoencoder') if progress else range(steps)):
+        xb = next(batches).to(dev)
         on = use_adv and step >= cfg.adv_start
-        t, recon = autoencoder_loss(model, xb, cfg, perc, discriminator if on else None, adv if on else None, g)
-        if not torch.isfinite(t['loss']):
-            raise FloatingPointError(f"autoencoder loss is {float(t['loss'])} at step {step}: lower lr (now {cfg.lr})")
-        opt.zero_grad(set_to_none=True)
-        t['loss'].backward()
-        opt.step()
-        d = torch.zeros(())
-        if on:
-            opt_d.zero_grad(set_to_none=True)
-            d = 0.5 * (adv(discriminator(recon.detach())[-1], target_is_real=False, for_discriminator=True)
-                       + adv(discriminator(xb)[-1], target_is_real=True, for_discriminator=True))
-            d.backward()
-            opt_d.step()
-            if sched_d:
-                sched_d.step()
-        if sched:
-            sched.step()
+        t, recon = _generator_step(model, opt, sched, xb, cfg, perc, discriminator if on else None, adv if on else None,
+                                   g, step)
+        d = _discriminator_step(discriminator, adv, opt_d, sched_d, recon, xb) if on else torch.zeros(())
         for k in TERMS[:-1]:
             hist[k].append(t[k].item())
         hist['disc'].append(d.item())
@@ -314,32 +341,38 @@ class LatentSpace:
         self.model.to(device)
         return self
 
-    def _check(self, x):
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"the autoencoder needs images (N, {self.in_channels}, "
-                             f"{', '.join('HWD'[:self.spatial_dims])}); got shape {tuple(x.shape)}")
-        check_size(x.shape[2:], self.factor)
+# %% ../../nbs/20_spaces.vae.ipynb #489eca70
+@patch
+def _check(self:LatentSpace, x):
+    if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+        raise ValueError(f"the autoencoder needs images (N, {self.in_channels}, "
+                         f"{', '.join('HWD'[:self.spatial_dims])}); got shape {tuple(x.shape)}")
+    check_size(x.shape[2:], self.factor)
 
-    def encode(self, x, sample:bool=False, generator=None) -> torch.Tensor:
-        """Images -> scaled latents `(N, latent_channels, *spatial / factor)`: `z_mu * scale`, or a posterior sample
-        with `sample=True`."""
-        x = torch.as_tensor(x)
-        self._check(x)
-        mu, sig = self.model.encode(x.float().to(self.device))
-        z = mu + sig * torch.randn(mu.shape, generator=generator).to(mu) if sample else mu
-        return z * self.scale
+@patch
+def encode(self:LatentSpace, x, sample:bool=False, generator=None) -> torch.Tensor:
+    """Images -> scaled latents `(N, latent_channels, *spatial / factor)`: `z_mu * scale`, or a posterior sample
+    with `sample=True`."""
+    x = torch.as_tensor(x)
+    self._check(x)
+    mu, sig = self.model.encode(x.float().to(self.device))
+    z = mu + sig * torch.randn(mu.shape, generator=generator).to(mu) if sample else mu
+    return z * self.scale
 
-    def decode(self, z) -> torch.Tensor:
-        "Scaled latents -> images (divided by `scale`, then decoded)."
-        return self.model.decode(torch.as_tensor(z).float().to(self.device) / self.scale)
+@patch
+def decode(self:LatentSpace, z) -> torch.Tensor:
+    "Scaled latents -> images (divided by `scale`, then decoded)."
+    return self.model.decode(torch.as_tensor(z).float().to(self.device) / self.scale)
 
-    def latent_shape(self, image_shape) -> tuple:
-        "The latent shape of an image shape: spatial `(H, W[, D])`, `(C, *spatial)` or `(N, C, *spatial)`."
-        s, d = tuple(int(v) for v in image_shape), self.spatial_dims
-        if len(s) not in (d, d + 1, d + 2):
-            raise ValueError(f"image shape {s} has {len(s)} axes; give {d} spatial axes, optionally after C and N")
-        sp = check_size(s[-d:], self.factor)
-        return s[:max(len(s) - d - 1, 0)] + (self.latent_channels,) + tuple(v // self.factor for v in sp)
+# %% ../../nbs/20_spaces.vae.ipynb #99f4e1fc
+@patch
+def latent_shape(self:LatentSpace, image_shape) -> tuple:
+    "The latent shape of an image shape: spatial `(H, W[, D])`, `(C, *spatial)` or `(N, C, *spatial)`."
+    s, d = tuple(int(v) for v in image_shape), self.spatial_dims
+    if len(s) not in (d, d + 1, d + 2):
+        raise ValueError(f"image shape {s} has {len(s)} axes; give {d} spatial axes, optionally after C and N")
+    sp = check_size(s[-d:], self.factor)
+    return s[:max(len(s) - d - 1, 0)] + (self.latent_channels,) + tuple(v // self.factor for v in sp)
 
 # %% ../../nbs/20_spaces.vae.ipynb #02ea74a9
 AE_FORMAT = 'medsynth.AutoencoderKL/1'

@@ -139,26 +139,25 @@ def interpolate(net, cfg:TrainConfig, tokens_a, tokens_b, n:int=5, label=None, s
                                progress=progress,
                                features=(1 - w) * fa + w * fb, x_T=slerp(za, zb, w)) for w in ws])
 
-# %% ../../nbs/73_systems.m2d.ipynb #8f80a008
-def sample_features(run, n:int=16, references=None, init=None, strength:float=0.5, between=None, label:int|None=None,
-                    sampler:str|None=None,
-                    steps:int|None=None, seed:int=0, out=None, batch_size:int=16, overwrite:bool=False,
-                    progress:bool=False) -> Path:
-    """Write `n` generations of a run from `references` (a folder), from `init` images at `strength` (image to image) or
-    `between` two folders (interpolation), with a manifest."""
+# %% ../../nbs/73_systems.m2d.ipynb #7c9b0bb7
+def _one_source(references, init, between) -> str:
+    "Which of `references`, `init` and `between` is given; exactly one must be."
     how = [k for k, v in dict(references=references, init=init, between=between).items() if v]
     if len(how) != 1:
         raise ValueError(f"give exactly one of --references, --init or --between (got {', '.join(how) or 'none'})")
-    how = how[0]
-    n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
+    return how[0]
+
+def _source_folders(how:str, references, init, between, strength:float) -> list:
+    "The folders the images come from, after checking `strength` (image to image) and the pair (interpolation)."
     if how == 'init' and not 0 <= strength <= 1:
         raise ValueError(f"strength={strength} is not allowed: it must be in [0, 1] (0 returns the input, 1 ignores "
                          "it)")
     if how == 'between' and len(between) != 2:
         raise ValueError(f"--between takes two folders; got {len(between)}")
-    folders = [Path(f) for f in ([references] if how == 'references' else [init] if how == 'init' else between)]
-    files = [image_files(f) for f in folders]                     # missing or empty folders fail before the model loads
-    cfg, net, h, classes = load_run(run)
+    return [Path(f) for f in ([references] if how == 'references' else [init] if how == 'init' else between)]
+
+def _check_run(run, how:str, net, label, classes):
+    "One-line errors for a run without feature fusion asked for features, or a class-conditional run without a label."
     if how != 'init' and not getattr(net, 'fusion', None):
         raise ValueError(f"{run}: this run was trained without feature fusion (fusion=null): --{how} needs a fusion "
                          "run; sample it by --label")
@@ -167,39 +166,68 @@ def sample_features(run, n:int=16, references=None, init=None, strength:float=0.
             raise ValueError(f"run {run} is class-conditional: pass a label (0-{len(classes) - 1}: "
                              f"{', '.join(classes)})")
         check_int('label', label, 0, len(classes) - 1, f" ({', '.join(classes)})")
-    sampler = check_choice('sampler', sampler or ('ddim' if how != 'references' else cfg.sampler), list(SAMPLERS))
-    steps = _check_steps(steps, cfg.sample_steps)
-    out = Path(out) if out else Path(run)/'samples'/f'{how}-{sampler}-{steps}-seed{seed}'
+
+# %% ../../nbs/73_systems.m2d.ipynb #66abbac0
+def _reference_sets(cfg, net, folders) -> tuple:
+    "The images of each folder and, for a fusion run, their encoder tokens (else None)."
     images = [read_references(f, cfg.size, cfg_channels(cfg)) for f in folders]
     enc = encoder_of(cfg) if getattr(net, 'fusion', None) else None
     toks = [reference_tokens(enc, x) for x in images] if enc is not None else None
-    rows = []
-    desc = lambda i: dict(references=lambda: f"reference {files[0][i % len(files[0])].name}",
-                          init=lambda: f"init {files[0][i % len(files[0])].name} strength {strength}",
-                          between=lambda: f"between {folders[0].name} and {folders[1].name} "
-                          f"w={i / max(n - 1, 1):.3f}")[how]()
-    with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, *folders]) as tmp:
-        if how == 'between':
-            x = interpolate(net, cfg, toks[0], toks[1], n, label, steps, torch.Generator().manual_seed(seed), progress)
+    return images, toks
+
+def _generate_from(net, cfg, how:str, images, toks, n:int, strength, label, sampler, steps, seed:int, batch_size:int,
+                   progress) -> torch.Tensor:
+    "The `n` generations: one interpolation path, or from references or init images in batches of `batch_size`."
+    if how == 'between':
+        return interpolate(net, cfg, toks[0], toks[1], n, label, steps, torch.Generator().manual_seed(seed), progress)
+    xs = []
+    for b0 in range(0, n, batch_size):
+        nb = min(batch_size, n - b0)
+        idx = (torch.arange(nb) + b0) % len(images[0])
+        g = SampleGenerators(seed, range(b0, b0 + nb))                 # image i of seed s, whatever the batch
+        if how == 'references':
+            xs.append(from_references(net, cfg, toks[0][idx], nb, label, sampler, steps, g, progress))
         else:
-            xs = []
-            for b0 in range(0, n, batch_size):
-                nb = min(batch_size, n - b0)
-                idx = (torch.arange(nb) + b0) % len(images[0])
-                g = SampleGenerators(seed, range(b0, b0 + nb))                 # image i of seed s, whatever the batch
-                if how == 'references':
-                    xs.append(from_references(net, cfg, toks[0][idx], nb, label, sampler, steps, g, progress))
-                else:
-                    xs.append(img2img(net, cfg, images[0][idx], strength, None if toks is None else toks[0][idx], label,
-                                      steps, sampler, g, progress))
-            x = torch.cat(xs)
+            xs.append(img2img(net, cfg, images[0][idx], strength, None if toks is None else toks[0][idx], label,
+                              steps, sampler, g, progress))
+    return torch.cat(xs)
+
+# %% ../../nbs/73_systems.m2d.ipynb #d10a9cdf
+def _conditioning(how:str, i:int, n:int, files, folders, strength) -> str:
+    "What generation `i` of `n` came from, for the manifest."
+    if how == 'references':
+        return f"reference {files[0][i % len(files[0])].name}"
+    if how == 'init':
+        return f"init {files[0][i % len(files[0])].name} strength {strength}"
+    return f"between {folders[0].name} and {folders[1].name} w={i / max(n - 1, 1):.3f}"
+
+# %% ../../nbs/73_systems.m2d.ipynb #8f80a008
+def sample_features(run, n:int=16, references=None, init=None, strength:float=0.5, between=None, label:int|None=None,
+                    sampler:str|None=None,
+                    steps:int|None=None, seed:int=0, out=None, batch_size:int=16, overwrite:bool=False,
+                    progress:bool=False) -> Path:
+    """Write `n` generations of a run from `references` (a folder), from `init` images at `strength` (image to image) or
+    `between` two folders (interpolation), with a manifest."""
+    how = _one_source(references, init, between)
+    n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
+    folders = _source_folders(how, references, init, between, strength)
+    files = [image_files(f) for f in folders]                     # missing or empty folders fail before the model loads
+    cfg, net, h, classes = load_run(run)
+    _check_run(run, how, net, label, classes)
+    sampler = check_choice('sampler', sampler or ('ddim' if how != 'references' else cfg.sampler), list(SAMPLERS))
+    steps = _check_steps(steps, cfg.sample_steps)
+    out = Path(out) if out else Path(run)/'samples'/f'{how}-{sampler}-{steps}-seed{seed}'
+    images, toks = _reference_sets(cfg, net, folders)
+    rows = []
+    with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, *folders]) as tmp:
+        x = _generate_from(net, cfg, how, images, toks, n, strength, label, sampler, steps, seed, batch_size, progress)
         for i in range(n):
             f = f"{i:05d}_image.png"
             write_png(tmp/f, ((x[i].cpu() + 1) / 2).numpy())
             rows.append(dict(file=f, checkpoint=h, seed=seed, index=i, sampler=sampler, steps=steps, mode=cfg.mode,
                              key='image',
-                             conditioning=desc(i) + (f" label={label} ({classes[label]})" if label is not None
-                                                     and classes else '')))
+                             conditioning=_conditioning(how, i, n, files, folders, strength)
+                             + (f" label={label} ({classes[label]})" if label is not None and classes else '')))
         write_manifest(tmp/'manifest.csv', rows)
     return out
 

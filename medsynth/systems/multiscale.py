@@ -224,6 +224,26 @@ def _real(cfg, synth, modality):
     return ImageSet(synth.path, 'real of the same conditioning', synth.reference, synth.files, masks=synth.masks,
                     meta=json.loads(meta.read_text()) if meta.exists() else None)
 
+# %% ../../nbs/70_systems.multiscale.ipynb #97be1e45
+def _scale_configs(cfg, levels:int, shared:bool, level_steps) -> tuple:
+    "`(single, pyramid)`: `cfg` as config dicts at one scale and as a `levels`-level pyramid with the same epochs."
+    base = dataclasses.asdict(cfg) | dict(levels=1, level=None, shared_levels=False, level_epochs=None,
+                                          level_steps=None)
+    pyr = dict(base, levels=levels, shared_levels=shared,
+               level_epochs=None if shared else split_epochs(cfg.epochs, levels), level_steps=level_steps)
+    return base, pyr
+
+def _scale_row(name:str, mc, levels:int, shared:bool, tr:dict, secs:float, n:int, ev:dict) -> dict:
+    "One method's row of `compare_scales`: its training and sampling cost and its scores."
+    return dict(method=name if name == 'single'
+                else f"pyramid ({levels} levels{', shared' if shared else ''})",
+                train_epochs=sum(mc.level_epochs) if is_cascade(mc) else mc.epochs,
+                train_seconds=tr.get('seconds'),
+                sample_steps='+'.join(map(str, mc.level_steps or [mc.sample_steps] * mc.levels)),
+                sample_seconds_per_image=secs / n,
+                fid=ev['fid'], kid=ev['kid']['mean'],
+                **{k: ev.get('phantom', {}).get(k) for k in ('intensity_w1', 'contrast_error')})
+
 # %% ../../nbs/70_systems.multiscale.ipynb #e2559ee2
 def compare_scales(cfg:TrainConfig, out, levels:int=3, level_steps=None, shared:bool=False, n:int=64,
                    modality:str|None=None, encoder_steps:int=300,
@@ -231,10 +251,7 @@ def compare_scales(cfg:TrainConfig, out, levels:int=3, level_steps=None, shared:
     """Train `cfg` at a single scale and as a `levels`-level pyramid (sampled with `level_steps`, finest first) at equal
     training network evaluations; sample `n` images each; one row of quality and cost per method."""
     out = Path(out)
-    base = dataclasses.asdict(cfg) | dict(levels=1, level=None, shared_levels=False, level_epochs=None,
-                                          level_steps=None)
-    pyr = dict(base, levels=levels, shared_levels=shared,
-               level_epochs=None if shared else split_epochs(cfg.epochs, levels), level_steps=level_steps)
+    base, pyr = _scale_configs(cfg, levels, shared, level_steps)
     make_config(pyr, where='pyramid config')             # a bad pyramid fails before anything trains
     rows, enc = [], None
     for name, c in (('single', base), ('pyramid', pyr)):
@@ -247,14 +264,7 @@ def compare_scales(cfg:TrainConfig, out, levels:int=3, level_steps=None, shared:
                       encoder=enc,
                       encoder_steps=encoder_steps, seed=seed, overwrite=True, progress=progress)
         enc = enc or out/f'eval-{name}'/'encoder.pt'
-        rows.append(dict(method=name if name == 'single'
-                         else f"pyramid ({levels} levels{', shared' if shared else ''})",
-                         train_epochs=sum(mc.level_epochs) if is_cascade(mc) else mc.epochs,
-                         train_seconds=tr.get('seconds'),
-                         sample_steps='+'.join(map(str, mc.level_steps or [mc.sample_steps] * mc.levels)),
-                         sample_seconds_per_image=secs / n,
-                         fid=ev['fid'], kid=ev['kid']['mean'],
-                         **{k: ev.get('phantom', {}).get(k) for k in ('intensity_w1', 'contrast_error')}))
+        rows.append(_scale_row(name, mc, levels, shared, tr, secs, n, ev))
     for r in rows:
         r['sample_time_ratio'] = r['sample_seconds_per_image'] / rows[0]['sample_seconds_per_image']
     with atomic_path(out/'scales.json') as p:

@@ -8,6 +8,7 @@ Docs: https://medsynth.github.io/medsynth/systems.pds.html.md"""
 from __future__ import annotations
 import math
 from dataclasses import dataclass, field
+from fastcore.basics import patch
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..models.unet import DiffusionUNet
@@ -127,56 +128,68 @@ class PairMode:
                                      f"{g}: build the masks with roi_masks(atlas, labels, (grid_a, grid_b), "
                                      "references)")
 
-    @property
-    def targets(self) -> tuple:
-        return (self.a, self.b)
-    @property
-    def channels_out(self) -> int:
-        return 1
-    @property
-    def cond_channels(self) -> int:
-        return 0
-    @property
-    def _base(self) -> Mode:
-        return Mode(self.name, self.targets, mask_key=self.mask_key)
+# %% ../../nbs/72_systems.pds.ipynb #d9fe2341
+@patch(as_prop=True)
+def targets(self:PairMode) -> tuple:
+    return (self.a, self.b)
 
-    def check_batch(self, batch:dict, where:str='the data'):
-        "A one-line error if `batch` lacks a map or holds one on another grid than the mode's."
-        self._base.check_batch(batch, where)
-        for k, g, n in ((self.a, self.grid_a, 'grid_a'), (self.b, self.grid_b, 'grid_b')):
-            if tuple(batch[k].shape[2:]) != g:
-                raise ValueError(f"mode 'pair': {where} yields {k!r} on grid {tuple(batch[k].shape[2:])} but {n}={g}: "
-                                 f"load it with size={{{k!r}: {g}}} or set {n}")
+@patch(as_prop=True)
+def channels_out(self:PairMode) -> int:
+    return 1
 
-    def split(self, batch:dict, generator=None):
-        "`(x0, None, None)` with `x0` the packed pair `(N, 1, La + Lb)`."
-        self.check_batch(batch)
-        return pack(self._base._img(batch, self.a), self._base._img(batch, self.b)), None, None
+@patch(as_prop=True)
+def cond_channels(self:PairMode) -> int:
+    return 0
 
-    def unsplit(self, x:torch.Tensor) -> dict:
-        "A packed tensor back to `{a: (N, 1, *grid_a), b: (N, 1, *grid_b)}`."
-        return dict(zip(self.targets, unpack(x, self.grid_a, self.grid_b)))
+@patch(as_prop=True)
+def _base(self:PairMode) -> Mode:
+    return Mode(self.name, self.targets, mask_key=self.mask_key)
 
-    @property
-    def shape(self) -> tuple:
-        "The packed spatial shape `(La + Lb,)` a sample is drawn in."
-        return (_numel(self.grid_a) + _numel(self.grid_b),)
+@patch
+def check_batch(self:PairMode, batch:dict, where:str='the data'):
+    "A one-line error if `batch` lacks a map or holds one on another grid than the mode's."
+    self._base.check_batch(batch, where)
+    for k, g, n in ((self.a, self.grid_a, 'grid_a'), (self.b, self.grid_b, 'grid_b')):
+        if tuple(batch[k].shape[2:]) != g:
+            raise ValueError(f"mode 'pair': {where} yields {k!r} on grid {tuple(batch[k].shape[2:])} but {n}={g}: "
+                             f"load it with size={{{k!r}: {g}}} or set {n}")
 
-    def tile(self, x:torch.Tensor) -> torch.Tensor:
-        "A map shown on `grid_a` (sample grids show both maps side by side)."
-        return resample(x, self.grid_a)
+# %% ../../nbs/72_systems.pds.ipynb #112bf138
+@patch
+def split(self:PairMode, batch:dict, generator=None):
+    "`(x0, None, None)` with `x0` the packed pair `(N, 1, La + Lb)`."
+    self.check_batch(batch)
+    return pack(self._base._img(batch, self.a), self._base._img(batch, self.b)), None, None
 
-    def network(self, **unet_kwargs) -> DualGridUNet:
-        "The stage-1 network for this pair."
-        return DualGridUNet(self.grid_a, self.grid_b, cond_channels=0, channels_out=1, **unet_kwargs)
+@patch
+def unsplit(self:PairMode, x:torch.Tensor) -> dict:
+    "A packed tensor back to `{a: (N, 1, *grid_a), b: (N, 1, *grid_b)}`."
+    return dict(zip(self.targets, unpack(x, self.grid_a, self.grid_b)))
 
-    def roi_mask(self):
-        "The packed ROI mask `(1, 1, La + Lb)` (float {0, 1}), or None."
-        if self.roi is None:
-            return None
-        ma, mb = (torch.as_tensor(np.asarray(m)).float().reshape(1, 1, *g) for m, g in zip(self.roi,
-                (self.grid_a, self.grid_b)))
-        return (pack(ma, mb) > 0).float()
+@patch(as_prop=True)
+def shape(self:PairMode) -> tuple:
+    "The packed spatial shape `(La + Lb,)` a sample is drawn in."
+    return (_numel(self.grid_a) + _numel(self.grid_b),)
+
+@patch
+def tile(self:PairMode, x:torch.Tensor) -> torch.Tensor:
+    "A map shown on `grid_a` (sample grids show both maps side by side)."
+    return resample(x, self.grid_a)
+
+# %% ../../nbs/72_systems.pds.ipynb #38642189
+@patch
+def network(self:PairMode, **unet_kwargs) -> DualGridUNet:
+    "The stage-1 network for this pair."
+    return DualGridUNet(self.grid_a, self.grid_b, cond_channels=0, channels_out=1, **unet_kwargs)
+
+@patch
+def roi_mask(self:PairMode):
+    "The packed ROI mask `(1, 1, La + Lb)` (float {0, 1}), or None."
+    if self.roi is None:
+        return None
+    ma, mb = (torch.as_tensor(np.asarray(m)).float().reshape(1, 1, *g) for m, g in zip(self.roi,
+            (self.grid_a, self.grid_b)))
+    return (pack(ma, mb) > 0).float()
 
 # %% ../../nbs/72_systems.pds.ipynb #d3068e59
 def pattern_aware_loss(out, x0, eps, t, schedule, prediction:str, roi, weight:float, weighting:str='none',

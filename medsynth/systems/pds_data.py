@@ -145,6 +145,32 @@ def _strip(name:str, m:str) -> str:
             break
     return re.sub(rf'[_-]{re.escape(m)}$', '', name, flags=re.I)
 
+# %% ../../nbs/71_systems.pds_data.ipynb #e635fb31
+def _from_subject_folders(dirs, m:str, patterns) -> dict:
+    "`{subject: path}` of modality `m` in subject folders `dirs`; more than one match in a folder is an error."
+    out = {}
+    for d in dirs:
+        hits = match_modality([p for p in d.iterdir() if not p.name.startswith('.')], m, patterns)
+        if len(hits) > 1:
+            raise DataError(d, f"{len(hits)} files match modality '{m}' ({', '.join(h.name for h in hits)})",
+                            'make the patterns more specific')
+        if hits:
+            out[d.name] = hits[0]
+    return out
+
+def _from_files(src:Path, m:str, patterns) -> dict:
+    "`{subject: path}` of modality `m` in a folder of volumes named by subject; two per subject is an error."
+    files = sorted(p for p in src.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith('.'))
+    out = {}
+    # a folder per modality may name files by subject only
+    for p in match_modality(files, m, patterns) or files:
+        s = _strip(p.name, m)
+        if s in out:
+            raise DataError(src, f"two files for subject {s!r} ({out[s].name}, {p.name})",
+                            'keep one volume per subject')
+        out[s] = p
+    return out
+
 # %% ../../nbs/71_systems.pds_data.ipynb #686caae1
 def modality_files(src, m:str, patterns:dict|None=None) -> dict:
     """`{subject: path}` of modality `m` in `src`: a folder of subject folders, a folder of files, a CSV manifest, or a
@@ -158,25 +184,7 @@ def modality_files(src, m:str, patterns:dict|None=None) -> dict:
         raise DataError(src, 'path not found' if not src.exists() else 'is a file, not a folder',
                         'give a folder of subjects, a folder of volumes or a CSV manifest')
     dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.'))
-    out = {}
-    if dirs:
-        for d in dirs:
-            hits = match_modality([p for p in d.iterdir() if not p.name.startswith('.')], m, patterns)
-            if len(hits) > 1:
-                raise DataError(d, f"{len(hits)} files match modality '{m}' ({', '.join(h.name for h in hits)})",
-                                'make the patterns more specific')
-            if hits:
-                out[d.name] = hits[0]
-        return out
-    files = sorted(p for p in src.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith('.'))
-    # a folder per modality may name files by subject only
-    for p in match_modality(files, m, patterns) or files:
-        s = _strip(p.name, m)
-        if s in out:
-            raise DataError(src, f"two files for subject {s!r} ({out[s].name}, {p.name})",
-                            'keep one volume per subject')
-        out[s] = p
-    return out
+    return _from_subject_folders(dirs, m, patterns) if dirs else _from_files(src, m, patterns)
 
 # %% ../../nbs/71_systems.pds_data.ipynb #5af2dda7
 def pair_subjects(data, a:str='t1', b:str='fa', patterns:dict|None=None) -> list:

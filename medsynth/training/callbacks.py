@@ -12,6 +12,7 @@ from pathlib import Path
 import torch, torch.nn as nn
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import CSVLogger
+from fastcore.basics import patch
 from ema_pytorch import EMA
 from ..diffusion.objectives import diffusion_loss
 from ..core.io import atomic_path
@@ -36,7 +37,7 @@ class DiffusionLoss:
         loss, self.per_sample = self.term(pred.float(), x0, eps, t.cpu(), importance)
         return loss
 
-# %% ../../nbs/52_training.callbacks.ipynb #6cf62cbb
+# %% ../../nbs/52_training.callbacks.ipynb #69734f56
 class DiffusionCB(Callback):
     """Noising: batch dict -> `xb = (x_t, t_model, cond, label)`, `yb = (x0, eps, t, importance)`; importance-sampler
     updates."""
@@ -54,51 +55,62 @@ class DiffusionCB(Callback):
             self.learn.recorder.smooth_loss.reset()
     def before_validate(self):
         self.vgen = torch.Generator().manual_seed(self.cfg.seed + 1_000_003 + self.epoch)
-    def before_batch(self):
-        self.learn.stepped = False
-        g = self.gen if self.training else self.vgen
-        # a mode may add the network's level (one network for several scales)
-        x0, cond, label, *level = self.mode.split(self.xb[0], generator=g)
-        feats = fdrop = None
-        # the encoder's patch tokens of the clean image (fusion input; `learn.tokens` for systems that align to them)
-        if self.encoder is not None:
-            with torch.no_grad():
-                tok = self.encoder.to(x0.device)(x0)
-            self.learn.tokens, self.learn.grid = tok.tokens, tok.grid
-            if self.cfg.fusion:
-                feats = tok.tokens
-        self.pixels = x0
-        if self.space is not None:
-            x0, cond = to_latent(self.space.to(x0.device), x0, cond, self.xb[0].get('latent'))
-        world, rank = _dist()
-        B, dev = x0.shape[0], x0.device
-        t, w = self.tsampler.sample(B * world, generator=g)
-        eps = torch.randn((B * world,) + tuple(x0.shape[1:]), generator=g)
-        drop = torch.rand(B * world, generator=g) < self.cfg.cfg_dropout
-        t, w, eps, drop = t[rank::world], w[rank::world], eps[rank::world].to(dev), drop[rank::world].to(dev)
-        if label is not None and self.training:
-            label = torch.where(drop, torch.full_like(label, self.num_classes), label)
-        if feats is not None and self.training:
-            fdrop = (torch.rand(B * world, generator=g) < self.cfg.feature_dropout)[rank::world].to(dev)
-        # the network's level, context, features and feature dropout, when used
-        tail = (level[0] if level else None, None, feats, fdrop)
-        self.learn.xb = ((self.schedule.add_noise(x0, eps, t), self.schedule.model_t(t).to(dev), cond,
-                          label) + (tail if any(v is not None for v in tail) else ()))
-        self.learn.yb = (x0, eps, t, w.to(dev))
-        self._t = t
-    def after_loss(self):
-        if not self.training:
-            return
-        per = self.loss_func.per_sample.detach().cpu()
-        t = self._t
-        world, _ = _dist()
-        if world > 1:                                  # every process keeps the same importance-sampler history
-            import torch.distributed as dist
-            ts, ps = [torch.empty_like(t) for _ in range(world)], [torch.empty_like(per) for _ in range(world)]
-            dist.all_gather(ts, t.contiguous())
-            dist.all_gather(ps, per.contiguous())
-            t, per = torch.cat(ts), torch.cat(ps)
-        self.tsampler.update(t, per)
+
+# %% ../../nbs/52_training.callbacks.ipynb #5785dc33
+@patch
+def _features(self:DiffusionCB, x0):
+    "The fusion features of `x0` (None without fusion); sets `learn.tokens` and `learn.grid` when an encoder runs."
+    if self.encoder is None:
+        return None
+    with torch.no_grad():
+        tok = self.encoder.to(x0.device)(x0)
+    self.learn.tokens, self.learn.grid = tok.tokens, tok.grid
+    return tok.tokens if self.cfg.fusion else None
+
+# %% ../../nbs/52_training.callbacks.ipynb #694c33f9
+@patch
+def before_batch(self:DiffusionCB):
+    self.learn.stepped = False
+    g = self.gen if self.training else self.vgen
+    # a mode may add the network's level (one network for several scales)
+    x0, cond, label, *level = self.mode.split(self.xb[0], generator=g)
+    feats, fdrop = self._features(x0), None
+    self.pixels = x0
+    if self.space is not None:
+        x0, cond = to_latent(self.space.to(x0.device), x0, cond, self.xb[0].get('latent'))
+    world, rank = _dist()
+    B, dev = x0.shape[0], x0.device
+    t, w = self.tsampler.sample(B * world, generator=g)
+    eps = torch.randn((B * world,) + tuple(x0.shape[1:]), generator=g)
+    drop = torch.rand(B * world, generator=g) < self.cfg.cfg_dropout
+    t, w, eps, drop = t[rank::world], w[rank::world], eps[rank::world].to(dev), drop[rank::world].to(dev)
+    if label is not None and self.training:
+        label = torch.where(drop, torch.full_like(label, self.num_classes), label)
+    if feats is not None and self.training:
+        fdrop = (torch.rand(B * world, generator=g) < self.cfg.feature_dropout)[rank::world].to(dev)
+    # the network's level, context, features and feature dropout, when used
+    tail = (level[0] if level else None, None, feats, fdrop)
+    self.learn.xb = ((self.schedule.add_noise(x0, eps, t), self.schedule.model_t(t).to(dev), cond,
+                      label) + (tail if any(v is not None for v in tail) else ()))
+    self.learn.yb = (x0, eps, t, w.to(dev))
+    self._t = t
+
+# %% ../../nbs/52_training.callbacks.ipynb #7a02bb40
+@patch
+def after_loss(self:DiffusionCB):
+    "Feed the per-sample losses to the timestep sampler (gathered across processes: every one keeps the same history)."
+    if not self.training:
+        return
+    per = self.loss_func.per_sample.detach().cpu()
+    t = self._t
+    world, _ = _dist()
+    if world > 1:
+        import torch.distributed as dist
+        ts, ps = [torch.empty_like(t) for _ in range(world)], [torch.empty_like(per) for _ in range(world)]
+        dist.all_gather(ts, t.contiguous())
+        dist.all_gather(ps, per.contiguous())
+        t, per = torch.cat(ts), torch.cat(ps)
+    self.tsampler.update(t, per)
 
 # %% ../../nbs/52_training.callbacks.ipynb #022f59f3
 class PrecisionCB(Callback):

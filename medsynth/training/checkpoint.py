@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import torch
+from fastcore.basics import patch
 from fastai.callback.core import Callback, CancelFitException
 from ..core.io import atomic_path, DataError
 from .config import TrainConfig
@@ -161,13 +162,19 @@ class CheckpointCB(Callback):
         if over and self.epoch + 1 < self.n_epoch:
             self.learn.stopped_early = True
             raise CancelFitException()
-    def save(self):
-        sc = getattr(self.learn, 'scaler', None)
-        save_checkpoint(self.run/'checkpoints'/'last.pt', model=self.net.state_dict(), ema=self.ema_cb.ema.state_dict(),
-                        opt=self.learn.opt.opt.state_dict(),
-                        scaler=sc.state_dict() if sc is not None else None,
-                        gen=self.dcb.gen.get_state() if self.dcb else None,
-                        tsampler=self.dcb.tsampler.state_dict() if self.dcb else None,
-                        rng=_rng_state(), epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()),
-                        config=asdict(self.cfg),
-                        **{cb.state_key: cb.state_dict() for cb in self.learn.cbs if getattr(cb, 'state_key', None)})
+
+
+# %% ../../nbs/53_training.checkpoint.ipynb #9f5bf1d1
+@patch
+def save(self:CheckpointCB):
+    """Write `checkpoints/last.pt` atomically: weights, EMA, optimiser, scaler, noise generators, every RNG, the config
+    and the systems' callback states."""
+    sc = getattr(self.learn, 'scaler', None)
+    save_checkpoint(self.run/'checkpoints'/'last.pt', model=self.net.state_dict(), ema=self.ema_cb.ema.state_dict(),
+                    opt=self.learn.opt.opt.state_dict(),
+                    scaler=sc.state_dict() if sc is not None else None,
+                    gen=self.dcb.gen.get_state() if self.dcb else None,
+                    tsampler=self.dcb.tsampler.state_dict() if self.dcb else None,
+                    rng=_rng_state(), epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()),
+                    config=asdict(self.cfg),
+                    **{cb.state_key: cb.state_dict() for cb in self.learn.cbs if getattr(cb, 'state_key', None)})

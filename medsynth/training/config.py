@@ -6,7 +6,7 @@ Docs: https://medsynth.github.io/medsynth/training.config.html.md"""
 
 # %% ../../nbs/50_training.config.ipynb #f3470cf6
 from __future__ import annotations
-import dataclasses, difflib, math
+import dataclasses, difflib, importlib.util, math
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import yaml
@@ -18,7 +18,7 @@ from ..diffusion.samplers import SAMPLERS
 from ..core.io import DataError, IRREGULAR
 from ..data.modes import MODES
 from ..models.unet import FUSIONS
-from .system import config_class, owner, systems
+from .system import active, config_class, systems
 
 # %% auto #0
 __all__ = ['CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'TrainConfig', 'config_help', 'make_config', 'run_inputs',
@@ -178,9 +178,9 @@ def _parse_override(o:str, where:str):
         raise ValueError(f"{where}: override {k}={v} is not valid YAML ({str(e).splitlines()[0]}); e.g. "
                          "size=[64,64]") from None
 
-# %% ../../nbs/50_training.config.ipynb #49e2dd5a
-def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConfig:
-    "A checked `TrainConfig` from a dict and `key=value` overrides; unknown keys and bad values are one-line errors."
+# %% ../../nbs/50_training.config.ipynb #d7187d7b
+def _read_keys(d, overrides, where:str) -> dict:
+    "`d` with `overrides` applied, every key known and every value checked."
     if d is not None and not isinstance(d, dict):
         raise ValueError(f"{where}: a config is a mapping of keys to values; got {type(d).__name__}")
     d = dict(d or {})
@@ -195,30 +195,39 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
                                                               if close else "; a key of your own system? register "
                                                               "the system first (medsynth.training.system.register)"))
         d[k] = _check_value(where, k, d[k], fs[k].type)
-    cfg = config_class(TrainConfig)(**d)
+    return d
+
+# %% ../../nbs/50_training.config.ipynb #6ef5552e
+def _check_unet(cfg, where:str):
+    "The UNet's constraints: one size per axis, one attention flag per level, channels that split into heads."
+    if len(cfg.size) != cfg.dims:
+        raise ValueError(f"{where}: size={cfg.size} has {len(cfg.size)} axes but dims={cfg.dims}")
+    if len(cfg.attention_levels) != len(cfg.channels):
+        raise ValueError(f"{where}: attention_levels={cfg.attention_levels} needs one entry per channels level "
+                         f"({len(cfg.channels)})")
+    # MONAI splits these into heads (the middle block always attends); a system's own network may not attend
+    att = [c for c, a in zip(cfg.channels, cfg.attention_levels) if a] + [cfg.channels[-1]]
+    if not any(s.own_network(cfg) for s in active(cfg)) and any(c % cfg.num_head_channels for c in att):
+        raise ValueError(f"{where}: channels {att} (the attention levels and the middle block) must be divisible by "
+                         f"num_head_channels={cfg.num_head_channels}: set num_head_channels={math.gcd(*att)} or change "
+                         "channels")
+
+# %% ../../nbs/50_training.config.ipynb #75f1a64b
+def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConfig:
+    "A checked `TrainConfig` from a dict and `key=value` overrides; unknown keys and bad values are one-line errors."
+    cfg = config_class(TrainConfig)(**_read_keys(d, overrides, where))
     for k, allowed in _merged('choices').items():
         check_choice(k, getattr(cfg, k), allowed)
     if cfg.strategy == 'rflow':
         cfg.schedule, cfg.prediction = 'rflow', 'flow'
-    import importlib.util
     if cfg.wandb and importlib.util.find_spec('wandb') is None:
         raise ValueError(f"{where}: wandb=true needs the wandb package: pip install wandb (medsynth runs it in offline "
                          "mode)")
-    if len(cfg.size) != cfg.dims:
-        raise ValueError(f"{where}: size={cfg.size} has {len(cfg.size)} axes but dims={cfg.dims}")
-    f = 2 ** (len(cfg.channels) - 1)
-    if len(cfg.attention_levels) != len(cfg.channels):
-        raise ValueError(f"{where}: attention_levels={cfg.attention_levels} needs one entry per channels level "
-                         f"({len(cfg.channels)})")
-    # MONAI splits these into heads (the middle block always attends)
-    att = [c for c, a in zip(cfg.channels, cfg.attention_levels) if a] + [cfg.channels[-1]]
-    if owner(cfg, 'network') is None and any(c % cfg.num_head_channels for c in att):
-        raise ValueError(f"{where}: channels {att} (the attention levels and the middle block) must be divisible by "
-                         f"num_head_channels={cfg.num_head_channels}: set num_head_channels={math.gcd(*att)} or change "
-                         "channels")
+    _check_unet(cfg, where)
     _check_features(cfg, where)
-    for sys_ in systems():
+    for sys_ in systems():                              # every system checks every config (e.g. its keys set alone)
         sys_.check(cfg, where)
+    f = 2 ** (len(cfg.channels) - 1)
     if any(s % f for s in cfg.size):
         raise ValueError(f"{where}: size={cfg.size} is not divisible by {f} (the UNet halves the image "
                          f"{len(cfg.channels) - 1} times): use a multiple of {f}, e.g. "

@@ -113,6 +113,7 @@ def split_subjects(n:int, valid_frac:float, seed:int) -> tuple:
     tr = sorted(perm[nv:].tolist())
     return tr, sorted(perm[:nv].tolist()) or tr[:1]
 
+# %% ../../nbs/51_training.data.ipynb #53329eff
 def build_datasets(cfg:TrainConfig):
     "`(train, valid, classes)` for `cfg` (classes is None for subject data), or its system's (`System.datasets`)."
     if not cfg.data:
@@ -131,6 +132,7 @@ def build_datasets(cfg:TrainConfig):
         return Subset(ds, tr), Subset(ds, va), ds.classes
     return _subject_datasets(cfg)
 
+# %% ../../nbs/51_training.data.ipynb #0376c954
 def _subject_datasets(cfg):
     mask = 'seg' if 'seg' in cfg.modalities else None
     subs = subjects_from(cfg.data, tuple(cfg.modalities))

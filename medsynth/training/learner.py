@@ -35,32 +35,22 @@ from .system import active, first, owner, systems
 # %% auto #0
 __all__ = ['RESUMABLE_CHANGES', 'JOB_FILES', 'build_learner', 'start_run', 'train', 'check_resumable', 'lr_find', 'train_stage']
 
-# %% ../../nbs/58_training.learner.ipynb #69d9308a
-def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -> Learner:
-    "A fastai Learner that trains `cfg`'s diffusion model; `learn.net` is the bare network, `learn.ema` its EMA."
-    from fastai.callback.progress import ProgressCallback
-    run = Path(run)
-    mode = mode_of(cfg)
-    schedule = schedule_of(cfg)
-    net = build_model(cfg, mode, len(classes) if classes else None)
-    model = net
-    if _dist()[0] > 1:
-        model = nn.parallel.DistributedDataParallel(net)
-    if cfg.compile:
-        model = torch.compile(model)
-    tsampler = get_timestep_sampler(cfg.timestep_sampler, schedule)
-    space, metrics = space_of(cfg), []
-    if _tunes_space(cfg):                               # the run tunes its own copy of the autoencoder
-        space = copy.deepcopy(space)
-    dcb = DiffusionCB(cfg, mode, schedule, tsampler, len(classes) if classes else None, space, encoder_of(cfg))
-    ema_cb = EMACB(net, cfg.ema_beta, cfg.ema_after, cfg.ema_every)
-    cbs = [dcb, StepCB(cfg.clip), GuardCB(), ema_cb,
-           CheckpointCB(run, cfg, net, ema_cb, dcb, None if cfg.max_minutes is None else cfg.max_minutes * 60)]
-    for sys_ in active(cfg):                            # the systems' own callbacks and metrics
-        more_cbs, more_metrics = sys_.callbacks(cfg, net, space, schedule)
-        cbs, metrics = cbs + list(more_cbs), metrics + list(more_metrics)
-    if cfg.precision != 'fp32':
-        cbs.append(PrecisionCB(cfg.precision))
+# %% ../../nbs/58_training.learner.ipynb #b901dea5
+def _tunes_space(cfg) -> bool:
+    "Whether a system trains the autoencoder with the network (then latents cannot be cached, and one process runs)."
+    tunes = any(s.tunes_space(cfg) for s in active(cfg))
+    if tunes and _dist()[0] > 1:
+        raise ValueError("a run that tunes its autoencoder runs in one process for now: drop torchrun")
+    return tunes
+
+def _wrapped(net, cfg):
+    "What the Learner runs: `net`, in DDP across processes, compiled with `compile`."
+    model = nn.parallel.DistributedDataParallel(net) if _dist()[0] > 1 else net
+    return torch.compile(model) if cfg.compile else model
+
+def _run_cbs(cfg, run:Path, mode, ema_cb, dls) -> list:
+    "Precision, gradient accumulation, and (rank 0) the log, sample grids, TensorBoard and W&B."
+    cbs = [PrecisionCB(cfg.precision)] if cfg.precision != 'fp32' else []
     if cfg.accumulate > 1:
         cbs.append(GradientAccumulation(cfg.batch_size * cfg.accumulate))
     if _dist()[1] == 0:
@@ -72,24 +62,35 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
             cbs.append(TensorBoardCB(run/'tensorboard'))
         if cfg.wandb:
             cbs.append(WandbCB(run, cfg))
+    return cbs
+
+# %% ../../nbs/58_training.learner.ipynb #08ca09a9
+def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -> Learner:
+    "A fastai Learner that trains `cfg`'s diffusion model; `learn.net` is the bare network, `learn.ema` its EMA."
+    from fastai.callback.progress import ProgressCallback
+    run, mode, schedule = Path(run), mode_of(cfg), schedule_of(cfg)
+    net = build_model(cfg, mode, len(classes) if classes else None)
+    tsampler = get_timestep_sampler(cfg.timestep_sampler, schedule)
+    space, metrics = space_of(cfg), []
+    if _tunes_space(cfg):                               # the run tunes its own copy of the autoencoder
+        space = copy.deepcopy(space)
+    dcb = DiffusionCB(cfg, mode, schedule, tsampler, len(classes) if classes else None, space, encoder_of(cfg))
+    ema_cb = EMACB(net, cfg.ema_beta, cfg.ema_after, cfg.ema_every)
+    cbs = [dcb, StepCB(cfg.clip), GuardCB(), ema_cb,
+           CheckpointCB(run, cfg, net, ema_cb, dcb, None if cfg.max_minutes is None else cfg.max_minutes * 60)]
+    for sys_ in active(cfg):                            # the systems' own callbacks and metrics
+        more_cbs, more_metrics = sys_.callbacks(cfg, net, space, schedule)
+        cbs, metrics = cbs + list(more_cbs), metrics + list(more_metrics)
     loss = first(cfg, 'loss', mode, schedule) or DiffusionLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma)
-    learn = Learner(dls, model, loss_func=loss,
-                    metrics=metrics,
-                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run,
+    cbs += _run_cbs(cfg, run, mode, ema_cb, dls)
+    learn = Learner(dls, _wrapped(net, cfg), loss_func=loss, metrics=metrics, cbs=cbs,
+                    opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, path=run,
                     model_dir='checkpoints')
     if not progress:
         learn.remove_cb(ProgressCallback)
         learn.logger = lambda *a: None
     learn.net, learn.ema, learn.dcb, learn.mode_, learn.cfg, learn.space = net, ema_cb.ema, dcb, mode, cfg, space
     return learn
-
-def _tunes_space(cfg) -> bool:
-    "Whether a system trains the autoencoder with the network (then latents cannot be cached, and one process runs)."
-    tunes = any(s.tunes_space(cfg) for s in active(cfg))
-    if tunes and _dist()[0] > 1:
-        raise ValueError("a run that tunes its autoencoder runs in one process for now: drop torchrun")
-    return tunes
-
 
 # %% ../../nbs/58_training.learner.ipynb #2d5f0d65
 RESUMABLE_CHANGES = ('epochs', 'max_minutes', 'sample_every', 'save_every', 'tensorboard', 'wandb')
@@ -136,8 +137,9 @@ def train(cfg:TrainConfig, run, resume:bool=False, overwrite:bool=False, force:b
         whole = first(cfg, 'train', run, resume, overwrite, force, progress)   # a system's run of several networks
         return whole if whole is not None else _train(cfg, run, resume, overwrite, force, progress)
 
-# %% ../../nbs/58_training.learner.ipynb #483852ee
-def _train(cfg, run, resume, overwrite, force, progress):
+# %% ../../nbs/58_training.learner.ipynb #f114c101
+def _before_writing(cfg, run:Path, resume:bool, overwrite:bool, force:bool):
+    "The checkpoint to resume (or None) and the datasets, after every check that needs no run folder."
     space_of(cfg)  # a latent space that does not fit, or missing encoder weights, fail before anything is written
     encoder_of(cfg)
     first(cfg, 'preflight')
@@ -152,52 +154,43 @@ def _train(cfg, run, resume, overwrite, force, progress):
     # a network that cannot be built fails before the run is written
     build_model(cfg, mode_of(cfg), len(classes) if classes else None)
     _check_batch(train_ds, cfg)                         # too few samples for a batch: before anything is written
-    start_run(run, cfg, resume, overwrite)
-    dev = (torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available()
-           else torch.device('cpu'))
-    with new_folder(run, 'train') if _dist()[1] == 0 else nullcontext():    # a failed start removes the folder it made
-        _barrier()
-        train_ds, valid_ds, classes = first(cfg, 'prepare', run, train_ds, valid_ds, classes) or (train_ds, valid_ds,
-                                                                                                  classes)
-        if space_of(cfg) is not None and not _tunes_space(cfg):  # a frozen autoencoder: encode every target once
-            train_ds, valid_ds = (cache_latents(d, space_of(cfg), mode_of(cfg),
-                                                device=dev) for d in (train_ds, valid_ds))
-        if _dist()[1] == 0:
-            (run/'logs').mkdir(parents=True, exist_ok=True)
-            with atomic_path(run/'config.yaml') as p:
-                p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
-            if classes:
-                (run/'classes.json').write_text(json.dumps(classes))
-        _barrier()
-        dls = build_dataloaders(train_ds, valid_ds, cfg, device=dev)
-        learn = first(cfg, 'learner', run, dls, classes, progress) or build_learner(cfg, run, dls, classes, progress)
-        learn.net.to(dev)
-        learn.ema.to(dev)
-        start = 0
-        if state is not None:
-            learn.net.load_state_dict(state['model'])
-            learn.ema.load_state_dict(state['ema'])
-            learn.create_opt()
-            learn.opt.opt.load_state_dict(state['opt'])
-            if learn.dcb is not None:
-                learn.dcb.gen.set_state(state['gen'])
-                learn.dcb.tsampler.load_state_dict(state['tsampler'])
-            for cb in learn.cbs:                        # the systems' callbacks that keep a state
-                if getattr(cb, 'state_key', None) and state.get(cb.state_key) is not None:
-                    cb.load_state_dict(state[cb.state_key])
-            _set_rng_state(state['rng'])
-            start = state['epoch']
-            if state.get('scaler') is not None:
-                learn.add_cb(_LoadScaler(state['scaler']))
-            if _dist()[1] == 0:
-                _truncate_history(run/'logs'/'history.csv', start)
-    learn.diverged = None
-    t0 = time.time()
-    _fit(learn, cfg, start)
-    out = dict(run=str(run), epochs_done=start, seconds=time.time() - t0, diverged=learn.diverged,
-               stopped_early=getattr(learn, 'stopped_early', False))
-    if ck.exists():
-        out['epochs_done'] = load_checkpoint(ck)['epoch']
+    return state, (train_ds, valid_ds, classes)
+
+def _write_run(cfg, run:Path, classes):
+    "The run folder's `config.yaml` (atomically), `classes.json` and `logs/` (rank 0)."
+    if _dist()[1] == 0:
+        (run/'logs').mkdir(parents=True, exist_ok=True)
+        with atomic_path(run/'config.yaml') as p:
+            p.write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+        if classes:
+            (run/'classes.json').write_text(json.dumps(classes))
+
+# %% ../../nbs/58_training.learner.ipynb #2d366528
+def _restore(learn, state:dict, run:Path) -> int:
+    "Load `state` (a checkpoint) into `learn`; the epoch to start from."
+    learn.net.load_state_dict(state['model'])
+    learn.ema.load_state_dict(state['ema'])
+    learn.create_opt()
+    learn.opt.opt.load_state_dict(state['opt'])
+    if learn.dcb is not None:
+        learn.dcb.gen.set_state(state['gen'])
+        learn.dcb.tsampler.load_state_dict(state['tsampler'])
+    for cb in learn.cbs:                                # the systems' callbacks that keep a state
+        if getattr(cb, 'state_key', None) and state.get(cb.state_key) is not None:
+            cb.load_state_dict(state[cb.state_key])
+    _set_rng_state(state['rng'])
+    if state.get('scaler') is not None:
+        learn.add_cb(_LoadScaler(state['scaler']))
+    if _dist()[1] == 0:
+        _truncate_history(run/'logs'/'history.csv', state['epoch'])
+    return state['epoch']
+
+# %% ../../nbs/58_training.learner.ipynb #43486c4e
+def _ended(learn, cfg, run:Path, valid_ds, start:int, seconds:float) -> dict:
+    "The summary of a fit; raises `Preempted` for a stop on request and `RuntimeError` for a diverged run."
+    ck = run/'checkpoints'/'last.pt'
+    out = dict(run=str(run), epochs_done=load_checkpoint(ck)['epoch'] if ck.exists() else start, seconds=seconds,
+               diverged=learn.diverged, stopped_early=getattr(learn, 'stopped_early', False))
     if not learn.diverged and _dist()[1] == 0:          # a system's work after the fit (it sees `learn.stopped_early`)
         for sys_ in active(cfg):
             out.update(sys_.after_fit(learn, cfg, run, valid_ds))
@@ -208,6 +201,31 @@ def _train(cfg, run, resume, overwrite, force, progress):
         raise RuntimeError(f"{run}: training stopped: {learn.diverged}; the last good checkpoint is "
                            f"{ck if ck.exists() else 'none (no epoch finished)'}")
     return out
+
+# %% ../../nbs/58_training.learner.ipynb #12ebf3db
+def _train(cfg, run, resume, overwrite, force, progress):
+    state, (train_ds, valid_ds, classes) = _before_writing(cfg, run, resume, overwrite, force)
+    start_run(run, cfg, resume, overwrite)
+    dev = (torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available()
+           else torch.device('cpu'))
+    with new_folder(run, 'train') if _dist()[1] == 0 else nullcontext():    # a failed start removes the folder it made
+        _barrier()
+        prepared = first(cfg, 'prepare', run, train_ds, valid_ds, classes)   # e.g. inputs sampled from another run
+        train_ds, valid_ds, classes = prepared or (train_ds, valid_ds, classes)
+        if space_of(cfg) is not None and not _tunes_space(cfg):  # a frozen autoencoder: encode every target once
+            train_ds, valid_ds = (cache_latents(d, space_of(cfg), mode_of(cfg), device=dev)
+                                  for d in (train_ds, valid_ds))
+        _write_run(cfg, run, classes)
+        _barrier()
+        dls = build_dataloaders(train_ds, valid_ds, cfg, device=dev)
+        learn = first(cfg, 'learner', run, dls, classes, progress) or build_learner(cfg, run, dls, classes, progress)
+        learn.net.to(dev)
+        learn.ema.to(dev)
+        start = 0 if state is None else _restore(learn, state, run)
+    learn.diverged = None
+    t0 = time.time()
+    _fit(learn, cfg, start)
+    return _ended(learn, cfg, run, valid_ds, start, time.time() - t0)
 
 # %% ../../nbs/58_training.learner.ipynb #b32a416d
 def check_resumable(old, cfg, run, force:bool=False):

@@ -20,6 +20,7 @@ from ..core.folders import output_folder
 from ..core.io import DataError, write_png, write_nifti, file_sha256
 from .system import first, systems
 from ..diffusion.samplers import SAMPLERS
+from torch.utils.data import ConcatDataset, default_collate
 
 # %% auto #0
 __all__ = ['class_folder_key', 'load_network', 'load_run', 'sample_run', 'write_manifest']
@@ -76,7 +77,55 @@ def _check_steps(steps, default:int) -> int:
     "`steps` as given (checked: `--steps 0` is an error, not the default), or the run's `default` when None."
     return default if steps is None else check_int('steps', steps)
 
-# %% ../../nbs/57_training.runs.ipynb #2db085da
+# %% ../../nbs/57_training.runs.ipynb #9ddf4ee8
+def _conditioning_set(cfg, mode, cond_data):
+    "The images a conditional run is sampled given: its validation split, or every sample of `cond_data`."
+    if not mode.conds:
+        return None
+    if cond_data is None:
+        return build_datasets(cfg)[1]
+    return ConcatDataset(build_datasets(dataclasses.replace(cfg, data=str(cond_data)))[:2])   # with the run's settings
+
+# %% ../../nbs/57_training.runs.ipynb #c4ad1a84
+def _batch_conditioning(valid, mode, b0:int, nb:int, label, classes) -> tuple:
+    "`(real, cond, label, descriptions)` of images `b0` to `b0 + nb` (each None that the mode does not use)."
+    real, cond, lab, desc = None, None, None, [''] * nb
+    if valid is not None:
+        items = [valid[(b0 + i) % len(valid)] for i in range(nb)]
+        real, cond, _ = mode.split(default_collate(items))
+        desc = [f"{'+'.join(mode.conds)} from {it.get('subject', '?')}"
+                + (f" slice {it['slice']}" if 'slice' in it else '') for it in items]
+    if mode.label:
+        lab = torch.full((nb,), label)
+        desc = [f"label={label} ({classes[label]})"] * nb
+    return real, cond, lab, desc
+
+# %% ../../nbs/57_training.runs.ipynb #42e5a8fd
+def _write_batch(folder:Path, mode, dims:int, b0:int, x, real, cond, desc:list, meta:dict) -> list:
+    "Samples `x` (images `b0`...), with their conditioning and the real images of it when given; their manifest rows."
+    rows = []
+    for i in range(len(x)):
+        outs = dict(mode.unsplit(x[i:i+1]))
+        if real is not None:                            # what it was generated from, and the real image of it
+            outs.update({f'cond-{k}': cond[i:i+1, j:j+1] for j, k in enumerate(mode.conds)})
+            outs.update({f'real-{k}': v for k, v in mode.unsplit(real[i:i+1]).items()})
+        for k, v in outs.items():
+            f = f"{b0 + i:05d}_{k}." + ('png' if dims == 2 else 'nii.gz')
+            _write_image(folder/f, v, k.endswith(mode.mask_key), dims)
+            rows.append(dict(file=f, checkpoint=meta['checkpoint'], seed=meta['seed'], index=b0 + i,
+                             sampler=meta['sampler'], steps=meta['steps'], mode=meta['mode'], key=k,
+                             conditioning=desc[i]))
+    return rows
+
+# %% ../../nbs/57_training.runs.ipynb #85e1c591
+def _write_image(path:Path, v, is_mask:bool, dims:int):
+    "One image `(1, C, *spatial)` in [-1, 1] (a mask: > 0) as PNG (2D) or NIfTI (3D), in [0, 1]."
+    a = v[0].float().numpy()  # (H, W[, D]), or (3, H, W) for RGB
+    a = a[0] if a.shape[0] == 1 else a
+    a = (a > 0).astype(np.float32) if is_mask else (a + 1) / 2
+    (write_png if dims == 2 else write_nifti)(path, a)
+
+# %% ../../nbs/57_training.runs.ipynb #2ca19930
 def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:int=0, label:int|None=None, out=None,
                batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True) -> Path:
     """Write `n` samples of a run and their `manifest.csv` into `out` (default
@@ -99,48 +148,18 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
                              f"{', '.join(classes)})")
         check_int('label', label, 0, len(classes) - 1, f" ({', '.join(classes)})")
     out = Path(out) if out else Path(run)/'samples'/f'{sampler}-{steps}-seed{seed}'
-    valid = None
-    if mode.conds:
-        if cond_data is None:
-            valid = build_datasets(cfg)[1]
-        else:                                           # every sample of other data, read with the run's settings
-            from torch.utils.data import ConcatDataset
-            from dataclasses import replace
-            valid = ConcatDataset(build_datasets(replace(cfg, data=str(cond_data)))[:2])
+    valid = _conditioning_set(cfg, mode, cond_data)
     rows = []
     with output_folder(out, 'samples', overwrite, reads=[run, *run_inputs(cfg), cond_data]) as tmp:
         for b0 in range(0, n, batch_size):
             nb = min(batch_size, n - b0)
-            cond, lab, desc = None, None, [''] * nb
-            if valid is not None:
-                items = [valid[(b0 + i) % len(valid)] for i in range(nb)]
-                from torch.utils.data import default_collate
-                real, cond, _ = mode.split(default_collate(items))
-                desc = [f"{'+'.join(mode.conds)} from {it.get('subject', '?')}" + (f" slice {it['slice']}"
-                                                                                   if 'slice' in it
-                                                                                   else '') for it in items]
-            if mode.label:
-                lab = torch.full((nb,), label)
-                desc = [f"label={label} ({classes[label]})"] * nb
-            # a mode may pack its images into a shape of its own
+            real, cond, lab, desc = _batch_conditioning(valid, mode, b0, nb, label, classes)
+            # a mode may pack its images into a shape of its own; image i of seed s, whatever the batch
             shape = (nb, mode.channels_out, *getattr(mode, 'shape', cfg.size))
-            # image i of seed s, whatever the batch
-            noise = SampleGenerators(seed, range(b0, b0 + nb))
-            x = gen(net, cfg, shape, cond, lab, sampler, per_net, noise, progress=progress).cpu()
-            for i in range(nb):
-                outs = {k: v for k, v in mode.unsplit(x[i:i+1]).items()}
-                # what it was generated from, and the real image of the same conditioning
-                if valid is not None:
-                    outs.update({f'cond-{k}': cond[i:i+1, j:j+1] for j, k in enumerate(mode.conds)})
-                    outs.update({f'real-{k}': v for k, v in mode.unsplit(real[i:i+1]).items()})
-                for k, v in outs.items():
-                    a = v[0].float().numpy()  # (H, W[, D]), or (3, H, W) for RGB
-                    a = a[0] if a.shape[0] == 1 else a
-                    a = (a > 0).astype(np.float32) if k.endswith(mode.mask_key) else (a + 1) / 2
-                    f = f"{b0 + i:05d}_{k}." + ('png' if cfg.dims == 2 else 'nii.gz')
-                    (write_png if cfg.dims == 2 else write_nifti)(tmp/f, a)
-                    rows.append(dict(file=f, checkpoint=h, seed=seed, index=b0 + i, sampler=sampler, steps=steps,
-                                     mode=cfg.mode, key=k, conditioning=desc[i]))
+            x = gen(net, cfg, shape, cond, lab, sampler, per_net, SampleGenerators(seed, range(b0, b0 + nb)),
+                    progress=progress).cpu()
+            meta = dict(checkpoint=h, seed=seed, sampler=sampler, steps=steps, mode=cfg.mode)
+            rows += _write_batch(tmp, mode, cfg.dims, b0, x, real, cond, desc, meta)
         write_manifest(tmp/'manifest.csv', rows)
     return out
 

@@ -89,6 +89,7 @@ def loss(self:System, cfg, mode, schedule):
     "The loss function (called as `DiffusionLoss` is), or None."
     return None
 
+# %% ../../nbs/50a_training.system.ipynb #122e14e9
 @patch
 def callbacks(self:System, cfg, net, space, schedule) -> tuple:
     "`(callbacks, metrics)` added to the diffusion Learner; a callback with a `state_key` is checkpointed under it."
