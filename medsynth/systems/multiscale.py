@@ -199,6 +199,8 @@ class Multiscale(System):
         return None if is_cascade(cfg) else PyramidMode(base, cfg.levels, cfg.level, cfg.aug_max)
     def net_size(self, cfg):
         return level_size(cfg.size, cfg.level or 0)
+    def whole_run(self, cfg):
+        return is_cascade(cfg)
     def train(self, cfg, run, resume, overwrite, force, progress):
         return train_cascade(cfg, run, resume, overwrite, force, progress) if is_cascade(cfg) else None
     def load(self, run, weights):

@@ -25,7 +25,7 @@ from ..core.folders import output_folder
 from ..core.io import write_nifti
 from ..data.datasets import VolumeDataset
 from ..training.callbacks import DiffusionLoss
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, run_inputs
 from ..training.data import _collate, _dist, _Items, build_datasets, encoder_of, mode_of, split_subjects
 from ..training.generation import generate
 from ..training.runs import load_network, write_manifest
@@ -243,7 +243,7 @@ def sample_refined(run, cfg, net, h, n, seed, out, overwrite, cond_data) -> Path
     ds = build_datasets(cfg)[1] if cond_data is None else ConcatDataset(
         build_datasets(dataclasses.replace(cfg, data=str(cond_data), second_data=None))[:2])
     rows = []
-    with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, cfg.second_data, cfg.stage1, cond_data]) as tmp:
+    with output_folder(out, 'samples', overwrite, reads=[run, *run_inputs(cfg), cond_data]) as tmp:
         items = [ds[i] for i in range(min(n, len(ds)))]
         s1 = stage1_targets(net1, cfg1, items, seed)
         dev = next(net.parameters()).device

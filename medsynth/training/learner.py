@@ -30,7 +30,7 @@ from .config import TrainConfig, make_config, run_inputs
 from .data import (_barrier, _check_batch, _dist, build_dataloaders, build_datasets, cache_latents,
                                     encoder_of, init_distributed, mode_of, space_of)
 from .network import build_model
-from .system import active, first, owner, systems
+from .system import active, first, systems, whole_run
 
 # %% auto #0
 __all__ = ['RESUMABLE_CHANGES', 'JOB_FILES', 'build_learner', 'start_run', 'train', 'check_resumable', 'lr_find', 'train_stage']
@@ -240,7 +240,7 @@ def check_resumable(old, cfg, run, force:bool=False):
 # %% ../../nbs/58_training.learner.ipynb #cd74f410
 def lr_find(cfg:TrainConfig, run) -> dict:
     "fastai's learning-rate finder on `cfg`'s model and data; saves `run/lr_find.png` and returns the suggestions."
-    whole = owner(cfg, 'train')
+    whole = whole_run(cfg)
     if whole is not None:
         raise ValueError(f"lr_find tunes one network; {whole.name} trains several: "
                          f"{getattr(whole, 'one_network', 'tune one of them')}")
@@ -274,7 +274,7 @@ def train_stage(cfg:dict, run, progress:bool=False) -> dict:
     run = Path(run)
     ck = run/'checkpoints'/'last.pt'
     # a system's run of several networks: its finished networks are skipped, a checkpointed one resumed
-    if owner(c, 'train') is not None:
+    if whole_run(c) is not None:
         again = (run/'config.yaml').exists()
         return {**train(c, run, resume=again, overwrite=True, progress=progress), 'resumed': again}
     if ck.exists():

@@ -11,7 +11,7 @@ from importlib.metadata import entry_points
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['System', 'register', 'systems', 'active', 'first', 'owner', 'config_class', 'unregister']
+__all__ = ['System', 'register', 'systems', 'active', 'first', 'whole_run', 'config_class', 'unregister']
 
 # %% ../../nbs/50a_training.system.ipynb #6fecbc96
 class System:
@@ -33,6 +33,8 @@ class System:
     def uses_encoder(self, cfg) -> bool:
         return False
     def tunes_space(self, cfg) -> bool:
+        return False
+    def whole_run(self, cfg) -> bool:
         return False
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r})"
@@ -160,9 +162,9 @@ def first(cfg, hook:str, *args):
             return got
     return None
 
-def owner(cfg, hook:str):
-    "The first of `cfg`'s systems that overrides `hook`, or None."
-    return next((s for s in active(cfg) if getattr(type(s), hook) is not getattr(System, hook)), None)
+def whole_run(cfg):
+    "The system among `cfg`'s that trains the run itself (`System.train`, e.g. one network per level), or None."
+    return next((s for s in active(cfg) if s.whole_run(cfg)), None)
 
 # %% ../../nbs/50a_training.system.ipynb #468e6e06
 _CLASSES = {}
