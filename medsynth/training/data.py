@@ -7,6 +7,7 @@ Docs: https://medsynth.github.io/medsynth/training.data.html.md"""
 # %% ../../nbs/51_training.data.ipynb #716a371c
 from __future__ import annotations
 import os
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 import numpy as np
@@ -24,7 +25,7 @@ from ..models.encoders import get_encoder
 
 # %% auto #0
 __all__ = ['mode_of', 'space_of', 'encoder_of', 'to_latent', 'cache_latents', 'split_subjects', 'build_datasets',
-           'init_distributed', 'build_dataloaders']
+           'init_distributed', 'process_group', 'build_dataloaders']
 
 # %% ../../nbs/51_training.data.ipynb #68eefb94
 def mode_of(cfg:TrainConfig):
@@ -161,6 +162,22 @@ def init_distributed() -> bool:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     return True
+
+@contextmanager
+def process_group():
+    """Join torchrun's process group for the block unless already in it, and leave it after (the joiner only): no
+    gloo or NCCL thread outlives training, which otherwise can abort the process at exit."""
+    import torch.distributed as dist
+    joined = not (dist.is_available() and dist.is_initialized()) and init_distributed()
+    try:
+        yield
+    except BaseException:
+        if joined:
+            dist.destroy_process_group()
+        raise
+    if joined:
+        dist.barrier()                                  # every process is done before any leaves
+        dist.destroy_process_group()
 
 def _barrier():
     import torch.distributed as dist

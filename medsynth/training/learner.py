@@ -28,7 +28,7 @@ from .callbacks import (DiffusionCB, DiffusionLoss, EMACB, GuardCB, PrecisionCB,
 from .generation import SampleGridCB, schedule_of
 from .config import TrainConfig, make_config, run_inputs
 from .data import (_barrier, _check_batch, _dist, build_dataloaders, build_datasets, cache_latents,
-                                    encoder_of, init_distributed, mode_of, space_of)
+                                    encoder_of, mode_of, process_group, space_of)
 from .network import build_model
 from .system import active, first, systems, whole_run
 
@@ -131,9 +131,8 @@ def start_run(run:Path, cfg:TrainConfig, resume:bool, overwrite:bool):
 def train(cfg:TrainConfig, run, resume:bool=False, overwrite:bool=False, force:bool=False, progress:bool=True) -> dict:
     """Train `cfg` into the run folder `run`; returns a summary. Resumes from `run/checkpoints/last.pt` with
     `resume=True`."""
-    init_distributed()
     run = Path(run)
-    with holding(run) if _dist()[1] == 0 else nullcontext():    # one writer per run folder
+    with process_group(), holding(run) if _dist()[1] == 0 else nullcontext():    # one writer per run folder
         whole = first(cfg, 'train', run, resume, overwrite, force, progress)   # a system's run of several networks
         return whole if whole is not None else _train(cfg, run, resume, overwrite, force, progress)
 
