@@ -3,7 +3,7 @@ import json, subprocess, sys
 from conftest import ROOT
 
 def test_sampler_benchmark_small(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'samplers.py'), '--out', str(tmp_path), '--n', '500', '--nfe', '5', '10'],
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'samplers.py'), '--out', str(tmp_path), '--n', '500', '--nfe', '5', '10', '12'],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     data = json.loads((tmp_path / 'samplers.json').read_text())
@@ -11,7 +11,8 @@ def test_sampler_benchmark_small(tmp_path):
     assert libs == {'medsynth', 'diffusers'}
     assert all(row['nfe'] <= row['nfe_target'] for row in data['rows'])
     md = (tmp_path / 'samplers.md').read_text()
-    assert 'Goal: at 10 NFE' in md and '| medsynth | dpm++(2m) |' in md
+    assert 'Goal: at 10 NFE' in md and '| medsynth | dpm++(2m) |' in md and '| medsynth | unipc bh2 ays |' in md
+    assert 'Goal: at 12 NFE' in md and 'Goal: at 5 NFE' in md and '| diffusers | UniPCMultistep bh1 |' in md
     assert (tmp_path / 'samplers.png').stat().st_size > 10_000
     assert f"table: {tmp_path / 'samplers.md'}" in r.stdout
 

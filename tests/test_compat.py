@@ -11,7 +11,8 @@ V0 = Path(__file__).parent/'fixtures'/'v0'
 def _rows(p): return list(csv.DictReader(open(p/'manifest.csv')))
 
 def _same_images(out, expected):
-    assert _rows(out) == _rows(expected)
+    rows = _rows(out)                     # later versions add manifest columns (guidance); the old ones keep their values
+    assert [{k: r[k] for k in e} for r, e in zip(rows, _rows(expected))] == _rows(expected)
     for r in _rows(expected):
         a, b = (np.asarray(Image.open(d/r['file']), dtype=int) for d in (out, expected))
         assert a.shape == b.shape and np.abs(a - b).max() <= 1, r['file']   # one grey level: float rounding across machines

@@ -138,14 +138,47 @@ def test_mri_synth_paper_runs_with_tiny_parameters(tmp_path):
     assert (run/'eval'/'report.md').exists() and (run/'mri_synth.ipynb').exists()
     assert json.loads((run/'config.json').read_text())['parameters']['mode'] == 'dual'
 
+MGDM_TINY = ('-p', 'size', 16, '-p', 'channels', '[8,8,8]', '-p', 'attention', '[false,false,false]', '-p', 'epochs', 1,
+             '-p', 'classifier_epochs', 1, '-p', 'batch_size', 8, '-p', 'n_added', 8, '-p', 'steps', 5, '-p', 'utility_steps', 5)
+MGDM_ROWS = {'real', 'real + stage 1', 'real + stage 2, no guidance', 'real + stage 2, uncertainty', 'real + oversampling',
+             'real + augmentation'}
+
 def test_mgdm_paper_runs_with_tiny_parameters(tmp_path):
-    r = medsynth('paper', 'mgdm', '--runs', tmp_path/'runs', '--no-progress', '-p', 'n_train', 32, '-p', 'size', 16, '-p', 'channels', '[8,8,8]',
-                 '-p', 'attention', '[false,false,false]', '-p', 'epochs', 1, '-p', 'classifier_epochs', 1, '-p', 'batch_size', 8, '-p', 'n_stage1', 8,
-                 '-p', 'n_stage2', 8, '-p', 'steps', 5, '-p', 'utility_steps', 5, '-p', 'stage1', 'classifier')
+    r = medsynth('paper', 'mgdm', '--runs', tmp_path/'runs', '--no-progress', '-p', 'n_train', 32, *MGDM_TINY, '-p', 'stage1', 'classifier')
     assert r.returncode == 0, r.stderr[-3000:]
     run = next((tmp_path/'runs'/'mgdm').iterdir())
     m = json.loads((run/'metrics.json').read_text())
-    assert set(m['utility']) == {'real', 'real + stage 1', 'real + stage 2'} and set(m['utility']['real']) == {'accuracy', 'balanced_accuracy', 'auroc'}
-    assert m['stage1'] == 'classifier' and set(m['classifier_entropy']) == {'real', 'stage2'}
+    assert set(m['utility']) == MGDM_ROWS and set(m['utility']['real']) == {'accuracy', 'balanced_accuracy', 'auroc'}
+    assert all(len(v) == 3 for r_ in m['utility_values'].values() for v in r_.values())                  # 3 seeds per row
+    assert set(m['n']) == {'real', 'test'} | {k.replace(' + ', '+') for k in MGDM_ROWS - {'real'}}
+    assert len({v for k, v in m['n'].items() if k not in ('real', 'test')}) == 1                          # every added set: the same size
+    assert sum(m['added_per_class'].values()) == 8 and m['added_per_class']['lesion'] == 8 and m['preset'] == 'phantom'
+    assert m['stage1'] == 'classifier' and set(m['classifier_entropy']) == {'real', 'stage1', 'stage2_no_guidance', 'stage2'}
+    assert (run/'ablation.md').read_text().count('\n') == 8
     bad = medsynth('paper', 'mgdm', '--runs', tmp_path/'runs', '--no-progress', '-p', 'data', tmp_path/'x')
     assert bad.returncode == 2 and 'give test_data too' in bad.stderr, bad.stderr[-500:]
+
+def rgb_class_folders(root, n, prevalence, seed):
+    "Phantom class folders made RGB: the gray image scaled differently per channel."
+    from PIL import Image
+    import numpy as np
+    from medsynth.data.phantoms import write_class_folders
+    gray = write_class_folders(root.with_name(root.name + '-gray'), BrainPhantom((16, 16), prevalence=prevalence, seed=seed), n)
+    for f in gray.rglob('*.png'):
+        a = np.asarray(Image.open(f).convert('L'), dtype=np.float32)
+        out = root/f.relative_to(gray)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.stack([a, a * 0.8, a * 0.6], -1).astype(np.uint8)).save(out)
+    return root
+
+def test_mgdm_paper_preset_on_rgb_class_folders(tmp_path):
+    "The paper preset on 3-channel class folders, every size parameter overridden to tiny; without data it refuses."
+    bad = medsynth('paper', 'mgdm', '--runs', tmp_path/'runs', '--no-progress', '-p', 'preset', 'paper')
+    assert bad.returncode == 2 and "preset 'paper' needs data and test_data" in bad.stderr, bad.stderr[-500:]
+    train, test = rgb_class_folders(tmp_path/'train', 32, 0.25, 0), rgb_class_folders(tmp_path/'test', 24, 0.5, 1)
+    r = medsynth('paper', 'mgdm', '--runs', tmp_path/'runs', '--no-progress', '-p', 'preset', 'paper', '-p', 'data', train,
+                 '-p', 'test_data', test, *MGDM_TINY, '-p', 'res_blocks', 1, '-p', 'classifier_channels', '[8,8,8]')
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(next((tmp_path/'runs'/'mgdm').glob('*/metrics.json')).read_text())
+    assert m['preset'] == 'paper' and m['channels_in'] == 3 and set(m['utility']) == MGDM_ROWS
+    assert m['stage1'] == 'classifier' and m['classifier_scale'] == 0.5 and m['parameters']['lr'] == 1e-4       # the preset's, not overridden

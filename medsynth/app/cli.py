@@ -69,7 +69,9 @@ def parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     _data_parser(sub)
     _train_parser(sub)
-    _sample_parser(sub)
+    # deferred: app.sampling builds on this module's argument types
+    from medsynth.app.sampling import sample_parser
+    sample_parser(sub)
     _demo_parser(sub)
     _eval_parser(sub)
     _paper_parsers(sub)
@@ -170,32 +172,6 @@ def _demo_parser(sub):
     d.add_argument('--seed', type=count(0), default=0)
     d.set_defaults(func=_demo)
 
-# %% ../../nbs/93_app.cli.ipynb #bab9dcfa
-def _sample_parser(sub):
-    "The `sample` sub-command: a trained run's samples, conditioned as it was trained or (M2D) on reference images."
-    from medsynth.diffusion.samplers import SAMPLERS   # deferred: torch loads only for the command that needs it
-    s = sub.add_parser('sample', help="sample a trained run into PNG/NIfTI files with a provenance manifest")
-    s.add_argument('run')
-    s.add_argument('--n', type=count(1), default=16)
-    s.add_argument('--sampler', choices=list(SAMPLERS))
-    s.add_argument('--steps', type=count(1))
-    s.add_argument('--seed', type=count(0), default=0)
-    s.add_argument('--label', type=count(0), help="class index (class-conditional runs)")
-    s.add_argument('--out', help="output folder (default RUN/samples/<sampler>-<steps>-seed<seed>)")
-    s.add_argument('--batch-size', type=count(1), default=16)
-    s.add_argument('--cond-data', help="take conditioning images (masks, source modality) from this data instead of "
-                   "the run's validation split")
-    s.add_argument('--overwrite', action='store_true')
-    s.add_argument('--no-progress', action='store_true')
-    s.add_argument('--references',
-                   help="M2D: condition each sample on the encoder features of an image in this folder (cycled)")
-    s.add_argument('--init', help="M2D: image to image from the images in this folder (see --strength)")
-    s.add_argument('--strength', type=fraction, default=0.5,
-                   help="with --init: how far to noise the input, in [0, 1] (0 returns it, 1 ignores it)")
-    s.add_argument('--between', nargs=2, metavar=('DIR_A', 'DIR_B'),
-                   help="M2D: --n images interpolating between two reference folders")
-    s.set_defaults(func=_sample)
-
 # %% ../../nbs/93_app.cli.ipynb #f84ba315
 def _train(args):
     from medsynth.training.config import load_config   # deferred: torch loads only for the command that needs it
@@ -227,20 +203,6 @@ def _train(args):
     return 0
 
 # %% ../../nbs/93_app.cli.ipynb #c5c1705c
-def _sample(args):
-    from medsynth.training.runs import sample_run   # deferred: torch loads only for the command that needs it
-    if args.references or args.init or args.between:
-        from medsynth.systems.m2d import sample_features   # deferred: torch loads only for the command that needs it
-        out = sample_features(args.run, args.n, args.references, args.init, args.strength, args.between, args.label,
-                              args.sampler, args.steps, args.seed, args.out,
-                              args.batch_size, args.overwrite, progress=not args.no_progress)
-        print(f"wrote {args.n} samples and manifest.csv to {out}")
-        return 0
-    out = sample_run(args.run, args.n, args.sampler, args.steps, args.seed, args.label, args.out, args.batch_size,
-                     args.overwrite, args.cond_data, progress=not args.no_progress)
-    print(f"wrote {args.n} samples and manifest.csv to {out}")
-    return 0
-
 def _demo(args):
     from medsynth.app.demo import demo   # deferred: torch loads only for the command that needs it
     demo(args.out, minutes=args.minutes, seed=args.seed)

@@ -11,7 +11,8 @@ import torch
 from ..core.basics import check_choice
 
 # %% auto #0
-__all__ = ['MEASURES', 'shift_score', 'classifier_free', 'measure_of', 'guidance_grad', 'classifier_guidance', 'mean_guidance']
+__all__ = ['MEASURES', 'shift_score', 'classifier_free', 'measure_of', 'guidance_grad', 'classifier_guidance', 'mean_guidance',
+           'guide']
 
 # %% ../../nbs/14_diffusion.guidance.ipynb #ce373843
 def _alpha_sigma(schedule, t, x):
@@ -24,18 +25,20 @@ def shift_score(x0, eps, alpha, sigma, g):
     return x0 + sigma ** 2 * g / alpha, eps - sigma * g
 
 # %% ../../nbs/14_diffusion.guidance.ipynb #3d5cef11
-def classifier_free(den, w:float, key:str='label', null=None):
-    """The denoiser `den` under classifier-free guidance of weight `w` on the condition `key` (the unconditional call
-    uses `null`)."""
+def classifier_free(den, w:float, key:str|tuple='label', null=None):
+    """The denoiser `den` under classifier-free guidance of weight `w` on the condition `key` (or several: a tuple; the
+    unconditional call leaves them out, or uses `null`)."""
+    keys = (key,) if isinstance(key, str) else tuple(key)
     def guided(x, t, **cond):
         if w == 1:
             return den(x, t, **cond)
-        unc = {k: v for k, v in cond.items() if k != key}
+        unc = {k: v for k, v in cond.items() if k not in keys}
         if null is not None:
-            unc[key] = torch.full_like(torch.as_tensor(cond[key]), null) if torch.is_tensor(cond.get(key)) else null
-        x0c, ec = den(x, t, **cond)
+            for k in keys:
+                unc[k] = torch.full_like(torch.as_tensor(cond[k]), null) if torch.is_tensor(cond.get(k)) else null
         if w == 0:
             return den(x, t, **unc)
+        x0c, ec = den(x, t, **cond)
         x0u, eu = den(x, t, **unc)
         return x0u + w * (x0c - x0u), eu + w * (ec - eu)
     return guided
@@ -105,4 +108,22 @@ def mean_guidance(den, schedule, classifier, scale:float, ts, measure:str='log_p
         sigma2 = var_ts * s_s ** 2 / s_t ** 2 if variance == 'small' else var_ts
         x0 = x0 + sigma2 * scale * guidance_grad(classifier, x, t, measure, cond.get(key)) / (a_s * var_ts / s_t ** 2)
         return x0, (x - a_t * x0) / s_t
+    return guided
+
+# %% ../../nbs/14_diffusion.guidance.ipynb #f0f56b1f
+def guide(den, schedule, w:float=1., keys:str|tuple='label', judge=None, scale:float=0., measure:str='log_prob',
+          target=None):
+    """`den` under classifier-free guidance of weight `w` on `keys`, then guided by the noisy classifier `judge(x_t, t)`
+    at `scale` on `measure` towards class `target` (default: the `label` condition)."""
+    for name, v in (('w', w), ('scale', scale)):
+        if not v >= 0:
+            raise ValueError(f"guidance {name}={v} is not allowed: give a number >= 0 (w: 1 is the conditional model, "
+                             "0 the unconditional; scale: 0 is unguided)")
+    check_choice('measure', measure, MEASURES)
+    den = den if w == 1 else classifier_free(den, w, keys)
+    if judge is None or scale == 0:
+        return den
+    g = classifier_guidance(den, schedule, judge, scale, measure, key='_target')
+    def guided(x, t, **cond):
+        return g(x, t, _target=cond.get('label') if target is None else target, **cond)
     return guided

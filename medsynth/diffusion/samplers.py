@@ -1,4 +1,4 @@
-"""DDPM, DDIM, Euler, Heun, DPM-Solver++ and DDIM inversion: one step signature, one loop over any time grid.
+"""DDPM, DDIM, Euler, Heun, DPM-Solver++, UniPC and DDIM inversion: one step signature, one loop over any time grid.
 
 Docs: https://medsynth.github.io/medsynth/diffusion.samplers.html.md"""
 
@@ -11,8 +11,8 @@ import torch
 from ..core.basics import check_choice, check_int, track, randn
 
 # %% auto #0
-__all__ = ['VARIANCES', 'SAMPLERS', 'ddpm_step', 'ddim_step', 'euler_step', 'heun_step', 'dpmpp_2m_step', 'dpmpp_3m_step',
-           'ddim_invert_step', 'threshold_denoiser', 'sample', 'invert']
+__all__ = ['VARIANCES', 'VARIANTS', 'SAMPLERS', 'ddpm_step', 'ddim_step', 'euler_step', 'heun_step', 'dpmpp_2m_step',
+           'dpmpp_3m_step', 'unipc_step', 'ddim_invert_step', 'threshold_denoiser', 'sample', 'invert']
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #b512fa22
 def _ab(schedule, t):
@@ -70,7 +70,12 @@ def heun_step(den, schedule, x, t, s, state, generator=None):
 def _lam(a, s):
     return math.log(a / s) if a > 0 else -math.inf
 
-def _dpmpp_step(den, schedule, x, t, s, state, generator=None, order:int=2):
+def _final_order(state, order, lower_order_final):
+    "Order cap near the end (diffusers' `lower_order_final`): 1 for the last step, 2 for the one before (<15 steps)"
+    left, total = state.get('remaining', math.inf), state.get('total', math.inf)
+    return min(order, left) if lower_order_final and total < 15 else order
+
+def _dpmpp_step(den, schedule, x, t, s, state, generator=None, order:int=2, lower_order_final:bool=True):
     """DPM-Solver++ multistep step of `order` 2 or 3 in log-SNR time; `state` keeps the last `order - 1` data
     predictions."""
     (a_t, s_t), (a_s, s_s) = _ab(schedule, t), _ab(schedule, s)
@@ -79,12 +84,13 @@ def _dpmpp_step(den, schedule, x, t, s, state, generator=None, order:int=2):
         return a_s * x0
     h = _lam(a_s, s_s) - _lam(a_t, s_t)
     hist, phi = state.setdefault('history', []), math.expm1(-h)
+    use = min(len(hist), _final_order(state, order, lower_order_final) - 1)     # previous predictions used
     out = (s_s / s_t) * x - a_s * phi * x0                                       # first order (DDIM)
     # second order: D = x0 + (x0 - x0_prev)/(2r)
-    if len(hist) == 1:
+    if use == 1:
         k = 1 / (2 * (hist[-1][1] / h))
         out = out - a_s * phi * k * (x0 - hist[-1][0])
-    elif len(hist) == 2:                                                         # third order
+    elif use == 2:                                                               # third order
         (m2, h1), (m1, h0) = hist
         r0, r1 = h0 / h, h1 / h
         d10, d11 = (x0 - m1) / r0, (m1 - m2) / r1
@@ -94,14 +100,65 @@ def _dpmpp_step(den, schedule, x, t, s, state, generator=None, order:int=2):
     del hist[:len(hist) - (order - 1)]
     return out
 
-def dpmpp_2m_step(den, schedule, x, t, s, state, generator=None):
+def dpmpp_2m_step(den, schedule, x, t, s, state, generator=None, lower_order_final:bool=True):
     "DPM-Solver++(2M) step: multistep second order in log-SNR time, using `state` for the previous data prediction."
-    return _dpmpp_step(den, schedule, x, t, s, state, order=2)
+    return _dpmpp_step(den, schedule, x, t, s, state, order=2, lower_order_final=lower_order_final)
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #acdd4688
-def dpmpp_3m_step(den, schedule, x, t, s, state, generator=None):
+def dpmpp_3m_step(den, schedule, x, t, s, state, generator=None, lower_order_final:bool=True):
     "DPM-Solver++(3M) step: multistep third order in log-SNR time (first and second order while the history fills)."
-    return _dpmpp_step(den, schedule, x, t, s, state, order=3)
+    return _dpmpp_step(den, schedule, x, t, s, state, order=3, lower_order_final=lower_order_final)
+
+# %% ../../nbs/13_diffusion.samplers.ipynb #206d63a5
+VARIANTS = ('bh1', 'bh2')
+
+def _unipc_update(x, x0, hist, lam_t, lam_s, a_s, ratio, variant, corrector=None):
+    "One UniP (or, given the new prediction `corrector`, UniC) update from `lam_t` to `lam_s`; `hist`: [(x0_k, lam_k)]"
+    h = lam_s - lam_t
+    hh = -h
+    phi, fact = math.expm1(hh), 1
+    B = hh if variant == 'bh1' else phi
+    rks = [(lk - lam_t) / h for _, lk in hist] + [1.]
+    g, b = phi / hh - 1, []
+    for i in range(1, len(rks) + 1):
+        b.append(g * fact / B)
+        fact *= i + 1
+        g = g / hh - 1 / fact
+    R = torch.tensor([[r**i for r in rks] for i in range(len(rks))], dtype=torch.float64)
+    ds = [(xk - x0) / r for (xk, _), r in zip(hist, rks)]
+    if corrector is not None:
+        rho = [0.5] if not hist else torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
+        ds.append(corrector - x0)
+    else:
+        n = len(hist)
+        rho = [0.5] if n == 1 else torch.linalg.solve(R[:n, :n], torch.tensor(b[:n], dtype=torch.float64)).tolist()
+    out = ratio * x - a_s * phi * x0
+    for r, d in zip(rho, ds):
+        out = out - a_s * B * r * d
+    return out
+
+# %% ../../nbs/13_diffusion.samplers.ipynb #79384ba3
+def unipc_step(den, schedule, x, t, s, state, generator=None, order:int=2, variant:str='bh2',
+               lower_order_final:bool=True):
+    """UniPC multistep step (data prediction): UniC corrects `x` with this step's evaluation, then UniP of `order`
+    (1 to 3) predicts `x_s`; `state` keeps the last predictions and the uncorrected step."""
+    check_int('order', order, lo=1, hi=3)
+    check_choice('variant', variant, VARIANTS)
+    (a_t, s_t), (a_s, s_s) = _ab(schedule, t), _ab(schedule, s)
+    x0, lam_t = den(x, t)[0], _lam(a_t, s_t)
+    hist = state.setdefault('history', [])
+    if 'last' in state and math.isfinite(state['last'][1]):             # UniC with the evaluation just made
+        x_p, lam_p, s_p, x0_p, used = state['last']
+        x = _unipc_update(x_p, x0_p, used, lam_p, lam_t, a_t, s_t / s_p, variant, corrector=x0)
+    hist.append((x0, lam_t))
+    del hist[:-order]
+    usable = [hk for hk in hist[:-1] if math.isfinite(hk[1])][::-1]     # most recent first; none from alpha = 0
+    cap = min(order, state.get('remaining', order)) if lower_order_final else order
+    k = min(cap, len(usable) + 1)
+    state['last'] = (x, lam_t, s_t, x0, usable[:k - 1])
+    if s_s == 0:
+        return a_s * x0
+    return _unipc_update(x, x0, usable[:k - 1], lam_t, _lam(a_s, s_s), a_s, s_s / s_t, variant)
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #80759bf8
 def ddim_invert_step(den, schedule, x, t, s, state, generator=None, fixed_point:int=0):
@@ -139,7 +196,7 @@ def threshold_denoiser(den, schedule, clip_x0:float|None=None, dynamic_threshold
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #179bde4a
 SAMPLERS = dict(ddpm=ddpm_step, ddim=ddim_step, euler=euler_step, heun=heun_step, dpmpp_2m=dpmpp_2m_step,
-                dpmpp_3m=dpmpp_3m_step)
+                dpmpp_3m=dpmpp_3m_step, unipc=unipc_step)
 
 def _checked(den):
     "`den` with a shape check on its outputs (a wrong-shaped denoiser is a user error, not a broadcast)."
@@ -177,6 +234,7 @@ def sample(den, schedule, x, steps:int=50, sampler:str='dpmpp_2m', spacing:str='
     state = {}
     pairs = list(zip(ts[:-1], ts[1:]))
     for i, (t, s) in enumerate(track(pairs, 'sampling') if progress else pairs):
+        state.update(remaining=len(pairs) - i, total=len(pairs))     # for lower-order final steps
         x = step(den, schedule, x, t, s, state, generator, **options)
         if callback is not None:
             callback(i, s, x)

@@ -6,15 +6,19 @@ Docs: https://medsynth.github.io/medsynth/diffusion.schedules.html.md"""
 
 # %% ../../nbs/10_diffusion.schedules.ipynb #0a1676fc
 from __future__ import annotations
+import json
 import math
+from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import patch
+import medsynth
 from ..core.basics import check_choice, check_int, bcast
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'SPACINGS', 'NoiseSchedule', 'linear_betas', 'scaled_linear_betas', 'cosine_alpha_bar', 'cosine_betas',
-           'DiscreteSchedule', 'ContinuousSchedule', 'get_schedule', 'space_timesteps', 'plot_schedules']
+__all__ = ['SCHEDULES', 'SPACINGS', 'AYS_FILE', 'NoiseSchedule', 'linear_betas', 'scaled_linear_betas', 'cosine_alpha_bar',
+           'cosine_betas', 'DiscreteSchedule', 'ContinuousSchedule', 'get_schedule', 'space_timesteps', 'karras_sigmas',
+           'plot_schedules']
 
 # %% ../../nbs/10_diffusion.schedules.ipynb #f7606342
 class NoiseSchedule:
@@ -195,7 +199,7 @@ def get_schedule(name:str='linear', T:int=1000, continuous:bool=False, **kw) -> 
     return ContinuousSchedule(_vp_from_log_alpha_bar(log_ab), name, vp=True, **kw)
 
 # %% ../../nbs/10_diffusion.schedules.ipynb #9af31ac4
-SPACINGS = ('uniform', 'leading', 'respace', 'logsnr')
+SPACINGS = ('uniform', 'leading', 'respace', 'logsnr', 'karras', 'ays')
 
 def space_timesteps(T:int, section_counts) -> list:
     """guided-diffusion's respacing rule: split $\\{0..T-1\\}$ into equal sections and take evenly strided steps
@@ -237,6 +241,50 @@ def _logsnr_times(s, n):
     target = torch.linspace(lo, hi, n, dtype=torch.float64)
     return np.interp(target.numpy(), lam.flip(0).numpy(), t.flip(0).numpy()).tolist()
 
+# %% ../../nbs/10_diffusion.schedules.ipynb #96f1439c
+def karras_sigmas(sigma_min:float, sigma_max:float, n:int, rho:float=7.):
+    "`n` values of $\\sigma/\\alpha$ from `sigma_max` to `sigma_min`, evenly spaced in $\\sigma^{1/\\rho}$."
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + np.linspace(0, 1, n) * (lo - hi)) ** rho
+
+def _lam_table(s):
+    "Times and their log-SNR (ascending in log-SNR), and the usable log-SNR range (clamped to [-20, 20])."
+    t = torch.arange(s.T) if s.discrete else torch.linspace(0, 1, 100001, dtype=torch.float64)[1:]
+    lam = s.log_snr(t)
+    return t.flip(0).numpy(), lam.flip(0).numpy(), max(lam[-1].item(), -20.), min(lam[0].item(), 20.)
+
+def _lam_to_times(s, lam):
+    "Descending times at target log-SNRs `lam`: interpolated (continuous) or rounded in log-sigma (discrete, merged)."
+    t, tab, _, _ = _lam_table(s)
+    if not s.discrete:
+        return np.interp(lam, tab, t).tolist()
+    u = np.interp(-np.asarray(lam) / 2, -tab[::-1] / 2, t[::-1]).round()
+    return sorted(set(int(v) for v in u), reverse=True)
+
+def _karras_times(s, n):
+    _, _, lo, hi = _lam_table(s)
+    return _lam_to_times(s, -2 * np.log(karras_sigmas(math.exp(-hi / 2), math.exp(-lo / 2), n)))
+
+# %% ../../nbs/10_diffusion.schedules.ipynb #53c49ad3
+AYS_FILE = Path(medsynth.__file__).parent / 'diffusion' / 'ays_steps.json'
+
+def _ays_key(s):
+    return f"{s.name}-{s.T}" if s.discrete else f"{s.name}-continuous"
+
+def _ays_times(s, n):
+    "Stored optimised times for `n` steps (with the clean end), or the longest stored list interpolated in log-SNR."
+    table = json.loads(AYS_FILE.read_text()) if AYS_FILE.exists() else {}
+    if _ays_key(s) not in table:
+        raise ValueError(f"spacing='ays' has no stored steps for schedule {_ays_key(s)!r} (stored: {sorted(table)}): "
+                         "run medsynth.diffusion.steps.write_steps for it, or choose another spacing")
+    steps = table[_ays_key(s)]['times']
+    if str(n) in steps:
+        return steps[str(n)]
+    ref = steps[max(steps, key=int)][:-1]
+    lam = s.log_snr(torch.tensor(ref)).numpy()
+    lam = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(lam)), lam)
+    return [ref[0]] + _lam_to_times(s, lam[1:]) + [s.t_clean]
+
 # %% ../../nbs/10_diffusion.schedules.ipynb #e671a394
 @patch
 def grid(self:NoiseSchedule, steps:int, spacing:str='uniform') -> list:
@@ -250,16 +298,20 @@ def grid(self:NoiseSchedule, steps:int, spacing:str='uniform') -> list:
             ts = (np.arange(steps) * (self.T // steps))[::-1]
         elif spacing == 'respace':
             ts = space_timesteps(self.T, steps)[::-1]
+        elif spacing == 'ays':
+            return sorted(set(int(t) for t in _ays_times(self, steps)), reverse=True)
         else:
-            ts = _logsnr_times(self, steps)
+            ts = (_logsnr_times if spacing == 'logsnr' else _karras_times)(self, steps)
         return [int(t) for t in ts] + [-1]
     steps = check_int('steps', steps)
-    if spacing == 'logsnr':
-        return ([1.] + _logsnr_times(self, steps)[1:] + [0.] if self.alpha(1.) == 0
-                else _logsnr_times(self, steps) + [0.])
+    if spacing in ('logsnr', 'karras'):
+        ts = (_logsnr_times if spacing == 'logsnr' else _karras_times)(self, steps)
+        return ([1.] + ts[1:] if self.alpha(1.) == 0 else ts) + [0.]
+    if spacing == 'ays':
+        return _ays_times(self, steps)
     if spacing != 'uniform':
-        raise ValueError(f"spacing={spacing!r} is not allowed for continuous schedule {self.name!r}: choose 'uniform' "
-                         "or 'logsnr'")
+        raise ValueError(f"spacing={spacing!r} is not allowed for continuous schedule {self.name!r}: choose 'uniform', "
+                         "'logsnr', 'karras' or 'ays'")
     return torch.linspace(1, 0, steps + 1, dtype=torch.float64).tolist()
 
 # %% ../../nbs/10_diffusion.schedules.ipynb #440c7e47

@@ -222,47 +222,36 @@ def evaluate(real, synthetic, out=None, metrics=None, train=None, features_spec:
         check_output(out, 'eval', overwrite, reads)
         return _evaluate(real, synthetic, out, **kw)
 
-# %% ../../nbs/65_evaluation.evaluate.ipynb #eda2e1a3
-def _evaluate(real, synthetic, out, metrics, train, features_spec, feature_weights, encoder, lpips_weights,
-              modality, size,
-              channels, max_images, seeds, utility_steps, encoder_steps, seed, progress) -> dict:
-    t0 = time.time()
-    say = print if progress else (lambda *a: None)
-    notes = []
-    def warn(msg):
-        notes.append(msg)
-        print(f"medsynth: warning: {msg}", file=sys.stderr)
-    explicit = metrics is not None
-    for m in (metrics or ()):
-        check_choice('--metrics', m, METRICS)
+# %% ../../nbs/65_evaluation.evaluate.ipynb #45a009af
+def _read_sets(real, synthetic, train, modality, size, channels, max_images, seed, warn) -> tuple:
+    "Read the synthetic set first: the real and training sets follow its size and dims unless `size` is given."
     rd = lambda p, **kw: p if isinstance(p, ImageSet) else read_set(p, modality=modality, channels=channels,
                                                                     max_images=max_images, seed=seed, **kw)
-    say("[1/6] reading the sets")
     synth = rd(synthetic, size=size)
     real = _match(rd(real, size=synth.size if size is None else size, dims=synth.dims), synth, warn, size is None)
     trn = None if train is None else _match(rd(train, size=synth.size, dims=synth.dims), synth, warn, size is None)
-    lp = _lpips_or_none(lpips_weights, explicit and 'lpips' in metrics)
+    return real, synth, trn
+
+def _plan(metrics, real, synth, trn, lp) -> tuple:
+    "The metrics to run (asked for, or every applicable one) and why each other one is skipped."
+    explicit = metrics is not None
+    for m in (metrics or ()):
+        check_choice('--metrics', m, METRICS)
     why = {m: _applicable(m, real, synth, trn, lp) for m in METRICS}
     run = list(metrics) if explicit else [m for m in METRICS if why[m] is None]
     for m in run:
         if why[m]:
             raise ValueError(f"metric {m!r} cannot run: {why[m]}")
-    res = dict(real=repr(real), synthetic=repr(synth), train=None if trn is None else repr(trn),
-               n=dict(real=len(real), synthetic=len(synth), train=len(trn) if trn else 0),
-               metrics=run, skipped={m: why[m] for m in METRICS if m not in run}, warnings=notes)
-    say(f"[2/6] features ({features_spec})")
-    ext, enc_file = _extractor(features_spec, feature_weights, encoder, real, seed, progress, say, encoder_steps)
-    fr, fs = features(ext, real, progress), features(ext, synth, progress)
-    res['features'] = ext.describe()
-    say("[3/6] fidelity and diversity")
-    if 'fid' in run:
-        res['fid'] = fid(fr, fs)
-    if 'kid' in run:
-        res['kid'] = kid(fr, fs, seed=seed)
-    if 'precision_recall' in run:
-        res['precision_recall'] = precision_recall(fr, fs)
-    if 'density_coverage' in run:
-        res['density_coverage'] = density_coverage(fr, fs)
+    return run, {m: why[m] for m in METRICS if m not in run}
+
+# %% ../../nbs/65_evaluation.evaluate.ipynb #482c9692
+def _fidelity(res:dict, run:list, ext, real, synth, fr, fs, lp, seed, progress):
+    "FID, KID, precision/recall, density/coverage with their calibration, diversity and per-class FID."
+    for m, f in dict(fid=lambda: fid(fr, fs), kid=lambda: kid(fr, fs, seed=seed),
+                     precision_recall=lambda: precision_recall(fr, fs),
+                     density_coverage=lambda: density_coverage(fr, fs)).items():
+        if m in run:
+            res[m] = f()
     if {'fid', 'kid'} & set(run) and len(real) >= 8:
         res['calibration'] = calibration(ext, real, synth, seed, progress)
     if 'diversity' in run:
@@ -270,6 +259,9 @@ def _evaluate(real, synthetic, out, metrics, train, features_spec, feature_weigh
                                 real=diversity(real.images, lpips_net=lp, seed=seed))
     if real.labels is not None and synth.labels is not None and real.dims == 2:
         res['per_class'] = _per_class(real, synth, fr, fs)
+
+def _paired(res:dict, run:list, real, synth, lp):
+    "SSIM, MS-SSIM (22 pixels and up), PSNR, MAE and LPIPS against each image's reference; phantom measures."
     if 'paired' in run or ('lpips' in run and synth.reference is not None):
         x, y = synth.images, synth.reference
         res['paired'] = {k: _mean_std(f(x, y)) for k, f in dict(ssim=ssim, ms_ssim=ms_ssim, psnr=psnr, mae=mae).items()
@@ -280,31 +272,63 @@ def _evaluate(real, synthetic, out, metrics, train, features_spec, feature_weigh
         res['lpips'] = dict(weights=lp.weights_file)
     if 'phantom' in run:
         res['phantom'] = phantom_metrics(real, synth)
+
+# %% ../../nbs/65_evaluation.evaluate.ipynb #fa96ab00
+def _audits(res:dict, run:list, ext, real, synth, trn, seeds, utility_steps, seed, progress, say):
+    "Memorization against the training set (held out: the real set) and downstream utility."
     if 'memorization' in run:
         say("[4/6] memorization audit")
-        ho = real
         pf = lambda s: per_image_features(ext, s, progress)
-        res['memorization'] = memorization_audit(pf(trn), pf(ho), pf(synth), trn.images, ho.images, synth.images)
+        res['memorization'] = memorization_audit(pf(trn), pf(real), pf(synth), trn.images, real.images, synth.images)
     if 'utility' in run:
         task = _task(real, synth)
         say(f"[5/6] downstream utility ({task}, {len(seeds)} seeds)")
         rt, te = (trn, real) if trn is not None and _task(trn, synth) == task else _split_half(real, seed)
         res['utility'] = downstream_utility(_as_dict(rt), _as_dict(te), _as_dict(synth), task=task, seeds=tuple(seeds),
                                             steps=utility_steps, progress=progress)
+
+def _write_eval(out, res:dict, ext, enc_file, features_spec, real, synth, trn):
+    "Write the report folder atomically: the domain encoder (if trained here), plots, metrics.json, report.md."
+    with atomic_path(out, is_dir=True) as tmp:
+        mark(tmp, 'eval')
+        if features_spec == 'domain':
+            if enc_file is None:
+                save_encoder(ext.encoder, tmp/'encoder.pt')
+                res['features']['encoder'] = 'encoder.pt (trained here; pass it back with --encoder)'
+            else:
+                res['features']['encoder'] = str(enc_file)
+        _plots(res, real, synth, trn, tmp)
+        (tmp/'metrics.json').write_text(json.dumps(res, indent=1, default=float))
+        (tmp/'report.md').write_text(report(res))
+
+# %% ../../nbs/65_evaluation.evaluate.ipynb #9e391686
+def _evaluate(real, synthetic, out, metrics, train, features_spec, feature_weights, encoder, lpips_weights,
+              modality, size, channels, max_images, seeds, utility_steps, encoder_steps, seed, progress) -> dict:
+    t0 = time.time()
+    say = print if progress else (lambda *a: None)
+    notes = []
+    def warn(msg):
+        notes.append(msg)
+        print(f"medsynth: warning: {msg}", file=sys.stderr)
+    say("[1/6] reading the sets")
+    real, synth, trn = _read_sets(real, synthetic, train, modality, size, channels, max_images, seed, warn)
+    lp = _lpips_or_none(lpips_weights, metrics is not None and 'lpips' in metrics)
+    run, skipped = _plan(metrics, real, synth, trn, lp)
+    res = dict(real=repr(real), synthetic=repr(synth), train=None if trn is None else repr(trn),
+               n=dict(real=len(real), synthetic=len(synth), train=len(trn) if trn else 0),
+               metrics=run, skipped=skipped, warnings=notes)
+    say(f"[2/6] features ({features_spec})")
+    ext, enc_file = _extractor(features_spec, feature_weights, encoder, real, seed, progress, say, encoder_steps)
+    fr, fs = features(ext, real, progress), features(ext, synth, progress)
+    res['features'] = ext.describe()
+    say("[3/6] fidelity and diversity")
+    _fidelity(res, run, ext, real, synth, fr, fs, lp, seed, progress)
+    _paired(res, run, real, synth, lp)
+    _audits(res, run, ext, real, synth, trn, seeds, utility_steps, seed, progress, say)
     res['seconds'] = time.time() - t0
     if out is not None:
         say(f"[6/6] writing {out}")
-        with atomic_path(out, is_dir=True) as tmp:
-            mark(tmp, 'eval')
-            if features_spec == 'domain':
-                if enc_file is None:
-                    save_encoder(ext.encoder, tmp/'encoder.pt')
-                    res['features']['encoder'] = 'encoder.pt (trained here; pass it back with --encoder)'
-                else:
-                    res['features']['encoder'] = str(enc_file)
-            _plots(res, real, synth, trn, tmp)
-            (tmp/'metrics.json').write_text(json.dumps(res, indent=1, default=float))
-            (tmp/'report.md').write_text(report(res))
+        _write_eval(out, res, ext, enc_file, features_spec, real, synth, trn)
         say(f"done in {res['seconds']:.0f} s: {Path(out)/'report.md'}")
     return res
 

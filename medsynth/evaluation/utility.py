@@ -211,39 +211,82 @@ def _check_seeds(seeds) -> tuple:
     return seeds
 
 # %% ../../nbs/62_evaluation.utility.ipynb #27bdd72a
+def _named(synthetic) -> dict:
+    "`synthetic` as `{name: set}`: one set (a dict with 'images') is `{'synthetic': set}`."
+    if (isinstance(synthetic, dict) and synthetic and 'images' not in synthetic
+            and all(isinstance(v, dict) for v in synthetic.values())):
+        bad = [k for k in synthetic if k in ('real', 'test') or str(k).startswith('real+')]
+        if bad:
+            raise ValueError(f"synthetic set name {bad[0]!r} is taken by the report (real, test, real+NAME): rename it")
+        return {str(k): v for k, v in synthetic.items()}
+    return {'synthetic': synthetic}
+
+def _check_train_on(train_on) -> tuple:
+    "`train_on` as a non-empty tuple of `SETS`, or a one-line error."
+    train_on = (train_on,) if isinstance(train_on, str) else tuple(train_on)
+    if not train_on:
+        raise ValueError(f"train_on is empty: give some of {SETS}")
+    for s in train_on:
+        check_choice('train_on', s, SETS)
+    return train_on
+
+def _checked_named(task, real_train, real_test, named) -> tuple:
+    "`check_sets` for each named synthetic set (its name in the error when there are several)."
+    out = {}
+    for name, s in named.items():
+        try:
+            out[name] = check_sets(task, real_train, real_test, s)
+        except ValueError as e:
+            raise (ValueError(f"synthetic set {name!r}: {e}") if len(named) > 1 else e) from None
+    data, classes = next(iter(out.values()))
+    return data['real_train'], data['real_test'], {k: d['synthetic'] for k, (d, _) in out.items()}, classes
+
+
+# %% ../../nbs/62_evaluation.utility.ipynb #e8743470
+def _training_sets(xr, yr, syn:dict, train_on:tuple) -> dict:
+    "The training sets by report name: 'real', then per synthetic set NAME (alone) and 'real+NAME', as `train_on` asks."
+    dev, out = xr.device, {}
+    if 'real' in train_on:
+        out['real'] = (xr, yr)
+    for name, (xs, ys) in syn.items():
+        xs, ys = xs.to(dev), ys.to(dev)
+        if 'synthetic' in train_on:
+            out[name] = (xs, ys)
+        if 'real+synthetic' in train_on:
+            out[f'real+{name}'] = (torch.cat([xr, xs]), torch.cat([yr, ys]))
+    return out
+
+# %% ../../nbs/62_evaluation.utility.ipynb #d5ee1cf4
 def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str='classify', seeds=(0, 1, 2),
-                       steps:int=300,
-                       batch_size:int=32, lr:float=1e-3, progress:bool=False) -> dict:
-    """Train on real, synthetic and real+synthetic for each seed (equal steps), test on `real_test`; mean, std and
-    values of each metric."""
+                       steps:int=300, batch_size:int=32, lr:float=1e-3, progress:bool=False,
+                       train_on=SETS) -> dict:
+    """Train on real, synthetic and real+synthetic (`train_on`) for each seed (equal steps), test on `real_test`;
+    mean, std and values of each metric. `synthetic`: one set or `{name: set}`."""
     check_choice('task', task, ('classify', 'segment'))
-    seeds = _check_seeds(seeds)
+    seeds, train_on = _check_seeds(seeds), _check_train_on(train_on)
     steps, batch_size = check_int('steps', steps, 1), check_int('batch_size', batch_size, 1)
     if not lr > 0:
         raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
-    data, classes = check_sets(task, real_train, real_test, synthetic)
-    (xr, yr), (xt, yt), (xs, ys) = data['real_train'], data['real_test'], data['synthetic']
-    dev = xr.device
-    train = dict(zip(SETS,
-                     [(xr, yr), (xs.to(dev), ys.to(dev)), (torch.cat([xr, xs.to(dev)]), torch.cat([yr, ys.to(dev)]))]))
+    (xr, yr), (xt, yt), syn, classes = _checked_named(task, real_train, real_test, _named(synthetic))
+    train, dev = _training_sets(xr, yr, syn, train_on), xr.device
     k = len(classes) if classes else 2
-    runs = [(name, seed) for name in SETS for seed in seeds]
+    runs = [(name, seed) for name in train for seed in seeds]
     if progress:
         runs = track(runs, 'downstream models', leave=True)
-    t0, vals = time.time(), {name: {} for name in SETS}
+    t0, vals = time.time(), {name: {} for name in train}
     for name, seed in runs:
         net = fit_downstream(task, *train[name], k, seed, steps, batch_size, lr)
         for m, v in evaluate_downstream(task, net, xt.to(dev), yt.to(dev)).items():
             vals[name].setdefault(m, []).append(v)
     return dict(task=task, seeds=list(seeds), steps=steps, classes=classes,
-                n={'real': len(xr), 'synthetic': len(xs), 'real+synthetic': len(xr) + len(xs), 'test': len(xt)},
+                n={**{name: len(x) for name, (x, _) in train.items()}, 'test': len(xt)},
                 results={name: {m: _summary(v) for m, v in ms.items()} for name, ms in vals.items()},
                 seconds=round(time.time() - t0, 2))
 
 # %% ../../nbs/62_evaluation.utility.ipynb #8f83d99e
 def utility_table(res:dict) -> str:
     "A markdown table of `downstream_utility`'s results: one row per training set, 'mean ± std' per metric."
-    ms = list(res['results']['real'])
+    ms = list(next(iter(res['results'].values())))
     rows = [f"| {name} (n={res['n'][name]}) | " + ' | '.join(f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" for m in ms)
             + ' |' for name, r in res['results'].items()]
     return '\n'.join([f"| trained on | {' | '.join(ms)} |", '|---|' + '---:|' * len(ms), *rows])

@@ -19,15 +19,16 @@ from fastai.metrics import accuracy
 from ..diffusion.objectives import get_timestep_sampler
 from ..core.folders import holding, new_folder
 from ..models.unet import NoisyClassifier
-from ..training.callbacks import GuardCB, RunLog
+from ..training.callbacks import GuardCB, RunLog, show_progress
 from ..training.config import TrainConfig, make_config
-from ..training.data import build_dataloaders, build_datasets
+from ..training.data import build_dataloaders, build_datasets, mode_of, space_of
+from ..core.io import file_sha256
 from ..training.checkpoint import save_checkpoint
 from ..training.generation import schedule_of
 from ..training.checkpoint import load_checkpoint
 
 # %% auto #0
-__all__ = ['NoisyLabelCB', 'train_classifier', 'load_classifier']
+__all__ = ['NoisyLabelCB', 'train_classifier', 'load_classifier', 'classifier_guide']
 
 # %% ../../nbs/75_systems.mgdm.ipynb #560778e1
 class NoisyLabelCB(Callback):
@@ -55,33 +56,49 @@ def train_classifier(cfg:TrainConfig, run, progress:bool=True) -> dict:
     with holding(run):
         with new_folder(run, 'train'):
             (run/'logs').mkdir(parents=True, exist_ok=True)
-        return _train_classifier(cfg, run, dls, classes, progress)
+        return _train_classifier(cfg, run, dls, classes, tr[0]['image'].shape[0], progress)
 
 # %% ../../nbs/75_systems.mgdm.ipynb #feedefb9
-def _train_classifier(cfg, run, dls, classes, progress):
+def _network(cfg, n_classes:int, channels:int):
+    "The `NoisyClassifier` of `cfg` for `n_classes` classes of `channels`-channel images."
+    return NoisyClassifier(n_classes, cfg.size, cfg.dims, channels, tuple(cfg.channels), tuple(cfg.attention_levels),
+                           cfg.num_res_blocks, cfg.num_head_channels, min(32, cfg.channels[0]))
+
+def _train_classifier(cfg, run, dls, classes, channels, progress):
     torch.manual_seed(cfg.seed)
-    net = NoisyClassifier(len(classes), cfg.size, cfg.dims, 1, tuple(cfg.channels), tuple(cfg.attention_levels),
-                          cfg.num_res_blocks, cfg.num_head_channels, min(32, cfg.channels[0]))
+    net = _network(cfg, len(classes), channels)
     learn = Learner(dls, net, loss_func=nn.CrossEntropyLoss(), metrics=accuracy,
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
                     cbs=[NoisyLabelCB(cfg, schedule_of(cfg)), GuardCB(), RunLog('logs/classifier.csv')], path=run)
-    if not progress:
-        from fastai.callback.progress import ProgressCallback
-        learn.remove_cb(ProgressCallback)
-        learn.logger = lambda *a: None
+    show_progress(learn, progress)
     learn.diverged = None
     learn.fit_one_cycle(cfg.epochs, cfg.lr)
     if learn.diverged:
         raise RuntimeError(f"{run}: classifier training stopped: {learn.diverged}")
     save_checkpoint(run/'checkpoints'/'classifier.pt', model=net.state_dict(), classes=list(classes),
-                    config=asdict(cfg))
+                    config=asdict(cfg), channels=channels)
     (run/'classes.json').write_text(json.dumps(classes))
     return dict(run=str(run), classes=classes, valid_accuracy=float(learn.recorder.values[-1][-1]))
 
 # %% ../../nbs/75_systems.mgdm.ipynb #2080d9b5
-def load_classifier(path, schedule=None, classes:int|None=None, size=None):
+def _check_fits(p, cfg, names, channels_in, classes, size, channels, dims):
+    "One-line errors for a classifier trained for other classes, image sizes, channels or dimensions than the run's."
+    fix = "train one on the run's data: `medsynth train data=... --classifier --run RUN` with its size and channels"
+    if classes is not None and classes != len(names):
+        raise ValueError(f"{p}: the classifier knows {len(names)} classes ({', '.join(names)}), the model {classes}; "
+                         "train the classifier on the model's class folders")
+    if dims is not None and dims != cfg.dims:
+        raise ValueError(f"{p}: the classifier takes {cfg.dims}D images, the run makes {dims}D ones; {fix}")
+    if size is not None and tuple(size) != tuple(cfg.size):
+        raise ValueError(f"{p}: the classifier was trained on {'x'.join(map(str, cfg.size))} images, the samples are "
+                         f"{'x'.join(map(str, size))}; train it at the model's size")
+    if channels is not None and channels != channels_in:
+        raise ValueError(f"{p}: the classifier was trained on {channels_in}-channel images, the run makes {channels}-"
+                         f"channel ones; {fix} (image_channels={channels})")
+
+def load_classifier(path, schedule=None, classes:int|None=None, size=None, channels:int|None=None, dims:int|None=None):
     """The noisy classifier in `path` (a run folder or `classifier.pt`) as `classifier(x, t)` at `schedule`'s times;
-    checks class count and size."""
+    checks class count, size, channels and dimensions when given."""
     p = Path(path)
     p = p/'checkpoints'/'classifier.pt' if p.is_dir() else p
     if not p.is_file():
@@ -89,20 +106,38 @@ def load_classifier(path, schedule=None, classes:int|None=None, size=None):
                          "--classifier --run RUN` and pass RUN")
     state = load_checkpoint(p)
     cfg = make_config(state['config'], where=str(p))
-    names = state['classes']
-    if classes is not None and classes != len(names):
-        raise ValueError(f"{p}: the classifier knows {len(names)} classes ({', '.join(names)}), the model {classes}; "
-                         "train the classifier on the model's class folders")
-    if size is not None and tuple(size) != tuple(cfg.size):
-        raise ValueError(f"{p}: the classifier was trained on {'x'.join(map(str, cfg.size))} images, the samples are "
-                         f"{'x'.join(map(str, size))}; train it at the model's size")
-    net = NoisyClassifier(len(names), cfg.size, cfg.dims, 1, tuple(cfg.channels), tuple(cfg.attention_levels),
-                          cfg.num_res_blocks, cfg.num_head_channels, min(32, cfg.channels[0]))
+    names, channels_in = state['classes'], state.get('channels', 1)   # older checkpoints: grayscale
+    _check_fits(p, cfg, names, channels_in, classes, size, channels, dims)
+    net = _network(cfg, len(names), channels_in)
     net.load_state_dict(state['model'])
-    net.eval().requires_grad_(False)
-    sched = schedule or schedule_of(cfg)
+    return _as_function(net.eval().requires_grad_(False), schedule or schedule_of(cfg), names, cfg, p)
+
+
+# %% ../../nbs/75_systems.mgdm.ipynb #6c1f0e2a
+def _as_function(net, sched, names, cfg, p):
+    "The classifier as `classifier(x, t)` at `sched`'s times, with what a manifest records of it."
     def classifier(x, t):
         t = torch.as_tensor(t)
         return net(x, sched.model_t(t.expand(len(x)) if t.ndim == 0 else t).to(x.device))
-    classifier.classes, classifier.net, classifier.schedule = names, net, sched
+    classifier.classes, classifier.net, classifier.schedule, classifier.config = names, net, sched, cfg
+    classifier.path, classifier.sha256 = str(p.parent.parent if p.parent.name == 'checkpoints' else p), file_sha256(p)
     return classifier
+
+
+# %% ../../nbs/75_systems.mgdm.ipynb #79f28dd3
+def classifier_guide(path):
+    """`sample_run`'s `guide`: `(cfg, classes) -> classifier(x, t)`, the noisy classifier in `path` loaded for a run
+    and checked against it."""
+    def load(cfg, classes):
+        if space_of(cfg) is not None:
+            raise ValueError(f"--classifier {path}: the run diffuses in an autoencoder's latent space; classifier "
+                             "guidance needs a pixel-space run (autoencoder=null)")
+        mode = mode_of(cfg)
+        mode = getattr(mode, 'base', mode)
+        c = load_classifier(path, schedule_of(cfg), len(classes) if classes and mode.label else None, cfg.size,
+                            mode.channels_out, cfg.dims)
+        if c.config.strategy != cfg.strategy:
+            raise ValueError(f"--classifier {path}: trained with strategy={c.config.strategy}, the run with "
+                             f"{cfg.strategy}; train it with strategy={cfg.strategy}")
+        return c
+    return load

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, Subset
 from ..core.basics import SampleGenerators
 from ..core.io import atomic_path
 from ..training.checkpoint import CheckpointCB, load_checkpoint, save_checkpoint
-from ..training.callbacks import EMACB, GuardCB, RunLog, StepCB
+from ..training.callbacks import EMACB, GuardCB, RunLog, StepCB, show_progress
 from ..core.folders import output_folder
 from ..core.io import write_nifti
 from ..data.datasets import VolumeDataset
@@ -192,7 +192,6 @@ def _perceptual(cfg):
 def build_refine_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -> Learner:
     """The Learner of PDS's refinement network, with the same EMA, clipping, NaN guard, checkpoints and log as diffusion
     training."""
-    from fastai.callback.progress import ProgressCallback
     run = Path(run)
     net = build_refine_net(cfg)
     perc = _perceptual(cfg)
@@ -204,9 +203,7 @@ def build_refine_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=
                     loss_func=lambda pred, real: refine_loss(pred, real, perc, cfg.refine_l1, cfg.refine_perceptual),
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run,
                     model_dir='checkpoints')
-    if not progress:
-        learn.remove_cb(ProgressCallback)
-        learn.logger = lambda *a: None
+    show_progress(learn, progress)
     learn.net, learn.ema, learn.dcb, learn.cfg = net, ema_cb.ema, None, cfg
     return learn
 

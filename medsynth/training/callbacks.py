@@ -8,21 +8,23 @@ Docs: https://medsynth.github.io/medsynth/training.callbacks.html.md"""
 from __future__ import annotations
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 import torch, torch.nn as nn
 from fastai.callback.core import Callback, CancelFitException
-from fastai.callback.progress import CSVLogger
-from fastcore.basics import patch
+from fastai.callback.progress import CSVLogger, ProgressCallback
+from fastcore.basics import noop, patch
 from ema_pytorch import EMA
 from ..diffusion.objectives import diffusion_loss
 from ..core.io import atomic_path
+from ..core.basics import interactive
 from .config import TrainConfig
 from .data import _dist, to_latent
 from .checkpoint import _finding_lr
 
 # %% auto #0
 __all__ = ['DiffusionLoss', 'DiffusionCB', 'PrecisionCB', 'StepCB', 'EMACB', 'GuardCB', 'ScalarLogCB', 'TensorBoardCB', 'WandbCB',
-           'RunLog']
+           'RunLog', 'show_progress']
 
 # %% ../../nbs/52_training.callbacks.ipynb #d08590fe
 class DiffusionLoss:
@@ -246,3 +248,22 @@ class RunLog(CSVLogger):
             super()._write_line(log)
         else:
             self.old_logger(log)
+
+# %% ../../nbs/52_training.callbacks.ipynb #59c7cd0a
+def _epoch_line(learn, log):
+    "One readable line for the recorder's `log` (epoch, losses, metrics, time)."
+    names = list(learn.recorder.metric_names)
+    if len(log) != len(names) or _dist()[1]:
+        return
+    parts = [f"epoch {log[0] + 1}/{learn.n_epoch}"]
+    parts += [f"{n} {v:.5g}" if isinstance(v, float) else f"{n} {v}" for n, v in zip(names[1:], log[1:])]
+    print('  '.join(parts), flush=True)
+
+def show_progress(learn, progress:bool=True, bar:bool|None=None):
+    """fastai's progress bars where they can be seen (`bar=None`: a terminal or a notebook), else one line per epoch;
+    nothing at all when `progress` is False."""
+    if progress and (interactive() if bar is None else bar):
+        return learn
+    learn.remove_cb(ProgressCallback)
+    learn.logger = partial(_epoch_line, learn) if progress else noop
+    return learn

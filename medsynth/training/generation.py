@@ -12,45 +12,88 @@ from ..core.basics import randn
 from ..diffusion.schedules import get_schedule
 from ..diffusion.param import Denoiser
 from ..diffusion.samplers import sample
+from ..diffusion.guidance import guide as guided
+from ..diffusion.bridge import dual_bridge, sdedit
 from .config import TrainConfig
 from .data import _dist, encoder_of, space_of
 from .checkpoint import _finding_lr
 from ..core.io import write_png
 
 # %% auto #0
-__all__ = ['schedule_of', 'generate', 'SampleGridCB']
+__all__ = ['schedule_of', 'guided_denoiser', 'generate', 'translate', 'edit', 'SampleGridCB']
 
 # %% ../../nbs/54_training.generation.ipynb #3b5f66ee
 def schedule_of(cfg:TrainConfig):
     return get_schedule(cfg.schedule, cfg.timesteps, continuous=cfg.strategy == 'rflow')
 
+# %% ../../nbs/54_training.generation.ipynb #64744bf5
+def _to(v, dev):
+    return None if v is None else torch.as_tensor(v).to(dev)
+
+def guided_denoiser(den, schedule, guidance_scale:float=1., guide=None, guide_scale:float=0., measure:str='log_prob',
+                    target=None):
+    """`den` under guidance of weight `guidance_scale` from its unconditional to its conditional model (labels, encoder
+    features), then at `guide_scale` by the noisy `guide(x_t, t) -> logits` on `measure` towards `target`."""
+    return guided(den, schedule, guidance_scale, ('label', 'features'), guide, guide_scale, measure, target)
+
 # %% ../../nbs/54_training.generation.ipynb #9ee84d4b
 @torch.no_grad()
 def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, steps=None, generator=None,
-             progress=False, level=None, wrap=None, features=None, x_T=None):
+             progress=False, level=None, wrap=None, features=None, x_T=None, **guidance):
     """Samples of `shape` `(N, C, *spatial)` from `net` given `cond` images, `label`s, encoder `features` (tokens; None:
     the null token) and the `level` of a network shared by several scales, with `cfg`'s schedule and prediction; `x_T`
-    is the starting noise (default: drawn from `generator`)."""
-    schedule = schedule_of(cfg)
+    is the starting noise (default: drawn from `generator`); `guidance`: `guided_denoiser`'s."""
+    schedule, space, was = schedule_of(cfg), space_of(cfg), net.training
     dev = next(net.parameters()).device
-    space = space_of(cfg)
     if space is not None:                               # diffuse in the latent space, decode at the end
         space.to(dev)
         shape = (shape[0], *space.latent_shape(shape[1:]))
         if cond is not None and tuple(cond.shape[2:]) != shape[2:]:
             cond = F.interpolate(cond, size=shape[2:], mode='area')
-    was = net.training
-    net.eval()
-    den0 = Denoiser(net, schedule, cfg.prediction)
-    to = lambda v: None if v is None else torch.as_tensor(v).to(dev)
-    kw = dict(cond=to(cond), label=to(label), **({} if level is None else dict(level=level)),
-              **({} if features is None else dict(features=to(features))))
-    den = lambda x, t: den0(x, t, **kw)
+    kw = dict(cond=_to(cond, dev), label=_to(label, dev), **({} if level is None else dict(level=level)),
+              **({} if features is None else dict(features=_to(features, dev))))
+    g = guided_denoiser(Denoiser(net, schedule, cfg.prediction), schedule, **guidance)
+    den = lambda x, t: g(x, t, **kw)
     if wrap is not None:  # e.g. back-projection onto a coarser level
         den = wrap(den, schedule)
     x = (randn(shape, generator) if x_T is None else x_T).to(dev)
+    net.eval()
     out = sample(den, schedule, x, steps=steps or cfg.sample_steps, sampler=sampler or cfg.sampler,
                  clip_x0=None if space else 1., generator=generator, progress=progress)
+    net.train(was)
+    return (space.decode(out) if space is not None else out).clamp(-1, 1)
+
+# %% ../../nbs/54_training.generation.ipynb #eb786826
+def _encode(space, images, dev):
+    x = torch.as_tensor(images).float().to(dev)
+    return space.to(dev).encode(x) if space is not None else x
+
+@torch.no_grad()
+def translate(net, cfg:TrainConfig, images, source, target, steps=None, progress=False, **guidance):
+    """DDIB: `images` `(N, C, *spatial)` in [-1, 1] inverted by DDIM under labels `source`, decoded under `target`
+    (the decoder guided by `guidance`, as in `generate`)."""
+    schedule, space, was = schedule_of(cfg), space_of(cfg), net.training
+    dev = next(net.parameters()).device
+    net.eval()
+    out = dual_bridge(Denoiser(net, schedule, cfg.prediction), schedule, _encode(space, images, dev), _to(source, dev),
+                      _to(target, dev), steps or cfg.sample_steps,
+                      decode=lambda d: guided_denoiser(d, schedule, **guidance), progress=progress)
+    net.train(was)
+    return (space.decode(out) if space is not None else out).clamp(-1, 1)
+
+# %% ../../nbs/54_training.generation.ipynb #83c5721c
+@torch.no_grad()
+def edit(net, cfg:TrainConfig, images, strength:float, label=None, sampler=None, steps=None, generator=None,
+         progress=False, **guidance):
+    """SDEdit: `images` `(N, C, *spatial)` in [-1, 1] noised `strength` of the way and sampled back given `label`s
+    (guided by `guidance`, as in `generate`)."""
+    schedule, space, was = schedule_of(cfg), space_of(cfg), net.training
+    dev = next(net.parameters()).device
+    g = guided_denoiser(Denoiser(net, schedule, cfg.prediction), schedule, **guidance)
+    kw = dict(label=_to(label, dev))
+    net.eval()
+    out = sdedit(lambda x, t: g(x, t, **kw), schedule, _encode(space, images, dev), strength,
+                 steps or cfg.sample_steps, sampler or cfg.sampler, generator, progress, clip_x0=None if space else 1.)
     net.train(was)
     return (space.decode(out) if space is not None else out).clamp(-1, 1)
 

@@ -24,7 +24,7 @@ from ..core.io import atomic_path
 from ..core.folders import MARKER, holding, new_folder, clear_folder
 from .checkpoint import CheckpointCB, _set_rng_state, load_checkpoint
 from .callbacks import (DiffusionCB, DiffusionLoss, EMACB, GuardCB, PrecisionCB, RunLog, StepCB,
-                                         TensorBoardCB, WandbCB, _truncate_history)
+                                         TensorBoardCB, WandbCB, _truncate_history, show_progress)
 from .generation import SampleGridCB, schedule_of
 from .config import TrainConfig, make_config, run_inputs
 from .data import (_barrier, _check_batch, _dist, build_dataloaders, build_datasets, cache_latents,
@@ -67,7 +67,6 @@ def _run_cbs(cfg, run:Path, mode, ema_cb, dls) -> list:
 # %% ../../nbs/58_training.learner.ipynb #08ca09a9
 def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -> Learner:
     "A fastai Learner that trains `cfg`'s diffusion model; `learn.net` is the bare network, `learn.ema` its EMA."
-    from fastai.callback.progress import ProgressCallback
     run, mode, schedule = Path(run), mode_of(cfg), schedule_of(cfg)
     net = build_model(cfg, mode, len(classes) if classes else None)
     tsampler = get_timestep_sampler(cfg.timestep_sampler, schedule)
@@ -86,9 +85,7 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
     learn = Learner(dls, _wrapped(net, cfg), loss_func=loss, metrics=metrics, cbs=cbs,
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, path=run,
                     model_dir='checkpoints')
-    if not progress:
-        learn.remove_cb(ProgressCallback)
-        learn.logger = lambda *a: None
+    show_progress(learn, progress)
     learn.net, learn.ema, learn.dcb, learn.mode_, learn.cfg, learn.space = net, ema_cb.ema, dcb, mode, cfg, space
     return learn
 

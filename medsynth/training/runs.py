@@ -14,11 +14,12 @@ from .config import make_config, run_inputs
 from .checkpoint import load_checkpoint, load_weights
 from .network import build_model
 from .data import build_datasets, mode_of
-from .generation import generate
+from .generation import generate, translate as ddib, edit
 from ..core.basics import check_int, SampleGenerators, check_choice
 from ..core.folders import output_folder
-from ..core.io import DataError, write_png, write_nifti, file_sha256
-from .system import first, systems
+from ..core.io import DataError, write_png, write_nifti, file_sha256, read_image, IMAGE_EXTS
+from ..data.datasets import is_class_folders, scan_class_folders
+from .system import System, active, first, systems
 from ..diffusion.samplers import SAMPLERS
 from torch.utils.data import ConcatDataset, default_collate
 
@@ -101,7 +102,7 @@ def _batch_conditioning(valid, mode, b0:int, nb:int, label, classes) -> tuple:
     return real, cond, lab, desc
 
 # %% ../../nbs/57_training.runs.ipynb #42e5a8fd
-def _write_batch(folder:Path, mode, dims:int, b0:int, x, real, cond, desc:list, meta:dict) -> list:
+def _write_batch(folder:Path, mode, dims:int, b0:int, x, real, cond, desc:list, meta:dict, per=None) -> list:
     "Samples `x` (images `b0`...), with their conditioning and the real images of it when given; their manifest rows."
     rows = []
     for i in range(len(x)):
@@ -112,9 +113,9 @@ def _write_batch(folder:Path, mode, dims:int, b0:int, x, real, cond, desc:list, 
         for k, v in outs.items():
             f = f"{b0 + i:05d}_{k}." + ('png' if dims == 2 else 'nii.gz')
             _write_image(folder/f, v, k.endswith(mode.mask_key), dims)
-            rows.append(dict(file=f, checkpoint=meta['checkpoint'], seed=meta['seed'], index=b0 + i,
-                             sampler=meta['sampler'], steps=meta['steps'], mode=meta['mode'], key=k,
-                             conditioning=desc[i]))
+            rows.append({**dict(file=f, checkpoint=meta['checkpoint'], seed=meta['seed'], index=b0 + i,
+                                sampler=meta['sampler'], steps=meta['steps'], mode=meta['mode'], key=k,
+                                conditioning=desc[i]), **meta.get('record', {}), **(per[i] if per else {})})
     return rows
 
 # %% ../../nbs/57_training.runs.ipynb #85e1c591
@@ -125,13 +126,178 @@ def _write_image(path:Path, v, is_mask:bool, dims:int):
     a = (a > 0).astype(np.float32) if is_mask else (a + 1) / 2
     (write_png if dims == 2 else write_nifti)(path, a)
 
-# %% ../../nbs/57_training.runs.ipynb #2ca19930
+# %% ../../nbs/57_training.runs.ipynb #b41ac818
+def _own_way(cfg) -> list:
+    "The names of `cfg`'s systems that sample its runs their own way (`System.sample`, `System.sampling`)."
+    return [s.name for s in active(cfg) if type(s).sample is not System.sample
+            or type(s).sampling is not System.sampling]
+
+def _range(classes) -> str:
+    return f"0-{len(classes) - 1}: {', '.join(classes)}"
+
+def _check_label(run, mode, label, classes, needed:bool=True):
+    "A class-conditional run's `label` (needed unless the images bring theirs), checked."
+    if mode.label and label is None and needed:
+        raise ValueError(f"run {run} is class-conditional: pass a label ({_range(classes)})")
+    if mode.label and label is not None:
+        check_int('label', label, 0, len(classes) - 1, f" ({', '.join(classes)})")
+
+# %% ../../nbs/57_training.runs.ipynb #6607bad3
+def _guidance(run, mode, classes, label, w:float, judge, scale:float, measure:str) -> dict:
+    "The keyword arguments `generate` is guided by (empty: none), after checking them against the run."
+    if not w >= 0 or not scale >= 0:
+        raise ValueError(f"guidance_scale={w} and guide_scale={scale}: both must be >= 0")
+    if w != 1 and not mode.label:
+        raise ValueError(f"--cfg {w}: run {run} is unconditional (no labels to guide on): leave --cfg out, or train "
+                         "a class-conditional run (mode=class)")
+    out = {} if w == 1 else dict(guidance_scale=w)
+    if judge is None:
+        return out
+    n = len(getattr(judge, 'classes', ()) or ())
+    if measure == 'log_prob' and not mode.label:
+        if label is None:
+            raise ValueError(f"--measure log_prob guides run {run} towards a class: give it with --label "
+                             f"(0-{n - 1}), or choose an uncertainty measure (entropy, margin, least_confidence)")
+        check_int('label', label, 0, max(n - 1, 0))
+        out['target'] = label
+    return dict(out, guide=judge, guide_scale=scale, measure=measure)
+
+def _record(w:float, judge, scale:float, measure:str) -> dict:
+    "The manifest columns of the guidance."
+    return dict(guidance_scale=w, guide=getattr(judge, 'path', '' if judge is None else repr(judge)),
+                guide_sha256=getattr(judge, 'sha256', ''), guide_scale=scale if judge is not None else '',
+                measure=measure if judge is not None else '')
+
+# %% ../../nbs/57_training.runs.ipynb #20764339
+def _inputs(folder, cfg, mode, flag:str) -> tuple:
+    """`(images, files, labels, class names)` of a folder of 2D images the run's size, `(N, C, H, W)` in [-1, 1] (labels
+    and names: class folders only); a wrongly sized image is a one-line error naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, f'{flag} folder not found', 'give a folder of images')
+    if cfg.dims != 2 or mode.conds:
+        raise ValueError(f"{flag} {folder}: image to image works on 2D unconditional and class runs; this one is "
+                         f"{cfg.dims}D mode={cfg.mode}")
+    files, labels, names = [sorted(p for p in folder.rglob('*') if p.suffix.lower() in IMAGE_EXTS), None, None]
+    if is_class_folders(folder):
+        files, labels, names, _ = scan_class_folders(folder)
+    if not files:
+        raise DataError(folder, f"holds no images ({', '.join(IMAGE_EXTS)})", f'give {flag} a folder of images')
+    ims = [read_image(f, mode.channels_out) for f in files]
+    for f, a in zip(files, ims):
+        if a.shape[1:] != tuple(cfg.size):
+            size = 'x'.join(map(str, cfg.size))
+            raise DataError(f, f"is {a.shape[1]}x{a.shape[2]} but the run makes {size} images",
+                            f"resize the images of {flag} {folder} to {size}")
+    return torch.from_numpy(np.stack(ims)) * 2 - 1, files, labels, names
+
+# %% ../../nbs/57_training.runs.ipynb #c249020d
+def _source_labels(folder, files, labels, names, label, classes) -> torch.Tensor:
+    "The run's label of each image to translate: its class folder's (named as the run's classes), or `label`."
+    if names is not None:
+        unknown = [c for c in names if c not in classes]
+        if unknown:
+            raise ValueError(f"--translate {folder}: class folders {', '.join(unknown)} are not the run's classes "
+                             f"({', '.join(classes)}): name the folders as the run's classes")
+        return torch.tensor([classes.index(names[k]) for k in labels])
+    if label is None:
+        raise ValueError(f"--translate {folder} is a folder of images without class folders: give their class with "
+                         f"--label ({_range(classes)})")
+    return torch.full((len(files),), label)
+
+def _check_translate(run, mode, to_label, classes):
+    if not mode.label:
+        raise ValueError(f"--translate needs a class-conditional run (mode=class); run {run} has no labels")
+    if not isinstance(to_label, int) or not 0 <= to_label < len(classes):
+        raise ValueError(f"--to-label {to_label} is out of range: run {run} has {len(classes)} classes "
+                         f"({_range(classes)}); give one of them")
+
+# %% ../../nbs/57_training.runs.ipynb #9603c3b6
+def _job(translate, to_label, init, strength) -> dict|None:
+    "What image to image is asked for: None, translation of `translate` to `to_label`, or SDEdit of `init`."
+    if translate is not None and init is not None:
+        raise ValueError("give one of --translate DIR and --init DIR --sdedit STRENGTH, not both")
+    if translate is not None:
+        return dict(how='translate', folder=translate, to_label=to_label, flag='--translate')
+    if to_label is not None:
+        raise ValueError("--to-label K goes with --translate DIR (the images to translate to class K)")
+    if init is None and strength is not None:
+        raise ValueError("--sdedit STRENGTH edits the images of a folder: give it with --init DIR")
+    if init is None:
+        return None
+    if strength is None or not 0 <= strength <= 1:
+        raise ValueError(f"--sdedit {strength} is not allowed: give the strength in [0, 1] (0 returns the images, 1 "
+                         "ignores them)")
+    return dict(how='sdedit', folder=init, strength=strength, flag='--init')
+
+def _prepare_images(run, cfg, mode, job:dict, label, classes) -> tuple:
+    "`(images, files, source labels)` of the folder to translate or edit, checked against the run."
+    if job['how'] == 'translate':
+        _check_translate(run, mode, job['to_label'], classes)
+    x, files, labels, names = _inputs(job['folder'], cfg, mode, job['flag'])
+    src = _source_labels(job['folder'], files, labels, names, label, classes) if job['how'] == 'translate' else None
+    return x, files, src
+
+# %% ../../nbs/57_training.runs.ipynb #19cbb661
+def _images_to_images(tmp, net, cfg, mode, job:dict, ins:tuple, label, classes, guidance:dict, meta:dict,
+                      batch_size:int, progress) -> list:
+    "Translate (DDIB) or edit (SDEdit) the images `ins` in batches, each written beside its input; their manifest rows."
+    (x_in, files, src), rows = ins, []
+    for b0 in range(0, len(x_in), batch_size):
+        idx = range(b0, min(b0 + batch_size, len(x_in)))
+        xb = x_in[b0:idx.stop]
+        if job['how'] == 'translate':
+            t = job['to_label']
+            x = ddib(net, cfg, xb, src[b0:idx.stop], torch.full((len(idx),), t), meta['steps'], progress, **guidance)
+            per = [dict(source=files[i].name, source_label=int(src[i]), target_label=t) for i in idx]
+            desc = [f"translate {files[i].name}: {int(src[i])} ({classes[src[i]]}) -> {t} ({classes[t]})" for i in idx]
+        else:
+            lab = torch.full((len(idx),), label) if mode.label else None
+            x = edit(net, cfg, xb, job['strength'], lab, meta['sampler'], meta['steps'],
+                     SampleGenerators(meta['seed'], idx), progress, **guidance)
+            per = [dict(source=files[i].name, source_label=label if mode.label else '', strength=job['strength'])
+                   for i in idx]
+            desc = [f"sdedit {files[i].name} strength {job['strength']}"
+                    + (f" label={label} ({classes[label]})" if mode.label else '') for i in idx]
+        rows += _write_batch(tmp, mode, cfg.dims, b0, x.cpu(), xb, None, desc, meta, per)
+    return rows
+
+# %% ../../nbs/57_training.runs.ipynb #ff1f86a3
+def _samples(tmp, net, cfg, mode, gen, per_net, n:int, label, classes, valid, guidance:dict, meta:dict,
+             batch_size:int, progress) -> list:
+    "`n` samples in batches (image i of seed s, whatever the batch), written with their conditioning; their rows."
+    rows = []
+    for b0 in range(0, n, batch_size):
+        nb = min(batch_size, n - b0)
+        real, cond, lab, desc = _batch_conditioning(valid, mode, b0, nb, label, classes)
+        # a mode may pack its images into a shape of its own
+        shape = (nb, mode.channels_out, *getattr(mode, 'shape', cfg.size))
+        gens = SampleGenerators(meta['seed'], range(b0, b0 + nb))
+        x = gen(net, cfg, shape, cond, lab, meta['sampler'], per_net, gens, progress=progress, **guidance).cpu()
+        rows += _write_batch(tmp, mode, cfg.dims, b0, x, real, cond, desc, meta)
+    return rows
+
+def _folder_name(job, sampler:str, steps, seed:int, w:float, judge, scale:float, measure:str) -> str:
+    g = ('' if w == 1 else f'-w{w:g}') + ('' if judge is None else f'-guide{scale:g}-{measure}')
+    if job is None:
+        return f'{sampler}-{steps}-seed{seed}{g}'
+    if job['how'] == 'translate':
+        return f"translate-to{job['to_label']}-ddim-{steps}{g}"
+    return f"sdedit-{job['strength']:g}-{sampler}-{steps}-seed{seed}{g}"
+
+# %% ../../nbs/57_training.runs.ipynb #29e97573
 def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:int=0, label:int|None=None, out=None,
-               batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True) -> Path:
-    """Write `n` samples of a run and their `manifest.csv` into `out` (default
-    `run/samples/<sampler>-<steps>-seed<seed>`)."""
+               batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True, guidance_scale:float=1.,
+               guide=None, guide_scale:float=1., measure:str='log_prob', translate=None, to_label:int|None=None,
+               init=None, strength:float|None=None) -> Path:
+    """Write `n` samples of a run (guided: `guidance_scale`, `guide`), or the images of `translate` translated to
+    `to_label` or of `init` edited at `strength`, and their `manifest.csv` into `out` (default `run/samples/...`)."""
     n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
+    job = _job(translate, to_label, init, strength)
     cfg, net, h, classes = load_run(run)
+    if (job or guide is not None or guidance_scale != 1) and _own_way(cfg):
+        raise ValueError(f"run {run}: the {', '.join(_own_way(cfg))} system samples it its own way; guidance, "
+                         "--translate and --sdedit work on single-network runs")
     given = steps
     own = first(cfg, 'sample', run, net, h, n, seed, out, overwrite, cond_data, progress)
     if own is not None:                                 # a system that writes its samples its own way
@@ -142,24 +308,20 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
     gen, per_net, steps = first(cfg, 'sampling', steps, given) or (generate, steps, steps)
     mode = mode_of(cfg)  # a mode that wraps another generates the base mode's images at full size
     mode = getattr(mode, 'base', mode)
-    if mode.label:
-        if label is None:
-            raise ValueError(f"run {run} is class-conditional: pass a label (0-{len(classes) - 1}: "
-                             f"{', '.join(classes)})")
-        check_int('label', label, 0, len(classes) - 1, f" ({', '.join(classes)})")
-    out = Path(out) if out else Path(run)/'samples'/f'{sampler}-{steps}-seed{seed}'
-    valid = _conditioning_set(cfg, mode, cond_data)
-    rows = []
-    with output_folder(out, 'samples', overwrite, reads=[run, *run_inputs(cfg), cond_data]) as tmp:
-        for b0 in range(0, n, batch_size):
-            nb = min(batch_size, n - b0)
-            real, cond, lab, desc = _batch_conditioning(valid, mode, b0, nb, label, classes)
-            # a mode may pack its images into a shape of its own; image i of seed s, whatever the batch
-            shape = (nb, mode.channels_out, *getattr(mode, 'shape', cfg.size))
-            x = gen(net, cfg, shape, cond, lab, sampler, per_net, SampleGenerators(seed, range(b0, b0 + nb)),
-                    progress=progress).cpu()
-            meta = dict(checkpoint=h, seed=seed, sampler=sampler, steps=steps, mode=cfg.mode)
-            rows += _write_batch(tmp, mode, cfg.dims, b0, x, real, cond, desc, meta)
+    _check_label(run, mode, label, classes, needed=not job or job['how'] != 'translate')
+    judge = None if guide is None else guide(cfg, classes)
+    guidance = _guidance(run, mode, classes, label, guidance_scale, judge, guide_scale, measure)
+    ins = _prepare_images(run, cfg, mode, job, label, classes) if job else None
+    valid = None if job else _conditioning_set(cfg, mode, cond_data)
+    out = Path(out) if out else Path(run)/'samples'/_folder_name(job, sampler, steps, seed, guidance_scale, judge,
+                                                                  guide_scale, measure)
+    meta = dict(checkpoint=h, seed=seed, sampler='ddim' if job and job['how'] == 'translate' else sampler, steps=steps,
+                mode=cfg.mode, record=dict(_record(guidance_scale, judge, guide_scale, measure), source='',
+                                           source_label='', target_label='', strength=''))
+    with output_folder(out, 'samples', overwrite, reads=[run, *run_inputs(cfg), cond_data, translate, init]) as tmp:
+        rows = (_images_to_images(tmp, net, cfg, mode, job, ins, label, classes, guidance, meta, batch_size, progress)
+                if job else _samples(tmp, net, cfg, mode, gen, per_net, n, label, classes, valid, guidance, meta,
+                                     batch_size, progress))
         write_manifest(tmp/'manifest.csv', rows)
     return out
 
