@@ -75,6 +75,7 @@ def _final_order(state, order, lower_order_final):
     left, total = state.get('remaining', math.inf), state.get('total', math.inf)
     return min(order, left) if lower_order_final and total < 15 else order
 
+# %% ../../nbs/13_diffusion.samplers.ipynb #8f7b85c6
 def _dpmpp_step(den, schedule, x, t, s, state, generator=None, order:int=2, lower_order_final:bool=True):
     """DPM-Solver++ multistep step of `order` 2 or 3 in log-SNR time; `state` keeps the last `order - 1` data
     predictions."""

@@ -179,6 +179,7 @@ def process_group():
         dist.barrier()                                  # every process is done before any leaves
         dist.destroy_process_group()
 
+# %% ../../nbs/51_training.data.ipynb #1c97a9fb
 def _barrier():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
