@@ -163,6 +163,23 @@ def test_generation_from_references_img2img_and_interpolation(m2d, trained):
     torch.testing.assert_close(path[-1:], end(tb, zb), atol=1e-4, rtol=0)
     assert (path[1] - path[0]).abs().mean() > 0 and (path[2] - path[3]).abs().mean() > 0
 
+def test_feature_guidance_is_exact_at_one_and_zero(m2d, trained, tmp_path):
+    "Classifier-free guidance on labels and features: w = 1 is the conditional model, w = 0 the model without either."
+    from medsynth.systems.m2d import from_references, reference_tokens
+    cfg, net, _, _ = load_run(trained); s = read_set(m2d/'cls')
+    tok = reference_tokens(encoder_of(cfg), s.images[s.labels == 0][:2] * 2 - 1)
+    g = lambda: torch.Generator().manual_seed(0)
+    x = from_references(net, cfg, tok, 2, label=0, generator=g())
+    assert torch.equal(x, from_references(net, cfg, tok, 2, label=0, generator=g(), guidance_scale=1.))
+    unc = generate(net, cfg, (2, 1, 32, 32), generator=g())                 # no label, the null token
+    assert torch.equal(from_references(net, cfg, tok, 2, label=0, generator=g(), guidance_scale=0.), unc)
+    w2 = from_references(net, cfg, tok, 2, label=0, generator=g(), guidance_scale=2.)
+    assert (w2 - x).abs().mean() > 0 and (w2 - unc).abs().mean() > 0
+    a = sorted(p for p in (m2d/'cls').iterdir() if p.is_dir())[0]
+    r = cli('sample', trained, '--n', 2, '--label', 0, '--out', tmp_path/'w2', '--no-progress', '--references', a, '--cfg', 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {x['guidance_scale'] for x in csv.DictReader(open(tmp_path/'w2'/'manifest.csv'))} == {'2.0'}
+
 def test_sample_cli_references_init_between(m2d, trained, tmp_path):
     "The run-level writer: `medsynth sample RUN --references | --init --strength | --between`, each with a manifest."
     cls = m2d/'cls'; a, b = sorted(p for p in cls.iterdir() if p.is_dir())[:2]

@@ -62,7 +62,7 @@ def _guidance_args(s):
     from medsynth.diffusion.guidance import MEASURES   # deferred: torch loads only for the command that needs it
     g = s.add_argument_group('guidance and image to image')
     g.add_argument('--cfg', type=weight, default=1., metavar='W',
-                   help="classifier-free guidance weight on the labels (1: the conditional model, 0: unconditional)")
+                   help="classifier-free guidance weight on labels or encoder features (1: off, 0: unconditional)")
     g.add_argument('--classifier', metavar='RUN', help="guide by the noisy classifier `medsynth train --classifier` "
                    "wrote in RUN")
     g.add_argument('--classifier-scale', type=weight, metavar='S', help="with --classifier: its scale (default 1)")
@@ -80,8 +80,8 @@ def _check_flags(args) -> bool:
     if args.classifier is None and (args.classifier_scale is not None or args.measure is not None):
         raise ValueError("--classifier-scale and --measure go with --classifier RUN (the noisy classifier to guide by)")
     m2d = bool(args.references or args.between or (args.init and args.sdedit is None))
-    if m2d and (args.cfg != 1 or args.classifier or args.translate):
-        raise ValueError("--cfg, --classifier and --translate do not combine with M2D's --references, --between or "
+    if m2d and (args.classifier or args.translate):
+        raise ValueError("--classifier and --translate do not combine with M2D's --references, --between or "
                          "--init --strength: sample without them, or SDEdit with --init DIR --sdedit STRENGTH")
     return m2d
 
@@ -91,7 +91,8 @@ def sample_command(args):
         from medsynth.systems.m2d import sample_features   # deferred: torch loads only for the command that needs it
         out = sample_features(args.run, args.n, args.references, args.init, args.strength, args.between, args.label,
                               args.sampler, args.steps, args.seed, args.out,
-                              args.batch_size, args.overwrite, progress=not args.no_progress)
+                              args.batch_size, args.overwrite, progress=not args.no_progress,
+                              guidance_scale=args.cfg)
         print(f"wrote {args.n} samples and manifest.csv to {out}")
         return 0
     from medsynth.training.runs import sample_run   # deferred: torch loads only for the command that needs it

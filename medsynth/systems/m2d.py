@@ -16,7 +16,7 @@ from ..core.io import DataError, read_image, fit, IMAGE_EXTS, write_png
 from ..diffusion.param import Denoiser
 from ..diffusion.bridge import sdedit
 from ..training.config import TrainConfig
-from ..training.generation import generate, schedule_of
+from ..training.generation import generate, guided_denoiser, schedule_of
 from ..training.data import space_of, mode_of, encoder_of
 from ..training.runs import load_run, _check_steps, write_manifest
 from ..diffusion.samplers import SAMPLERS
@@ -81,12 +81,13 @@ def _label(net, label, n, dev):
             else torch.as_tensor(label, device=dev).long())
 
 def from_references(net, cfg:TrainConfig, tokens, n:int, label=None, sampler=None, steps=None, generator=None,
-                    progress=False) -> torch.Tensor:
-    "`n` samples, sample `i` conditioned on reference token set `i % len(tokens)` (and `label`)."
+                    progress=False, guidance_scale:float=1.) -> torch.Tensor:
+    """`n` samples, sample `i` conditioned on reference token set `i % len(tokens)` (and `label`), under classifier-free
+    guidance of weight `guidance_scale` (0: the null token's unconditional model)."""
     dev = next(net.parameters()).device
     shape = (n, cfg_channels(cfg), *cfg.size)
     return generate(net, cfg, shape, label=_label(net, label, n, dev), sampler=sampler, steps=steps,
-                    generator=generator, progress=progress, features=cycle(tokens, n))
+                    generator=generator, progress=progress, features=cycle(tokens, n), guidance_scale=guidance_scale)
 
 def cfg_channels(cfg:TrainConfig) -> int:
     "Image channels the model generates (before any autoencoder)."
@@ -94,9 +95,9 @@ def cfg_channels(cfg:TrainConfig) -> int:
 
 # %% ../../nbs/73_systems.m2d.ipynb #bfbae1be
 def img2img(net, cfg:TrainConfig, images, strength:float, features=None, label=None, steps:int|None=None,
-            sampler:str='ddim', generator=None, progress=False) -> torch.Tensor:
+            sampler:str='ddim', generator=None, progress=False, guidance_scale:float=1.) -> torch.Tensor:
     """SDEdit `images` `(N, C, H, W)` in [-1, 1] with strength in [0, 1] in the model's space, conditioned on `features`
-    and `label` if given."""
+    and `label` if given (classifier-free guidance of weight `guidance_scale`)."""
     if not 0 <= strength <= 1:
         raise ValueError(f"strength={strength} is not allowed: it must be in [0, 1] (0 returns the input, 1 ignores "
                          "it)")
@@ -110,7 +111,7 @@ def img2img(net, cfg:TrainConfig, images, strength:float, features=None, label=N
     was = net.training
     net.eval()
     kw = dict(label=_label(net, label, n, dev), **({} if features is None else dict(features=features.to(dev))))
-    den0 = Denoiser(net, schedule, cfg.prediction)
+    den0 = guided_denoiser(Denoiser(net, schedule, cfg.prediction), schedule, guidance_scale)
     den = lambda z, t: den0(z, t, **kw)
     with torch.no_grad():
         z = space.to(dev).encode(x) if space is not None else x
@@ -122,7 +123,7 @@ def img2img(net, cfg:TrainConfig, images, strength:float, features=None, label=N
 
 # %% ../../nbs/73_systems.m2d.ipynb #e1d9c05e
 def interpolate(net, cfg:TrainConfig, tokens_a, tokens_b, n:int=5, label=None, steps:int|None=None, generator=None,
-                progress=False) -> torch.Tensor:
+                progress=False, guidance_scale:float=1.) -> torch.Tensor:
     """`n` images along the path from reference set A to set B: mean tokens interpolated linearly, starting noise
     spherically, deterministic DDIM."""
     if tokens_a.shape[1:] != tokens_b.shape[1:]:
@@ -136,8 +137,8 @@ def interpolate(net, cfg:TrainConfig, tokens_a, tokens_b, n:int=5, label=None, s
     fa, fb = tokens_a.mean(0, keepdim=True), tokens_b.mean(0, keepdim=True)
     ws = torch.linspace(0, 1, n).tolist()
     return torch.cat([generate(net, cfg, shape, label=_label(net, label, 1, dev), sampler='ddim', steps=steps,
-                               progress=progress,
-                               features=(1 - w) * fa + w * fb, x_T=slerp(za, zb, w)) for w in ws])
+                               progress=progress, features=(1 - w) * fa + w * fb, x_T=slerp(za, zb, w),
+                               guidance_scale=guidance_scale) for w in ws])
 
 # %% ../../nbs/73_systems.m2d.ipynb #7c9b0bb7
 def _one_source(references, init, between) -> str:
@@ -156,8 +157,14 @@ def _source_folders(how:str, references, init, between, strength:float) -> list:
         raise ValueError(f"--between takes two folders; got {len(between)}")
     return [Path(f) for f in ([references] if how == 'references' else [init] if how == 'init' else between)]
 
-def _check_run(run, how:str, net, label, classes):
-    "One-line errors for a run without feature fusion asked for features, or a class-conditional run without a label."
+def _check_run(run, how:str, net, label, classes, guidance_scale:float=1.):
+    """One-line errors for a run without feature fusion asked for features, a class-conditional run without a label, or
+    guidance without anything to guide by."""
+    if guidance_scale < 0:
+        raise ValueError(f"--cfg {guidance_scale:g} is not allowed: the guidance weight must be >= 0 (1: no guidance)")
+    if guidance_scale != 1 and not getattr(net, 'fusion', None) and net.num_classes is None:
+        raise ValueError(f"{run}: --cfg needs a run conditioned on labels or encoder features; this one is "
+                         "unconditional: drop --cfg")
     if how != 'init' and not getattr(net, 'fusion', None):
         raise ValueError(f"{run}: this run was trained without feature fusion (fusion=null): --{how} needs a fusion "
                          "run; sample it by --label")
@@ -176,20 +183,21 @@ def _reference_sets(cfg, net, folders) -> tuple:
     return images, toks
 
 def _generate_from(net, cfg, how:str, images, toks, n:int, strength, label, sampler, steps, seed:int, batch_size:int,
-                   progress) -> torch.Tensor:
+                   progress, w:float=1.) -> torch.Tensor:
     "The `n` generations: one interpolation path, or from references or init images in batches of `batch_size`."
     if how == 'between':
-        return interpolate(net, cfg, toks[0], toks[1], n, label, steps, torch.Generator().manual_seed(seed), progress)
+        return interpolate(net, cfg, toks[0], toks[1], n, label, steps, torch.Generator().manual_seed(seed), progress,
+                           w)
     xs = []
     for b0 in range(0, n, batch_size):
         nb = min(batch_size, n - b0)
         idx = (torch.arange(nb) + b0) % len(images[0])
         g = SampleGenerators(seed, range(b0, b0 + nb))                 # image i of seed s, whatever the batch
         if how == 'references':
-            xs.append(from_references(net, cfg, toks[0][idx], nb, label, sampler, steps, g, progress))
+            xs.append(from_references(net, cfg, toks[0][idx], nb, label, sampler, steps, g, progress, w))
         else:
             xs.append(img2img(net, cfg, images[0][idx], strength, None if toks is None else toks[0][idx], label,
-                              steps, sampler, g, progress))
+                              steps, sampler, g, progress, w))
     return torch.cat(xs)
 
 # %% ../../nbs/73_systems.m2d.ipynb #d10a9cdf
@@ -205,27 +213,29 @@ def _conditioning(how:str, i:int, n:int, files, folders, strength) -> str:
 def sample_features(run, n:int=16, references=None, init=None, strength:float=0.5, between=None, label:int|None=None,
                     sampler:str|None=None,
                     steps:int|None=None, seed:int=0, out=None, batch_size:int=16, overwrite:bool=False,
-                    progress:bool=False) -> Path:
+                    progress:bool=False, guidance_scale:float=1.) -> Path:
     """Write `n` generations of a run from `references` (a folder), from `init` images at `strength` (image to image) or
-    `between` two folders (interpolation), with a manifest."""
+    `between` two folders (interpolation), with a manifest; `guidance_scale`: classifier-free guidance weight."""
     how = _one_source(references, init, between)
     n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
     folders = _source_folders(how, references, init, between, strength)
     files = [image_files(f) for f in folders]                     # missing or empty folders fail before the model loads
     cfg, net, h, classes = load_run(run)
-    _check_run(run, how, net, label, classes)
+    _check_run(run, how, net, label, classes, guidance_scale)
     sampler = check_choice('sampler', sampler or ('ddim' if how != 'references' else cfg.sampler), list(SAMPLERS))
     steps = _check_steps(steps, cfg.sample_steps)
-    out = Path(out) if out else Path(run)/'samples'/f'{how}-{sampler}-{steps}-seed{seed}'
+    w = '' if guidance_scale == 1 else f'-w{guidance_scale:g}'
+    out = Path(out) if out else Path(run)/'samples'/f'{how}-{sampler}-{steps}-seed{seed}{w}'
     images, toks = _reference_sets(cfg, net, folders)
     rows = []
     with output_folder(out, 'samples', overwrite, reads=[run, cfg.data, *folders]) as tmp:
-        x = _generate_from(net, cfg, how, images, toks, n, strength, label, sampler, steps, seed, batch_size, progress)
+        x = _generate_from(net, cfg, how, images, toks, n, strength, label, sampler, steps, seed, batch_size, progress,
+                           guidance_scale)
         for i in range(n):
             f = f"{i:05d}_image.png"
             write_png(tmp/f, ((x[i].cpu() + 1) / 2).numpy())
             rows.append(dict(file=f, checkpoint=h, seed=seed, index=i, sampler=sampler, steps=steps, mode=cfg.mode,
-                             key='image',
+                             key='image', guidance_scale=guidance_scale,
                              conditioning=_conditioning(how, i, n, files, folders, strength)
                              + (f" label={label} ({classes[label]})" if label is not None and classes else '')))
         write_manifest(tmp/'manifest.csv', rows)
