@@ -15,15 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from medsynth.diffusion.schedules import get_schedule
-from medsynth.core.testing import GaussianMixture, mixture_zscores
+from medsynth.core.testing import mixture_zscores
+from medsynth.diffusion.steps import AYS_FILE, ays_oracle, write_steps
 from medsynth.diffusion.samplers import sample
 
 NFES = (5, 10, 12, 20, 50, 100, 1000)
-
-def ring_mixture():
-    "Six sharp, unequally weighted modes on a ring: the samplers' test oracle."
-    ang = torch.arange(6) * 2 * math.pi / 6
-    return GaussianMixture(torch.stack([2 * ang.cos(), 2 * ang.sin()], 1), [0.04, 0.02, 0.05, 0.03, 0.04, 0.06], weights=[1, 2, 1, 2, 1, 3])
 
 class Counter:
     "Wrap a denoiser and count its calls."
@@ -97,12 +93,11 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     if a.write_steps:
-        from medsynth.diffusion.steps import write_steps, AYS_FILE
         write_steps(); print(f"wrote {AYS_FILE}"); return
     nfes, n = tuple(a.nfe), a.n
     if any(k < 1 for k in nfes) or n < 100: p.error(f"--nfe values must be >= 1 and --n >= 100 (got {list(nfes)}, {n})")
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    gm, sch = ring_mixture(), get_schedule('linear')
+    gm, sch = ays_oracle(), get_schedule('linear')   # six sharp, unequally weighted modes on a ring
     noise = torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
     t0 = time.time()
     ode = sample(gm.denoiser(sch), sch, noise, steps=1000, sampler='dpmpp_2m')

@@ -12,7 +12,7 @@ import medsynth
 warnings.filterwarnings('ignore', message=r'`torch.jit.script` is deprecated')
 
 # %% auto #0
-__all__ = ['count', 'fraction', 'positive', 'Parser', 'parser', 'main']
+__all__ = ['count', 'number', 'fraction', 'positive', 'Parser', 'parser', 'main']
 
 # %% ../../nbs/93_app.cli.ipynb #2e719f4a
 def count(lo:int=1):
@@ -28,26 +28,24 @@ def count(lo:int=1):
     parse.__name__ = f'integer >= {lo}'
     return parse
 
-def fraction(s):
-    "An argparse type: a number in [0, 1]."
+def number(s, ok, what:str) -> float:
+    "`s` as a number for which `ok` holds, else an argparse error saying that a number `what` is needed."
     try:
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number in [0, 1]")
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number {what}")
     return v
+
+def fraction(s):
+    "An argparse type: a number in [0, 1]."
+    return number(s, lambda v: 0 <= v <= 1, 'in [0, 1]')
 
 # %% ../../nbs/93_app.cli.ipynb #70ab447f
 def positive(s):
     "An argparse type: a number > 0."
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number > 0")
-    return v
+    return number(s, lambda v: v > 0, '> 0')
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, `medsynth: error: ...` like every other error (subcommands inherit

@@ -6,9 +6,9 @@ Docs: https://medsynth.github.io/medsynth/app.sampling.html.md"""
 
 # %% ../../nbs/92a_app.sampling.ipynb #cdc72c43
 from __future__ import annotations
-import argparse, csv
+import csv
 from pathlib import Path
-from .cli import count, fraction
+from .cli import count, fraction, number
 
 # %% auto #0
 __all__ = ['weight', 'sample_parser', 'sample_command']
@@ -16,13 +16,7 @@ __all__ = ['weight', 'sample_parser', 'sample_command']
 # %% ../../nbs/92a_app.sampling.ipynb #a491d4bf
 def weight(s):
     "An argparse type: a number >= 0 (a guidance weight or scale)."
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"{v} is not allowed: give a number >= 0")
-    return v
+    return number(s, lambda v: v >= 0, '>= 0')
 
 # %% ../../nbs/92a_app.sampling.ipynb #5616809e
 def sample_parser(sub):
