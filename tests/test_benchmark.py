@@ -37,3 +37,42 @@ def test_training_benchmark_small(tmp_path):
     assert abs(res['overhead'] - (min(res['learner_s_per_step']) / min(res['bare_s_per_step']) - 1)) < 1e-12
     assert set(res['sampling_images_per_s']) == {'ddim', 'euler', 'heun', 'dpmpp_2m', 'dpmpp_3m', 'ddpm'}
     assert 'Learner overhead' in (tmp_path / 'training.md').read_text()
+
+def test_gpu_benchmark_tiny_on_cpu(tmp_path):
+    "benchmarks/gpu.py at tiny sizes on the CPU: every row is there, compile is skipped with its reason, DDP runs over gloo."
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'gpu.py'), '--tiny', '--ddp', '2', '--out', str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / 'gpu.json').read_text())
+    rows = {(x['case'], x['variant']): x for x in res['rows']}
+    assert set(rows) == {('2d', 'fp32 eager'), ('2d', 'bf16'), ('2d', 'bf16 + channels-last'), ('2d', 'bf16 + compile'),
+                         ('2d', 'bf16 + compile + channels-last'), ('3d', 'fp32 eager'), ('3d', 'bf16'), ('3d', 'bf16 + compile'),
+                         ('2d', 'DDP x2 (bf16)')}
+    for case in ('2d', '3d'):
+        ref = rows[(case, 'fp32 eager')]['images_per_s']
+        for (c, v), x in rows.items():
+            if c != case or 'skipped' in x or v.startswith('DDP'): continue
+            assert abs(x['speedup'] - x['images_per_s'] / ref) < 1e-9 * x['speedup'] and x['images_per_s'] > 0
+    assert 'inductor' in rows[('2d', 'bf16 + compile')]['skipped']
+    ddp = rows[('2d', 'DDP x2 (bf16)')]
+    assert ddp.get('processes') == 2 and ddp['backend'] == 'gloo', ddp
+    assert {(s['case'], s['precision']) for s in res['sampling']} == {('2d', 'fp32'), ('2d', 'bf16'), ('3d', 'fp32'), ('3d', 'bf16')}
+    assert '| 2d | bf16 + compile |' in (tmp_path / 'gpu.md').read_text()
+
+def test_volume_benchmark_tiny(tmp_path):
+    "benchmarks/volume.py at 16^3: pixel, pixel with checkpointing and latent rows, ratios against pixel from the same run."
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'volume.py'), '--tiny', '--out', str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {x['way']: x for x in json.loads((tmp_path / 'volume.json').read_text())['rows']}
+    assert set(rows) == {'pixel', 'pixel+ckpt', 'latent'} and all('error' not in x for x in rows.values()), rows
+    assert rows['pixel']['grid'] == [16, 16, 16] and rows['latent']['grid'] == [4, 4, 4]          # the 4x autoencoder
+    for x in rows.values():
+        assert abs(x['time_ratio'] - x['step_s'] / rows['pixel']['step_s']) < 1e-9 and x['peak_bytes'] >= 0
+        assert abs(x['saved_ratio'] - x['saved_bytes'] / rows['pixel']['saved_bytes']) < 1e-9
+    assert rows['pixel+ckpt']['saved_bytes'] < rows['pixel']['saved_bytes']          # checkpointing keeps less for backward
+    assert '| pixel+ckpt | 16^3 |' in (tmp_path / 'volume.md').read_text()
+
+def test_volume_benchmark_bad_sizes(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'volume.py'), '--sizes', '20', '--out', str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and 'must be a multiple of 32' in r.stderr and not (tmp_path / 'volume.json').exists()

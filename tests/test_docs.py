@@ -15,7 +15,8 @@ def test_quarto_config_and_sidebar_cover_every_notebook():
     for e in side: listed += e['contents'] if isinstance(e, dict) else [e]
     assert len(listed) == len(set(listed)), 'a page is listed twice'
     for f in listed: assert (NBS/f).exists(), f"sidebar.yml lists {f}, which does not exist"
-    pages = {p.name for p in NBS.glob('*.ipynb') if not p.name.startswith('_')}
+    pages = {p.relative_to(NBS).as_posix() for p in NBS.rglob('*.ipynb') if not p.name.startswith('_')     # guides/ too
+             and '.ipynb_checkpoints' not in p.parts}
     assert pages == set(listed), f"notebooks missing from sidebar.yml: {sorted(pages - set(listed))}"
 
 def test_nbdev_settings_for_docs():

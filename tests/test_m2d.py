@@ -2,14 +2,15 @@
 change only their own network; a REPA-E run resumes exactly (the tuned VAE and its optimiser are checkpointed); bad
 input as one-line errors; generation from references, image to image and interpolation on a trained run; the paper
 through papermill with tiny parameters."""
-import csv, json
+import csv, dataclasses, json
 import pandas as pd, pytest, torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from conftest import cli
 from medsynth.data.phantoms import BrainPhantom, write_class_folders
 from medsynth.evaluation.sets import read_set
 from medsynth.models.domain import train_encoder, save_encoder
-from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder
+from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder, load_autoencoder, build_discriminator
+from medsynth.models.repa import RepaECB
 from medsynth.training.config import make_config
 from medsynth.training.learner import train, build_learner
 from medsynth.training.data import build_datasets, build_dataloaders, encoder_of, space_of
@@ -109,6 +110,55 @@ def test_repa_e_resume_is_exact(m2d, tmp_path):
     assert not all(torch.equal(a['repa_e']['vae'][n], v) for n, v in torch.load(m2d/'autoencoder.pt')['state_dict'].items())   # it was tuned
     va, vb = (torch.load(tmp_path/r/'autoencoder.pt')['state_dict'] for r in ('full', 'cut'))
     assert all(torch.equal(va[n], vb[n]) for n in va)
+
+# 3b. REPA-E trains the autoencoder with its own full loss
+def _full_loss_autoencoder(m2d, path):
+    "The fixture's autoencoder, its config asking for a perceptual (domain encoder) and an adversarial term."
+    sp = load_autoencoder(m2d/'autoencoder.pt')
+    ac = dataclasses.replace(sp.config, perceptual='encoder', perceptual_weight=0.5, adversarial_weight=0.1, disc_layers=1)
+    return save_autoencoder(sp.model, ac, sp.scale, path)
+
+def test_repa_e_uses_the_autoencoders_full_loss(m2d, tmp_path):
+    "Every configured term of the VAE step is in its loss (the formula written out) and sends gradient into the VAE."
+    ae = _full_loss_autoencoder(m2d, tmp_path/'ae.pt')
+    r = cli('train', f'data={m2d/"cls"}', 'mode=class', 'image=image', 'size=[32,32]', 'channels=[8,16]', 'attention_levels=[false,false]',
+            'num_head_channels=8', 'batch_size=8', 'epochs=1', 'encoder=domain', f'encoder_weights={m2d/"encoder.pt"}', 'fusion=xattn',
+            'repa=0.5', 'repa_e=true', f'autoencoder={ae}', '--run', tmp_path/'r', '--no-progress')
+    assert r.returncode == 2 and 'set vae_perceptual_weights to a domain encoder.pt' in r.stderr and r.stderr.count('\n') == 1, r.stderr
+    assert not (tmp_path/'r').exists()                                            # nothing written
+    cfg = make_config(base(m2d, epochs=1, repa_e=True, repa_vae=1.5, autoencoder=str(ae), vae_perceptual_weights=str(m2d/'encoder.pt')))
+    tr, va, classes = build_datasets(cfg); (tmp_path/'run'/'logs').mkdir(parents=True)
+    learn = build_learner(cfg, tmp_path/'run', build_dataloaders(tr, va, cfg), classes, progress=False)
+    ecb = next(c for c in learn.cbs if isinstance(c, RepaECB))
+    assert ecb.weight == 1.5 and ecb.perceptual is not None and ecb.disc is not None   # separate weights; every term's network
+    got = {}
+    class Probe(Callback):
+        order = -4.5                                                              # the batch is built, the VAE step not yet taken
+        def before_batch(self):
+            if not self.training: return
+            ac, params = ecb.space.config, [p for p in ecb.space.model.parameters()]
+            ecb.space.model.train()
+            terms, _ = ecb.vae_loss(self.learn.dcb.pixels, self.learn.yb[1], self.learn.yb[2])
+            w = dict(recon=1., kl=ac.kl_weight, perceptual=ac.perceptual_weight, adversarial=ac.adversarial_weight, repa=1.5)
+            got['formula'] = (terms['loss'].item(), sum(w[k] * terms[k] for k in w).item())
+            for k in w:
+                g = torch.autograd.grad(w[k] * terms[k], params, retain_graph=True, allow_unused=True)
+                got[k] = sum(float(x.abs().sum()) for x in g if x is not None)
+            raise CancelFitException
+    learn.add_cb(Probe())
+    learn.fit(1, cfg.lr)
+    assert abs(got['formula'][0] - got['formula'][1]) < 1e-5 * abs(got['formula'][1]), got
+    assert all(got[k] > 0 for k in ('recon', 'kl', 'perceptual', 'adversarial', 'repa')), got
+
+def test_repa_e_trains_and_checkpoints_the_discriminator(m2d, tmp_path):
+    ae = _full_loss_autoencoder(m2d, tmp_path/'ae.pt')
+    cfg = make_config(base(m2d, epochs=1, repa_e=True, autoencoder=str(ae), vae_perceptual_weights=str(m2d/'encoder.pt')))
+    train(cfg, tmp_path/'run', progress=False)
+    ck = load_checkpoint(tmp_path/'run'/'checkpoints'/'last.pt')['repa_e']
+    assert {'vae', 'opt', 'disc', 'opt_d'} <= set(ck)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed); d0 = build_discriminator(load_autoencoder(ae).config).state_dict()
+    assert any(not torch.equal(d0[n], ck['disc'][n]) for n in d0 if d0[n].is_floating_point())    # it took its steps
 
 # 4. bad input
 @pytest.mark.parametrize('args,message', [

@@ -13,9 +13,9 @@ medsynth = cli
 
 def write_paper(path):
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("out_dir = 'runs/tiny'\nn = 3\nscale = 0.5\nfail = False"),
+    nb.cells = [nbformat.v4.new_code_cell("out_dir = 'runs/tiny'\nn = 3\nscale = 0.5\nfail = False\nseed = 0"),
                 nbformat.v4.new_code_cell("import json, pathlib\nassert not fail, 'asked to fail'\n"
-                                          "pathlib.Path(out_dir, 'metrics.json').write_text(json.dumps({'total': n * scale}))")]
+                                          "pathlib.Path(out_dir, 'metrics.json').write_text(json.dumps({'total': n * scale + seed}))")]
     nb.cells[0].metadata['tags'] = ['parameters']
     nb.metadata['kernelspec'] = dict(name='python3', display_name='Python 3', language='python')
     path.parent.mkdir(parents=True, exist_ok=True); nbformat.write(nb, str(path))
@@ -37,21 +37,31 @@ def job_field(j, key):
     return re.search(rf'\b{key}=(\S+)', out).group(1)
 
 def test_array_sweep_of_a_paper(cluster, tmp_path):
+    "A 3-task array (two grid points, one of them over two seeds) runs on the cluster; `runs table` collects it."
     write_paper(tmp_path/'papers'/'tiny.ipynb')
-    (tmp_path/'grid.yaml').write_text("n: [1, 2, 3]\n")
+    (tmp_path/'grid.yaml').write_text("- {n: 1, seed: 0}\n- {n: 1, seed: 1}\n- {n: 2, seed: 0}\n")
     r = medsynth('paper', 'tiny', '--slurm', '--array', tmp_path/'grid.yaml', '-p', 'scale', '2.0', '--papers', tmp_path/'papers',
                  '--runs', tmp_path/'runs', '--cpus', 1, '--mem', '500M', '--time', '00:10:00')
     j = job_id(r); wait(j)
     sweep = next((tmp_path/'runs'/'tiny').iterdir())
-    for i, n in enumerate((1, 2, 3)):
+    for i, (n, seed) in enumerate([(1, 0), (1, 1), (2, 0)]):
         t = sweep/f'task-{i}'
-        assert json.loads((t/'metrics.json').read_text()) == {'total': n * 2.0}
+        assert json.loads((t/'metrics.json').read_text()) == {'total': n * 2.0 + seed}
         assert json.loads((t/'status.json').read_text())['state'] == 'completed'
         cfg = json.loads((t/'config.json').read_text())
-        assert cfg['given'] == {'n': n, 'scale': 2.0} and cfg['slurm']['SLURM_ARRAY_TASK_ID'] == str(i)
+        assert cfg['given'] == {'n': n, 'seed': seed, 'scale': 2.0} and cfg['slurm']['SLURM_ARRAY_TASK_ID'] == str(i)
         assert (t/'tiny.ipynb').exists() and list(t.glob(f'slurm-{j}_{i}.log'))
     listing = medsynth('runs', '--runs', tmp_path/'runs')
     assert listing.returncode == 0 and listing.stdout.count('completed') == 3 and f'{j}_2' in listing.stdout, listing.stdout
+    table = medsynth('runs', 'table', 'tiny', '--runs', tmp_path/'runs')
+    assert table.returncode == 0, table.stderr
+    import numpy as np, pandas as pd
+    csv = pd.read_csv(sweep/'table.csv')
+    assert list(csv.columns) == ['n', 'n_seeds', 'total_mean', 'total_sd'] and list(csv.n) == [1, 2] and list(csv.n_seeds) == [2, 1]
+    assert np.allclose(csv.total_mean, [np.mean([2.0, 3.0]), 4.0]) and np.isclose(csv.total_sd[0], np.std([2.0, 3.0], ddof=1)) and np.isnan(csv.total_sd[1])
+    rows = [line for line in (sweep/'table.md').read_text().splitlines() if line.startswith('| 1 ') or line.startswith('| 2 ')]
+    assert rows == [f"| 1 | 2 | {np.mean([2.0, 3.0]):.4g} +- {np.std([2.0, 3.0], ddof=1):.2g} |", "| 2 | 1 | 4 |"], rows
+    assert (sweep/'table.png').stat().st_size > 2_000 and f"wrote {sweep/'table.csv'}" in table.stdout
 
 def test_failed_job_is_reported_with_its_log(cluster, tmp_path):
     write_paper(tmp_path/'papers'/'tiny.ipynb')

@@ -277,9 +277,10 @@ def _paper_parsers(sub):
     p.add_argument('--no-progress', action='store_true')
     _slurm_args(p)
     p.set_defaults(func=_paper)
-    r = sub.add_parser('runs', help="list, show or clean paper runs and their SLURM jobs")
-    r.add_argument('action', nargs='?', default='list', choices=['list', 'show', 'clean'])
-    r.add_argument('target', nargs='?', help="list/clean: a paper name; show: a run folder")
+    r = sub.add_parser('runs', help="list, show, clean or tabulate paper runs and their SLURM jobs")
+    r.add_argument('action', nargs='?', default='list', choices=['list', 'show', 'clean', 'table'])
+    r.add_argument('target', nargs='?', help="list/clean: a paper name; show: a run folder; table: a sweep folder or "
+                   "a paper name (its newest sweep): mean +- sd over seeds as table.md, table.csv and table.png")
     r.add_argument('--runs', default='runs')
     r.add_argument('--keep', type=count(0), default=5, help="clean: runs to keep per paper (default 5)")
     r.add_argument('--dry-run', action='store_true', help="clean: only say what would be deleted")
@@ -313,7 +314,13 @@ def _paper(args):
 # %% ../../nbs/93_app.cli.ipynb #b652844f
 def _runs(args):
     # deferred: torch loads only for the command that needs it
-    from medsynth.app.runs import list_runs, format_runs, show_run, clean_runs
+    from medsynth.app.runs import list_runs, format_runs, show_run, clean_runs, sweep_table
+    if args.action == 'table':
+        if not args.target:
+            raise ValueError("runs table needs a sweep folder or a paper name: medsynth runs table mri_synth")
+        t = sweep_table(args.target, args.runs)
+        print(t['markdown'] + '\n\n' + '\n'.join(f"wrote {f}" for f in t['files']))
+        return 0
     if args.action == 'show':
         if not args.target:
             raise ValueError("runs show needs a run folder: medsynth runs show runs/NAME/TIME")

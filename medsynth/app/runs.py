@@ -6,13 +6,16 @@ Docs: https://medsynth.github.io/medsynth/app.runs.html.md"""
 
 # %% ../../nbs/91_app.runs.ipynb #e511e4f0
 from __future__ import annotations
-import json, shutil, subprocess
+import json, math, shutil, subprocess
 from pathlib import Path
+import numpy as np
+from matplotlib.figure import Figure
 from ..core.folders import marker, holder, process_alive
 from .experiments import read_json
 
 # %% auto #0
-__all__ = ['ENDED', 'slurm_state', 'run_info', 'list_runs', 'format_runs', 'show_run', 'clean_runs']
+__all__ = ['ENDED', 'SEED_KEYS', 'slurm_state', 'run_info', 'list_runs', 'format_runs', 'show_run', 'clean_runs', 'sweep_groups',
+           'sweep_table']
 
 # %% ../../nbs/91_app.runs.ipynb #bfb13c05
 def slurm_state(job_id:str|None) -> dict|None:
@@ -154,3 +157,113 @@ def clean_runs(runs='runs', keep:int=5, name:str|None=None, dry_run:bool=False) 
                 shutil.rmtree(d)
             gone.append(d)
     return gone
+
+# %% ../../nbs/91_app.runs.ipynb #9ebeadae
+SEED_KEYS = ('seed',)                                   # the parameters a sweep repeats over, not compares
+
+def _sweep_of(target, runs) -> Path:
+    "The sweep folder `target` names: a sweep folder itself, or the newest sweep of paper `target` under `runs`."
+    d = Path(target)
+    if d.is_dir() and (d/'sweep.json').exists():
+        return d
+    if d.is_dir():
+        raise ValueError(f"{d}: not a sweep folder (no sweep.json); give a sweep's folder or a paper name")
+    found = [s for s in _paper_runs(runs, str(target)) if (s/'sweep.json').exists() and any(s.glob('task-*'))]
+    if not found:
+        raise ValueError(f"{target}: no sweep folder and no sweep of a paper of that name under {runs}/; launch one "
+                         "with `medsynth paper NAME --slurm --array GRID.yaml`")
+    return found[-1]
+
+def _numbers(m, prefix:str='') -> dict:
+    "The finite numbers of a metrics dict, nested keys joined by '.' (strings, lists and nulls are left out)."
+    out = {}
+    for k, v in (m or {}).items():
+        if isinstance(v, dict):
+            out.update(_numbers(v, f'{prefix}{k}.'))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out[f'{prefix}{k}'] = float(v)
+    return out
+
+# %% ../../nbs/91_app.runs.ipynb #94a32a7d
+def sweep_groups(sweep, seed_keys=SEED_KEYS) -> tuple[list, list, list]:
+    """`(groups, varying, missing)` of a sweep folder: its tasks grouped by the parameters that vary across tasks
+    (seeds aside), each group's metric values over its seeds; those parameters; the tasks with no metrics.json."""
+    sweep = Path(sweep)
+    s = read_json(sweep/'sweep.json', {})
+    tasks = [(sweep/Path(d).name, p) for d, p in zip(s.get('dirs', []), s.get('tasks', []))]
+    keys = dict.fromkeys(k for _, p in tasks for k in p)
+    varying = [k for k in keys if k not in seed_keys and len({json.dumps(p.get(k)) for _, p in tasks}) > 1]
+    groups, missing = {}, []
+    for d, p in tasks:
+        m = read_json(d/'metrics.json')
+        if not isinstance(m, dict):
+            missing.append(d.name)
+            continue
+        g = groups.setdefault(json.dumps([p.get(k) for k in varying]),
+                              dict(params={k: p.get(k) for k in varying}, tasks=[], values={}))
+        g['tasks'].append(d.name)
+        for k, v in _numbers(m).items():
+            g['values'].setdefault(k, []).append(v)
+    return list(groups.values()), varying, missing
+
+# %% ../../nbs/91_app.runs.ipynb #87530a0d
+def _summary(groups, metrics) -> list[dict]:
+    "One row per group: its parameters, number of seeds, each metric's mean and sd (sample sd, ddof=1; NaN for one)."
+    rows = []
+    for g in groups:
+        r = dict(g['params'], n_seeds=len(g['tasks']))
+        for k in metrics:
+            v = np.asarray(g['values'].get(k, []), dtype=float)
+            r[f'{k}_mean'] = float(v.mean()) if len(v) else math.nan
+            r[f'{k}_sd'] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+        rows.append(r)
+    return rows
+
+def _markdown(rows, varying, metrics, title:str) -> str:
+    ms = lambda r, k: '-' if math.isnan(r[f'{k}_mean']) else (f"{r[f'{k}_mean']:.4g}" + (
+        '' if math.isnan(r[f'{k}_sd']) else f" +- {r[f'{k}_sd']:.2g}"))
+    head = [*varying, 'seeds', *metrics]
+    out = [f"# {title}", '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(varying) + '---:|' * (1 + len(metrics))]
+    for r in rows:
+        out.append('| ' + ' | '.join([*(json.dumps(r[k]) if not isinstance(r[k], str) else r[k] for k in varying),
+                                      str(r['n_seeds']), *(ms(r, k) for k in metrics)]) + ' |')
+    return '\n'.join(out)
+
+# %% ../../nbs/91_app.runs.ipynb #a289616b
+def _plot(rows, varying, metrics, path, most:int=6):
+    "One figure: a panel per metric (the first `most`), a bar per row with its sd over seeds."
+    ms = metrics[:most]
+    fig = Figure(figsize=(3.2 * max(1, len(ms)), 3.2))
+    labels = [', '.join(f"{k}={r[k]}" for k in varying) or 'all' for r in rows]
+    for i, k in enumerate(ms):
+        ax = fig.add_subplot(1, len(ms), i + 1)
+        sd = [0. if math.isnan(r[f'{k}_sd']) else r[f'{k}_sd'] for r in rows]
+        ax.bar(range(len(rows)), [r[f'{k}_mean'] for r in rows], yerr=sd, capsize=3)
+        ax.set_xticks(range(len(rows)), labels, rotation=60, ha='right', fontsize=7)
+        ax.set_title(k, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+# %% ../../nbs/91_app.runs.ipynb #9b9e92df
+def sweep_table(target, runs='runs', seed_keys=SEED_KEYS) -> dict:
+    """One comparison table of a sweep (a folder, or the newest sweep of paper `target`): mean +- sd over seeds of every
+    metric, per point of the grid; written as table.md, table.csv and table.png into the sweep folder."""
+    sweep = _sweep_of(target, runs)
+    groups, varying, missing = sweep_groups(sweep, seed_keys)
+    if not groups:
+        raise ValueError(f"{sweep}: no task has written metrics.json yet ({len(missing)} tasks); `medsynth runs "
+                         f"list` shows their states")
+    metrics = list(dict.fromkeys(k for g in groups for k in g['values']))
+    rows = _summary(groups, metrics)
+    paper = read_json(sweep/'sweep.json', {}).get('paper', sweep.parent.name)
+    title = f"{paper} sweep {sweep.name}: mean +- sd over seeds"
+    md = _markdown(rows, varying, metrics, title)
+    if missing:
+        md += f"\n\nNo metrics (left out): {', '.join(missing)}."
+    (sweep/'table.md').write_text(md + '\n')
+    cols = [*varying, 'n_seeds', *(f'{k}_{s}' for k in metrics for s in ('mean', 'sd'))]
+    (sweep/'table.csv').write_text('\n'.join([','.join(cols)] + [','.join(json.dumps(r[c]) if c in varying and not
+                                   isinstance(r[c], str) else str(r[c]) for c in cols) for r in rows]) + '\n')
+    _plot(rows, varying, metrics, sweep/'table.png')
+    return dict(sweep=sweep, markdown=md, rows=rows, missing=missing,
+                files=[sweep/'table.md', sweep/'table.csv', sweep/'table.png'])

@@ -34,6 +34,9 @@ def sample_parser(sub):
     s.add_argument('--batch-size', type=count(1), default=16)
     s.add_argument('--cond-data', help="take conditioning images (masks, source modality) from this data instead of "
                    "the run's validation split")
+    s.add_argument('--weights', choices=('ema', 'last', 'best'), default='ema',
+                   help="the run's EMA weights (default), its network's own at the last epoch, or at the lowest "
+                   "validation loss (checkpoints/best.pt)")
     s.add_argument('--overwrite', action='store_true')
     s.add_argument('--no-progress', action='store_true')
     _m2d_args(s)
@@ -77,6 +80,9 @@ def _check_flags(args) -> bool:
     if m2d and (args.classifier or args.translate):
         raise ValueError("--classifier and --translate do not combine with M2D's --references, --between or "
                          "--init --strength: sample without them, or SDEdit with --init DIR --sdedit STRENGTH")
+    if m2d and args.weights != 'ema':
+        raise ValueError(f"--weights {args.weights} does not combine with M2D's --references, --between or --init "
+                         "--strength (they sample the EMA weights): leave --weights out")
     return m2d
 
 def sample_command(args):
@@ -96,7 +102,7 @@ def sample_command(args):
                      guide=classifier_guide(args.classifier) if args.classifier else None,
                      guide_scale=1. if args.classifier_scale is None else args.classifier_scale,
                      measure=args.measure or 'log_prob', translate=args.translate, to_label=args.to_label,
-                     init=args.init if args.sdedit is not None else None, strength=args.sdedit)
+                     init=args.init if args.sdedit is not None else None, strength=args.sdedit, weights=args.weights)
     n = len({r['index'] for r in csv.DictReader(open(Path(out)/'manifest.csv'))})
     print(f"wrote {n} samples and manifest.csv to {out}")
     return 0

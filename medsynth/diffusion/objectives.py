@@ -6,24 +6,41 @@ Docs: https://medsynth.github.io/medsynth/diffusion.objectives.html.md"""
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #661f02b2
 from __future__ import annotations
-import torch
+import math
+import torch, torch.nn.functional as F
 from fastcore.basics import patch
 from ..core.basics import check_choice, check_int, bcast
 from .param import PREDICTIONS, from_x0_eps, x0_error_scale
 
 # %% auto #0
-__all__ = ['TIMESTEP_SAMPLERS', 'WEIGHTINGS', 'TimestepSampler', 'UniformSampler', 'LogitNormalSampler',
-           'LossSecondMomentSampler', 'get_timestep_sampler', 'loss_weight', 'diffusion_loss']
+__all__ = ['TIMESTEP_SAMPLERS', 'WEIGHTINGS', 'LOSSES', 'shift_time', 'resolution_shift', 'TimestepSampler', 'UniformSampler',
+           'LogitNormalSampler', 'LossSecondMomentSampler', 'get_timestep_sampler', 'loss_weight', 'pointwise_loss',
+           'diffusion_loss']
+
+# %% ../../nbs/12_diffusion.objectives.ipynb #6359d180
+def shift_time(t, shift:float):
+    "SD3's time shift (Esser et al. 2024, eq. 23): $t' = s t / (1 + (s - 1) t)$ for flow time $t \\in [0, 1]$."
+    if not shift > 0:
+        raise ValueError(f"time_shift={shift} is not allowed: the shift s must be > 0 (1: none)")
+    return shift * t / (1 + (shift - 1) * t)
+
+def resolution_shift(size, base:int=32) -> float:
+    "The shift of spatial `size` against `base` pixels per axis: $s = (m / n)^{1/d}$ (SD3: d = 2; MAISI: base 32)."
+    size = [int(v) for v in size]
+    return (math.prod(size) / base ** len(size)) ** (1 / len(size))
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #ebe475ef
 class TimestepSampler:
-    "Base: `sample(n)` returns `(t, weights)`; `update(t, losses)` lets loss-aware samplers learn."
-    def __init__(self, schedule):
-        self.schedule = schedule
+    """Base: `sample(n)` returns `(t, weights)`; `update(t, losses)` lets loss-aware samplers learn; `shift` moves the
+    times towards noise (`shift_time`)."""
+    def __init__(self, schedule, shift:float|None=None):
+        self.schedule, self.shift = schedule, shift
     def _draw_u(self, n, generator, device):
         raise NotImplementedError
     def _to_t(self, u):
-        "Map $u \\in (0, 1]$ to the schedule's time: a training step for discrete schedules."
+        "Map $u \\in (0, 1]$ to the schedule's time (shifted by `shift`): a training step for discrete schedules."
+        if self.shift is not None:
+            u = shift_time(u, self.shift)
         if self.schedule.discrete:
             return (u * self.schedule.T).ceil().long().clamp(1, self.schedule.T) - 1
         return u
@@ -46,8 +63,8 @@ class UniformSampler(TimestepSampler):
 class LogitNormalSampler(TimestepSampler):
     """Esser et al. (2024): $t = \\mathrm{sigmoid}(m + s z)$, favouring the middle times where rectified flow learns
     most."""
-    def __init__(self, schedule, m:float=0., s:float=1.):
-        super().__init__(schedule)
+    def __init__(self, schedule, m:float=0., s:float=1., shift:float|None=None):
+        super().__init__(schedule, shift)
         self.m, self.s = m, s
     def _draw_u(self, n, generator, device):
         return torch.sigmoid(self.m + self.s * torch.randn(n, generator=generator,
@@ -129,14 +146,26 @@ def loss_weight(schedule, t, prediction:str, weighting:str='none', gamma:float=5
         return torch.ones_like(a)
     return (a**2 / s**2).clamp(max=gamma) / x0_error_scale(prediction, a, s)**2
 
+# %% ../../nbs/12_diffusion.objectives.ipynb #286eceac
+LOSSES = ('l2', 'l1', 'huber')
+
+def pointwise_loss(out, target, loss:str='l2', huber_delta:float=1.):
+    "The elementwise error of `out` against `target`: squared (`l2`), absolute (`l1`) or Huber with `huber_delta`."
+    check_choice('loss', loss, LOSSES)
+    if loss == 'l2':
+        return (out - target)**2
+    if loss == 'l1':
+        return (out - target).abs()
+    return F.huber_loss(out, target, reduction='none', delta=huber_delta)
+
 # %% ../../nbs/12_diffusion.objectives.ipynb #d1b474a7
 def diffusion_loss(out, x0, eps, t, schedule, prediction:str, weighting:str='none', gamma:float=5.,
-                   importance=None, mask=None):
-    """Weighted MSE between network output `out` and the `prediction` target; returns `(loss, per_sample_unweighted)`.
-    `mask` (0/1, broadcastable) restricts the mean to a region."""
+                   importance=None, mask=None, loss:str='l2', huber_delta:float=1.):
+    """Weighted `loss` (`pointwise_loss`) between network output `out` and the `prediction` target; returns `(loss,
+    per_sample_unweighted)`. `mask` (0/1, broadcastable) restricts the mean to a region."""
     a, s = schedule.alpha_sigma(t)
     target = from_x0_eps(x0, eps, a.to(x0.device), s.to(x0.device), prediction)
-    se = (out - target)**2
+    se = pointwise_loss(out, target, loss, huber_delta)
     dims = tuple(range(1, se.ndim))
     if mask is None:
         per = se.mean(dims)

@@ -11,8 +11,8 @@ import torch
 from ..core.basics import check_choice, check_int, track, randn
 
 # %% auto #0
-__all__ = ['VARIANCES', 'VARIANTS', 'SAMPLERS', 'ddpm_step', 'ddim_step', 'euler_step', 'heun_step', 'dpmpp_2m_step',
-           'dpmpp_3m_step', 'unipc_step', 'ddim_invert_step', 'threshold_denoiser', 'sample', 'invert']
+__all__ = ['VARIANCES', 'HEUN_FORMS', 'VARIANTS', 'SAMPLERS', 'ddpm_step', 'ddim_step', 'euler_step', 'heun_step',
+           'dpmpp_2m_step', 'dpmpp_3m_step', 'unipc_step', 'ddim_invert_step', 'threshold_denoiser', 'sample', 'invert']
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #b512fa22
 def _ab(schedule, t):
@@ -56,20 +56,28 @@ def euler_step(den, schedule, x, t, s, state, generator=None):
     return ddim_step(den, schedule, x, t, s, state)
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #6378ed1c
-def heun_step(den, schedule, x, t, s, state, generator=None):
-    "Heun's second-order step of the probability-flow ODE (two denoiser evaluations)."
+HEUN_FORMS = ('x0', 'eps')
+
+def _lam(a, s):
+    return math.log(a / s) if a > 0 else -math.inf
+
+def heun_step(den, schedule, x, t, s, state, generator=None, form:str='x0'):
+    """Heun's second-order step of the probability-flow ODE (two denoiser evaluations), as an exponential integrator
+    on the data prediction (`x0`, never diverges) or on epsilon in sigma/alpha (`eps`, Karras et al.)."""
+    check_choice('form', form, HEUN_FORMS)
     (a_t, s_t), (a_s, s_s) = _ab(schedule, t), _ab(schedule, s)
     x0, eps = den(x, t)
     x_e = a_s * x0 + s_s * eps
     if s_s == 0 or a_t == 0:
         return x_e
-    _, eps_e = den(x_e, s)
-    return (a_s / a_t) * x + (s_s - a_s * s_t / a_t) * 0.5 * (eps + eps_e)
+    x0_e, eps_e = den(x_e, s)
+    if form == 'eps':
+        return (a_s / a_t) * x + (s_s - a_s * s_t / a_t) * 0.5 * (eps + eps_e)
+    h = _lam(a_s, s_s) - _lam(a_t, s_t)
+    phi = -math.expm1(-h)
+    return (s_s / s_t) * x + a_s * (phi * x0 + (1 - phi / h) * (x0_e - x0))
 
 # %% ../../nbs/13_diffusion.samplers.ipynb #1f6eb66e
-def _lam(a, s):
-    return math.log(a / s) if a > 0 else -math.inf
-
 def _final_order(state, order, lower_order_final):
     "Order cap near the end (diffusers' `lower_order_final`): 1 for the last step, 2 for the one before (<15 steps)"
     left, total = state.get('remaining', math.inf), state.get('total', math.inf)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.metrics import Metric
-from ..spaces.vae import autoencoder_loss
+from monai.losses import PatchAdversarialLoss
+from ..spaces.vae import autoencoder_loss, discriminator_step
 from fastcore.basics import patch
 
 # %% auto #0
@@ -62,46 +63,78 @@ class RepaMetric(Metric):
         return 'repa'
 
 # %% ../../nbs/44_models.repa.ipynb #04f69548
+def _check_terms(cfg, perceptual, disc):
+    "One-line error when the autoencoder's configured loss has a term whose network REPA-E was not given."
+    if cfg is not None and cfg.perceptual_weight and perceptual is None:
+        raise ValueError(f"REPA-E: the autoencoder's loss has a perceptual term (perceptual={cfg.perceptual!r}, "
+                         f"perceptual_weight={cfg.perceptual_weight}) but no perceptual network was given")
+    if cfg is not None and cfg.adversarial_weight and disc is None:
+        raise ValueError(f"REPA-E: the autoencoder's loss has an adversarial term (adversarial_weight="
+                         f"{cfg.adversarial_weight}) but no discriminator was given")
+
 class RepaECB(Callback):
-    """REPA-E's VAE step before each training batch: VAE loss + `weight` x REPA through the frozen diffusion network;
-    only the VAE steps."""
+    """REPA-E's VAE step before each training batch: the autoencoder's configured loss + `weight` x REPA through the
+    frozen diffusion network (only the VAE steps), then a discriminator step when the loss is adversarial."""
     order = -4                                        # after the noising callback (-5) built the batch
-    def __init__(self, net, space, schedule, weight:float, lr:float=1e-4):
+    def __init__(self, net, space, schedule, weight:float, lr:float=1e-4, perceptual=None, disc=None,
+                 disc_lr:float|None=None):
         self.net, self.space, self.schedule, self.weight = net, space, schedule, weight
+        cfg = getattr(space, 'config', None)
+        _check_terms(cfg, perceptual, disc)
+        self.perceptual, self.disc = perceptual, disc
         space.model.requires_grad_(True)
         self.opt = torch.optim.AdamW(space.model.parameters(), lr=lr)
-    def state_dict(self):
-        return dict(vae=self.space.model.state_dict(), opt=self.opt.state_dict())
-    def load_state_dict(self, sd):
-        self.space.model.load_state_dict(sd['vae'])
-        self.opt.load_state_dict(sd['opt'])
+        self.adv = None if disc is None else PatchAdversarialLoss(criterion=cfg.adv_criterion)
+        self.opt_d = None if disc is None else torch.optim.AdamW(disc.parameters(), lr=disc_lr or lr)
+
+# %% ../../nbs/44_models.repa.ipynb #4ab19433
+@patch
+def state_dict(self:RepaECB):
+    sd = dict(vae=self.space.model.state_dict(), opt=self.opt.state_dict())
+    if self.disc is not None:
+        sd.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict())
+    return sd
+
+@patch
+def load_state_dict(self:RepaECB, sd):
+    self.space.model.load_state_dict(sd['vae'])
+    self.opt.load_state_dict(sd['opt'])
+    if self.disc is not None:
+        self.disc.load_state_dict(sd['disc'])
+        self.opt_d.load_state_dict(sd['opt_d'])
 
 # %% ../../nbs/44_models.repa.ipynb #15715aaf
+@patch
+def vae_loss(self:RepaECB, x, eps, t):
+    """The VAE step's terms on the batch's pixels `x`, noise `eps` and times `t` (the autoencoder's, `repa`, and their
+    weighted sum `loss`) and the reconstruction."""
+    m = self.space.model
+    terms, recon = autoencoder_loss(m, x, self.space.config, self.perceptual, self.disc, self.adv)
+    z = m.encode(x)[0] * self.space.scale              # the latents the diffusion network sees, gradient to the VAE
+    self.net(self.schedule.add_noise(z, eps, t), *self.learn.xb[1:])     # the batch's time, conditioning, features
+    terms['repa'] = repa_loss(self.net.repa_out, self.learn.tokens, self.learn.grid)
+    terms['loss'] = terms['loss'] + self.weight * terms['repa']
+    return terms, recon
+
+# %% ../../nbs/44_models.repa.ipynb #1eecb2f0
 @patch
 def before_batch(self:RepaECB):
     if not self.training:
         return
-    dcb = self.learn.dcb
-    x = dcb.pixels
-    eps, t = self.learn.yb[1], self.learn.yb[2]
+    x, eps, t = self.learn.dcb.pixels, self.learn.yb[1], self.learn.yb[2]
     m = self.space.model.train()
-    terms, _ = autoencoder_loss(m, x, self.space.config)
-    # the latents the diffusion network sees, with gradient to the VAE
-    z = m.encode(x)[0] * self.space.scale
-    xt = self.schedule.add_noise(z, eps, t)
     was = [p.requires_grad for p in self.net.parameters()]
     self.net.requires_grad_(False)                                   # the diffusion network is frozen in this step
     try:
-        # the batch's time, conditioning and features
-        self.net(xt, *self.learn.xb[1:])
-        r = repa_loss(self.net.repa_out, self.learn.tokens, self.learn.grid)
-        loss = terms['loss'] + self.weight * r
-        self.opt.zero_grad()  # no VAE gradients held through the diffusion step
-        loss.backward()
+        terms, recon = self.vae_loss(x, eps, t)
+        self.opt.zero_grad()                                         # no VAE gradients held through the diffusion step
+        terms['loss'].backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
     finally:
         for p, w in zip(self.net.parameters(), was):
             p.requires_grad_(w)
+    if self.disc is not None:
+        discriminator_step(self.disc, self.adv, self.opt_d, None, recon, x)
     m.eval()
     self.learn.vae_loss = float(terms['loss'].detach())

@@ -7,12 +7,14 @@ Docs: https://medsynth.github.io/medsynth/models.unet.html.md"""
 # %% ../../nbs/40_models.unet.ipynb #de659ad8
 from __future__ import annotations
 import torch, torch.nn as nn
-from monai.networks.nets.diffusion_model_unet import DiffusionModelUNet, DiffusionModelEncoder
+from torch.utils.checkpoint import checkpoint
+from monai.networks.nets.diffusion_model_unet import (DiffusionModelUNet, DiffusionModelEncoder,
+                                                      DiffusionUNetResnetBlock, SpatialTransformer, SpatialAttentionBlock)
 from ..core.basics import check_choice
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FUSIONS', 'DiffusionUNet', 'NoisyClassifier', 'count_params']
+__all__ = ['FUSIONS', 'CHECKPOINTED', 'checkpoint_blocks', 'DiffusionUNet', 'NoisyClassifier', 'count_params']
 
 # %% ../../nbs/40_models.unet.ipynb #ccd60a38
 FUSIONS = ('xattn', 'gated', 'concat', 'add')
@@ -34,6 +36,27 @@ def _repa_block(unet, name:str):
         return unet.down_blocks[int(name[4:])], unet.block_out_channels[int(name[4:])]
     raise ValueError(f"repa_block={name!r}: use 'mid' or 'down0' ... 'down{len(unet.down_blocks) - 1}'")
 
+# %% ../../nbs/40_models.unet.ipynb #6400c408
+class _Checkpointed:
+    "A block whose activations are recomputed in the backward pass instead of stored (training with gradients only)."
+    def forward(self, *args, **kwargs):
+        if self.training and torch.is_grad_enabled():
+            return checkpoint(super().forward, *args, use_reentrant=False, **kwargs)
+        return super().forward(*args, **kwargs)
+
+_TWINS = {}
+
+CHECKPOINTED = (DiffusionUNetResnetBlock, SpatialAttentionBlock, SpatialTransformer)
+
+def checkpoint_blocks(unet:nn.Module) -> nn.Module:
+    """Activation checkpointing for MONAI's `DiffusionModelUNet`: each residual and attention block gets a checkpointed
+    twin"""
+    for b in unet.modules():
+        cls = type(b)
+        if isinstance(b, CHECKPOINTED) and not issubclass(cls, _Checkpointed):
+            b.__class__ = _TWINS.setdefault(cls, type(f'Checkpointed{cls.__name__}', (_Checkpointed, cls), {}))
+    return unet
+
 # %% ../../nbs/40_models.unet.ipynb #f925a547
 def _context_dim(fusion, context_dim, fusion_dim):
     "The cross-attention width: `fusion_dim` when encoder tokens are attended to, else the raw `context_dim`."
@@ -52,7 +75,7 @@ class DiffusionUNet(nn.Module):
                  channels=(32, 64, 64), attention_levels=(False, False, True), num_res_blocks:int=1,
                  num_head_channels:int=32, norm_num_groups:int=32, levels:int=1,
                  feature_dim:int|None=None, fusion:str='xattn', fusion_dim:int=64, repa_dim:int|None=None,
-                 repa_block:str='mid', repa_hidden:int=256):
+                 repa_block:str='mid', repa_hidden:int=256, checkpointing:bool=False):
         super().__init__()
         self.spatial_dims, self.channels_out, self.cond_channels = spatial_dims, channels_out, cond_channels
         self.num_classes, self.levels, self.feature_dim, self.repa_dim = num_classes, levels, feature_dim, repa_dim
@@ -72,6 +95,8 @@ class DiffusionUNet(nn.Module):
             self._build_fusion(feature_dim, fusion_dim, channels[0] * 4)
         if repa_dim:
             self._build_repa(repa_block, repa_hidden)
+        if checkpointing:
+            checkpoint_blocks(self.unet)
 
 # %% ../../nbs/40_models.unet.ipynb #0d238209
 @patch

@@ -18,8 +18,8 @@ from ..core.io import load_backbone
 # %% auto #0
 __all__ = ['TERMS', 'AE_FORMAT', 'AE_FIX', 'downsampling_factor', 'check_size', 'build_autoencoder', 'kl_loss',
            'feature_distance', 'encoder_layers', 'perceptual_loss', 'build_discriminator', 'AEConfig', 'model_of',
-           'autoencoder_loss', 'train_autoencoder', 'latent_scale_factor', 'LatentSpace', 'save_autoencoder',
-           'load_autoencoder']
+           'autoencoder_loss', 'discriminator_step', 'train_autoencoder', 'latent_scale_factor', 'LatentSpace',
+           'save_autoencoder', 'load_autoencoder']
 
 # %% ../../nbs/20_spaces.vae.ipynb #ee6c4a68
 def _groups(channels) -> int:
@@ -254,7 +254,7 @@ def _generator_step(model, opt, sched, xb, cfg:AEConfig, perc, disc, adv, g, ste
         sched.step()
     return t, recon
 
-def _discriminator_step(discriminator, adv, opt_d, sched_d, recon, xb) -> torch.Tensor:
+def discriminator_step(discriminator, adv, opt_d, sched_d, recon, xb) -> torch.Tensor:
     "One discriminator step on real `xb` and the detached `recon`; returns its loss."
     opt_d.zero_grad(set_to_none=True)
     d = 0.5 * (adv(discriminator(recon.detach())[-1], target_is_real=False, for_discriminator=True)
@@ -289,7 +289,7 @@ def train_autoencoder(images, cfg:AEConfig|None=None, perceptual_net=None, discr
         on = use_adv and step >= cfg.adv_start
         t, recon = _generator_step(model, opt, sched, xb, cfg, perc, discriminator if on else None, adv if on else None,
                                    g, step)
-        d = _discriminator_step(discriminator, adv, opt_d, sched_d, recon, xb) if on else torch.zeros(())
+        d = discriminator_step(discriminator, adv, opt_d, sched_d, recon, xb) if on else torch.zeros(())
         for k in TERMS[:-1]:
             hist[k].append(t[k].item())
         hist['disc'].append(d.item())

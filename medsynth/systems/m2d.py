@@ -23,12 +23,14 @@ from ..diffusion.samplers import SAMPLERS
 from ..core.basics import check_choice, check_int, SampleGenerators
 from ..core.folders import output_folder
 from ..models.repa import RepaCB, RepaECB, RepaMetric
-from ..spaces.vae import save_autoencoder
+from ..spaces.vae import save_autoencoder, load_autoencoder, perceptual_loss, encoder_layers, build_discriminator
+from ..models.domain import load_encoder
+from ..evaluation.metrics import lpips_model
 from ..training.system import System
 
 # %% auto #0
 __all__ = ['read_references', 'image_files', 'reference_tokens', 'cycle', 'slerp', 'from_references', 'cfg_channels', 'img2img',
-           'interpolate', 'sample_features', 'RepaKeys', 'check_repa', 'Repa']
+           'interpolate', 'sample_features', 'RepaKeys', 'check_repa', 'check_repa_e', 'vae_networks', 'Repa']
 
 # %% ../../nbs/73_systems.m2d.ipynb #a180a8ea
 def read_references(folder, size, channels:int=1) -> torch.Tensor:
@@ -249,6 +251,10 @@ class RepaKeys:
     repa_block: str = 'mid'               # UNet block REPA aligns: mid or down<i>
     repa_e: bool = False                  # REPA-E: tune the autoencoder end to end
     vae_lr: float = 1e-4                  # REPA-E: the autoencoder's learning rate
+    repa_vae: float|None = None           # REPA-E: REPA weight in the VAE step (null: repa; REPA-E: 1.5 with repa 0.5)
+    # REPA-E: the autoencoder's perceptual network (lpips: torchvision AlexNet file; encoder: a domain encoder.pt)
+    vae_perceptual_weights: str|None = None
+    vae_disc_weights: str|None = None     # REPA-E: discriminator state_dict to start from (null: a fresh one)
 
 def check_repa(cfg, where:str):
     "One-line errors for REPA keys that cannot work."
@@ -259,12 +265,45 @@ def check_repa(cfg, where:str):
         raise ValueError(f"{where}: encoder features condition single-scale 2D models: set dims=2 and levels=1")
     if cfg.repa_e and not (cfg.autoencoder and cfg.repa):
         raise ValueError(f"{where}: repa_e=true tunes the autoencoder through REPA: set autoencoder=FILE and repa > 0")
+    if cfg.repa_e:
+        check_repa_e(cfg, where)
+
+# %% ../../nbs/73_systems.m2d.ipynb #ca4e90cf
+def check_repa_e(cfg, where:str):
+    "One-line errors for REPA-E when the autoencoder's own loss has a term whose network is not given."
+    for key in ('vae_perceptual_weights', 'vae_disc_weights'):
+        f = getattr(cfg, key)
+        if f and not Path(f).is_file():
+            raise DataError(f, 'not found', f'set {key} to an existing file')
+    ac = load_autoencoder(cfg.autoencoder).config
+    if ac.perceptual_weight and not cfg.vae_perceptual_weights:
+        need = "torchvision's alexnet-owt-7be5be79.pth" if ac.perceptual == 'lpips' else 'a domain encoder.pt'
+        raise ValueError(f"{where}: repa_e=true tunes the autoencoder with its own loss, whose perceptual term "
+                         f"(perceptual={ac.perceptual!r}, perceptual_weight={ac.perceptual_weight}) needs its network: "
+                         f"set vae_perceptual_weights to {need}")
+
+def vae_networks(cfg, space):
+    "The perceptual distance and the discriminator that the autoencoder's configured loss needs in REPA-E's VAE step."
+    ac, perc, disc = space.config, None, None
+    dev = next(space.model.parameters()).device
+    if ac.perceptual_weight:
+        f = cfg.vae_perceptual_weights
+        net = lpips_model(f) if ac.perceptual == 'lpips' else encoder_layers(load_encoder(f).to(dev).eval())
+        perc = perceptual_loss(ac, net)
+    if ac.adversarial_weight:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            disc = build_discriminator(ac)
+        if cfg.vae_disc_weights:
+            disc.load_state_dict(torch.load(cfg.vae_disc_weights, map_location='cpu', weights_only=True))
+        disc.to(dev).train()
+    return perc, disc
 
 # %% ../../nbs/73_systems.m2d.ipynb #b36fb350
 class Repa(System):
     "REPA (representation alignment) and REPA-E (the autoencoder tuned end to end), as M2D trains them."
     name, keys = 'repa', RepaKeys
-    ranges = dict(repa='[0, inf)', vae_lr='(0, inf)')
+    ranges = dict(repa='[0, inf)', vae_lr='(0, inf)', repa_vae='[0, inf)')
     def applies(self, cfg):
         return bool(cfg.repa or cfg.repa_e)
     def check(self, cfg, where):
@@ -284,7 +323,9 @@ class Repa(System):
 def callbacks(self:Repa, cfg, net, space, schedule):
     cbs = [RepaCB(net, cfg.repa)]
     if cfg.repa_e:
-        cbs.append(RepaECB(net, space, schedule, cfg.repa, cfg.vae_lr))
+        perc, disc = vae_networks(cfg, space)
+        w = cfg.repa if cfg.repa_vae is None else cfg.repa_vae
+        cbs.append(RepaECB(net, space, schedule, w, cfg.vae_lr, perc, disc, space.config.disc_lr))
         cbs[-1].state_key = 'repa_e'                    # its optimiser state goes into the checkpoint
     return cbs, [RepaMetric()]
 

@@ -193,10 +193,11 @@ def roi_mask(self:PairMode):
 
 # %% ../../nbs/72_systems.pds.ipynb #d3068e59
 def pattern_aware_loss(out, x0, eps, t, schedule, prediction:str, roi, weight:float, weighting:str='none',
-                       gamma:float=5., importance=None):
-    """PDS's loss: `diffusion_loss` plus `weight` times the same loss inside the ROI mask `roi` (0/1, broadcastable);
-    returns `(loss, per_sample)`."""
-    full, per = diffusion_loss(out, x0, eps, t, schedule, prediction, weighting, gamma, importance)
+                       gamma:float=5., importance=None, loss:str='l2', huber_delta:float=1.):
+    """PDS's loss: `diffusion_loss` plus `weight` times the same loss (the same norm `loss`) inside the ROI mask `roi`
+    (0/1, broadcastable); returns `(loss, per_sample)`."""
+    norm = dict(loss=loss, huber_delta=huber_delta)
+    full, per = diffusion_loss(out, x0, eps, t, schedule, prediction, weighting, gamma, importance, **norm)
     if roi is None or not weight:
         return full, per
     if weight < 0:
@@ -206,7 +207,7 @@ def pattern_aware_loss(out, x0, eps, t, schedule, prediction:str, roi, weight:fl
         raise ValueError("pattern_aware_loss: the ROI mask is empty: choose atlas labels present in the data's field "
                          "of view (roi_masks) or set weight=0")
     inside, per_roi = diffusion_loss(out, x0, eps, t, schedule, prediction, weighting, gamma, importance,
-                                     mask=(roi > 0))
+                                     mask=(roi > 0), **norm)
     return full + weight * inside, per + weight * per_roi
 
 # %% ../../nbs/72_systems.pds.ipynb #5efd98c9

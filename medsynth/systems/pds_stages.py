@@ -71,8 +71,14 @@ def check_pds(cfg, where:str):
         raise ValueError(f"{where}: second_size={cfg.second_size} is not divisible by {f} (the UNet halves it "
                          f"{len(cfg.channels) - 1} times): use e.g. "
                          f"{[max(f, round(s / f) * f) for s in cfg.second_size]}")
+    if cfg.perceptual:
+        raise ValueError(f"{where}: mode=pair diffuses two packed maps, which no perceptual network reads: drop "
+                         "perceptual (refine_perceptual weighs the refinement's)")
     if cfg.roi_weight and not cfg.atlas:
         raise ValueError(f"{where}: roi_weight={cfg.roi_weight} needs atlas=FILE (a NIfTI label atlas)")
+    if cfg.refine and cfg.augment not in ('none', [], ()):
+        raise ValueError(f"{where}: augment is not applied to the refinement stage (its batches are stage-1 maps, not "
+                         "the mode's keys): set augment=none for refine=true")
     if cfg.refine and not cfg.stage1:
         raise ValueError(f"{where}: refine=true refines a trained stage 1: set stage1=RUN (the stage-1 run folder)")
     if cfg.refine_perceptual and not cfg.encoder:
@@ -114,12 +120,12 @@ def pair_mode(cfg) -> PairMode:
 
 class PatternAwareLoss(DiffusionLoss):
     "`DiffusionLoss` plus `weight` times the same loss inside the packed ROI mask `roi` (`pattern_aware_loss`)."
-    def __init__(self, schedule, prediction, weighting, gamma, roi, weight:float):
-        super().__init__(schedule, prediction, weighting, gamma)
+    def __init__(self, schedule, prediction, weighting, gamma, roi, weight:float, **norm):
+        super().__init__(schedule, prediction, weighting, gamma, **norm)
         self.roi, self.weight = roi, weight
     def term(self, pred, x0, eps, t, importance):
         return pattern_aware_loss(pred, x0, eps, t, self.schedule, self.prediction, self.roi, self.weight,
-                                  self.weighting, self.gamma, importance)
+                                  self.weighting, self.gamma, importance, loss=self.loss, huber_delta=self.huber_delta)
 
 # %% ../../nbs/74_systems.pds_stages.ipynb #3fe4636a
 def build_refine_net(cfg:TrainConfig):
@@ -195,7 +201,7 @@ def build_refine_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=
     run = Path(run)
     net = build_refine_net(cfg)
     perc = _perceptual(cfg)
-    ema_cb = EMACB(net, cfg.ema_beta, cfg.ema_after, cfg.ema_every)
+    ema_cb = EMACB.of(net, cfg)
     cbs = [RefineCB(), StepCB(cfg.clip), GuardCB(), ema_cb,
            CheckpointCB(run, cfg, net, ema_cb, None, None if cfg.max_minutes is None else cfg.max_minutes * 60),
            RunLog('logs/history.csv')]
@@ -285,7 +291,8 @@ class PDS(System):
 @patch
 def loss(self:PDS, cfg, mode, schedule):
     if cfg.roi_weight and not cfg.refine:
-        return PatternAwareLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma, mode.roi_mask(), cfg.roi_weight)
+        return PatternAwareLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma, mode.roi_mask(), cfg.roi_weight,
+                                loss=cfg.loss, huber_delta=cfg.huber_delta)
 
 @patch
 def preflight(self:PDS, cfg):

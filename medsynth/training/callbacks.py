@@ -6,38 +6,103 @@ Docs: https://medsynth.github.io/medsynth/training.callbacks.html.md"""
 
 # %% ../../nbs/52_training.callbacks.ipynb #59045e95
 from __future__ import annotations
-import os
+import math, os
 from dataclasses import asdict
 from functools import partial
+from types import SimpleNamespace
 from pathlib import Path
 import torch, torch.nn as nn
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.progress import CSVLogger, ProgressCallback
 from fastcore.basics import noop, patch
 from ema_pytorch import EMA
-from ..diffusion.objectives import diffusion_loss
+from ..diffusion.objectives import diffusion_loss, resolution_shift
+from ..diffusion.param import to_x0_eps
+from ..spaces.vae import perceptual_loss
+from ..models.encoders import get_encoder
+from ..core.io import DataError
 from ..core.io import atomic_path
-from ..core.basics import interactive
-from .config import TrainConfig
+from ..core.basics import interactive, check_choice
+from .config import TrainConfig, EMA_SCHEDULES
 from .data import _dist, to_latent
 from .checkpoint import _finding_lr
 
 # %% auto #0
-__all__ = ['DiffusionLoss', 'DiffusionCB', 'PrecisionCB', 'StepCB', 'EMACB', 'GuardCB', 'ScalarLogCB', 'TensorBoardCB', 'WandbCB',
-           'RunLog', 'show_progress']
+__all__ = ['PERCEPTUAL_NETS', 'DiffusionLoss', 'loss_keys', 'perceptual_of', 'time_shift_of', 'DiffusionCB', 'PrecisionCB',
+           'StepCB', 'ScheduledEMA', 'EMACB', 'GuardCB', 'ScalarLogCB', 'TensorBoardCB', 'WandbCB', 'RunLog',
+           'show_progress']
 
 # %% ../../nbs/52_training.callbacks.ipynb #d08590fe
 class DiffusionLoss:
-    """The weighted diffusion objective; keeps the per-sample (unweighted) losses for the importance sampler. A system
-    changes it by subclassing `term` (`System.loss`)."""
-    def __init__(self, schedule, prediction, weighting, gamma):
+    """The weighted diffusion objective in the norm `loss`, plus `perceptual_weight` x `perceptual` on the $x_0$
+    estimate; keeps the per-sample (unweighted) losses for the importance sampler. A system changes it by subclassing
+    `term` (`System.loss`)."""
+    def __init__(self, schedule, prediction, weighting, gamma, loss:str='l2', huber_delta:float=1., perceptual=None,
+                 perceptual_weight:float=0.):
         self.schedule, self.prediction, self.weighting, self.gamma = schedule, prediction, weighting, gamma
+        self.loss, self.huber_delta, self.perceptual, self.perceptual_weight = (loss, huber_delta, perceptual,
+                                                                               perceptual_weight)
+    @classmethod
+    def of(cls, cfg, schedule):
+        "The loss of `cfg`'s keys."
+        return cls(schedule, cfg.prediction, cfg.weighting, cfg.gamma, **loss_keys(cfg))
     def term(self, pred, x0, eps, t, importance) -> tuple:
         "`(loss, per_sample)` of one batch."
-        return diffusion_loss(pred, x0, eps, t, self.schedule, self.prediction, self.weighting, self.gamma, importance)
+        return diffusion_loss(pred, x0, eps, t, self.schedule, self.prediction, self.weighting, self.gamma, importance,
+                              loss=self.loss, huber_delta=self.huber_delta)
     def __call__(self, pred, x0, eps, t, importance):
         loss, self.per_sample = self.term(pred.float(), x0, eps, t.cpu(), importance)
+        if self.perceptual is not None and self.perceptual_weight:
+            loss = loss + self.perceptual_weight * self.perceptual_term(pred.float(), x0, eps, t.cpu())
         return loss
+
+# %% ../../nbs/52_training.callbacks.ipynb #69bb983c
+@patch
+def perceptual_term(self:DiffusionLoss, pred, x0, eps, t):
+    "The perceptual distance of the network's $x_0$ estimate (at $x_t$ from `x0`, `eps`, `t`) to `x0`."
+    a, s = (v.to(x0) for v in self.schedule.alpha_sigma(t))
+    x0_hat, _ = to_x0_eps(pred, self.schedule.add_noise(x0, eps, t), a, s, self.prediction)
+    return self.perceptual(x0_hat, x0)
+
+def loss_keys(cfg) -> dict:
+    "`DiffusionLoss`'s keywords from `cfg`: the norm and the perceptual term."
+    return dict(loss=cfg.loss, huber_delta=cfg.huber_delta, perceptual=perceptual_of(cfg),
+                perceptual_weight=cfg.perceptual_weight)
+
+# %% ../../nbs/52_training.callbacks.ipynb #239fa6cb
+PERCEPTUAL_NETS = dict(vgg=('torchvision:vgg16', "torchvision's vgg16 state dict"),
+                       resnet50=('torchvision:resnet50', "torchvision's resnet50 state dict (ImageNet or RadImageNet)"),
+                       domain=('domain', "domain encoder.pt (medsynth eval or save_encoder)"))
+
+def _planes(x):
+    "`(N, C, H, W[, D])` as single-channel 2D images `(N C [D], 1, H, W)`."
+    x = x.movedim(-1, 1).flatten(0, 1) if x.ndim == 5 else x
+    return x.reshape(-1, 1, *x.shape[-2:])
+
+def perceptual_of(cfg):
+    "The perceptual distance `(x0_hat, x0) -> scalar` of `cfg` (`perceptual`, `perceptual_weights`), or None."
+    if not cfg.perceptual or not cfg.perceptual_weight:
+        return None
+    if cfg.perceptual not in PERCEPTUAL_NETS:
+        raise ValueError(f"perceptual={cfg.perceptual} is not a perceptual network: use {', '.join(PERCEPTUAL_NETS)}")
+    spec, what = PERCEPTUAL_NETS[cfg.perceptual]
+    w = Path(cfg.perceptual_weights)
+    if not w.is_file():
+        raise DataError(w, f'perceptual weights not found (perceptual={cfg.perceptual})',
+                        f"set perceptual_weights=FILE, a local {what}")
+    enc = get_encoder(spec, w, None if spec == 'domain' else max(64, *cfg.size[:2]))
+    layers = lambda x: [enc.to(x.device)(_planes(x) * 2 - 1).tokens.transpose(1, 2)]     # [0, 1] -> [-1, 1]
+    return perceptual_loss(SimpleNamespace(perceptual='encoder', perceptual_weight=cfg.perceptual_weight), layers)
+
+def time_shift_of(cfg, space=None) -> dict:
+    """The timestep sampler's `shift` keyword for `cfg`: `time_shift`, or `resolution_shift` of the diffused image (the
+    latent, in a latent `space`) against `time_shift_base`."""
+    if cfg.time_shift is not None:
+        return dict(shift=cfg.time_shift)
+    if cfg.time_shift_base is None:
+        return {}
+    size = cfg.size if space is None else space.latent_shape(cfg.size)[1:]
+    return dict(shift=resolution_shift(size, cfg.time_shift_base))
 
 # %% ../../nbs/52_training.callbacks.ipynb #69734f56
 class DiffusionCB(Callback):
@@ -159,12 +224,41 @@ class StepCB(Callback):
         self.learn.stepped = True
         raise CancelStepException()
 
+# %% ../../nbs/52_training.callbacks.ipynb #617c89ab
+class ScheduledEMA(EMA):
+    "ema-pytorch's `EMA` whose decay follows `schedule`: `warmup` (ema-pytorch's), `constant`, `cosine_ramp`, `karras`."
+    def __init__(self, model, schedule:str='warmup', total_steps:int=1, karras_gamma:float=6.94, **kw):
+        super().__init__(model, **kw)
+        self.schedule = check_choice('ema_schedule', schedule, EMA_SCHEDULES)
+        self.total_steps, self.karras_gamma = total_steps, karras_gamma
+    def get_current_decay(self):
+        k = self.step.item()                            # this update's number, counting from 1
+        if self.schedule == 'warmup':
+            return super().get_current_decay()
+        if self.schedule == 'constant':
+            return self.beta
+        if self.schedule == 'karras':
+            return (1 - 1 / (k + 1)) ** (1 + self.karras_gamma)
+        K = self.total_steps
+        return 1 - (1 - self.beta) * (math.cos(math.pi * min(k - 1, K) / K) + 1) / 2
+
 # %% ../../nbs/52_training.callbacks.ipynb #61a9ba9b
 class EMACB(Callback):
-    "EMA of the network weights (ema-pytorch), updated after each optimiser step."
+    """EMA of the network weights (`ScheduledEMA`), updated after each optimiser step; `cosine_ramp` ramps over the
+    run's optimiser steps (epochs x batches / `accumulate`)."""
     order = 20
-    def __init__(self, net, beta, after, every):
-        self.ema = EMA(net, beta=beta, update_after_step=after, update_every=every, include_online_model=False)
+    def __init__(self, net, beta, after, every, schedule:str='warmup', accumulate:int=1, **kw):
+        self.ema = ScheduledEMA(net, schedule, beta=beta, update_after_step=after, update_every=every,
+                                include_online_model=False, **kw)
+        self.accumulate = accumulate
+    @classmethod
+    def of(cls, net, cfg):
+        "The EMA callback of `cfg`'s `ema_*` keys."
+        return cls(net, cfg.ema_beta, cfg.ema_after, cfg.ema_every, cfg.ema_schedule, cfg.accumulate,
+                   inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, min_value=cfg.ema_min,
+                   karras_gamma=cfg.ema_karras_gamma)
+    def before_fit(self):
+        self.ema.total_steps = max(1, self.n_epoch * len(self.dls.train) // self.accumulate)
     def after_batch(self):
         if self.training and getattr(self.learn, 'stepped', False):
             self.ema.update()

@@ -141,10 +141,16 @@ def _any_rank(flag:bool) -> bool:
 # %% ../../nbs/53_training.checkpoint.ipynb #77bfc98e
 class CheckpointCB(Callback):
     """Write `checkpoints/last.pt` every `save_every` epochs, at the last epoch, when the time budget runs out and when
-    a stop is requested (then stop)."""
+    a stop is requested (then stop); `checkpoints/best.pt` at each new lowest validation loss (`best_by`)."""
     order = 60                                         # after the Recorder and CSV logger have written the epoch
+    state_key = 'best'                                 # the best-so-far travels in last.pt: a resumed run keeps it
     def __init__(self, run:Path, cfg:TrainConfig, net, ema_cb, dcb, budget_s=None):
         self.run, self.cfg, self.net, self.ema_cb, self.dcb, self.budget_s = run, cfg, net, ema_cb, dcb, budget_s
+        self.best = dict(valid_loss=float('inf'), epoch=0)
+    def state_dict(self):
+        return dict(self.best)
+    def load_state_dict(self, sd):
+        self.best = dict(sd)
     def before_fit(self):
         self.t0 = time.time()
         self.learn.stopped_early = False
@@ -155,6 +161,8 @@ class CheckpointCB(Callback):
         why = stop_requested()
         stop = _any_rank(why is not None)
         over = stop or (self.budget_s is not None and time.time() - self.t0 > self.budget_s)
+        if _dist()[1] == 0 and self._improved():         # best.pt before last.pt, which records it as the best
+            self.save_best()
         if _dist()[1] == 0 and (over or self.epoch + 1 == self.n_epoch or (self.epoch + 1) % self.cfg.save_every == 0):
             self.save()
         if stop:
@@ -178,3 +186,23 @@ def save(self:CheckpointCB):
                     rng=_rng_state(), epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()),
                     config=asdict(self.cfg),
                     **{cb.state_key: cb.state_dict() for cb in self.learn.cbs if getattr(cb, 'state_key', None)})
+
+# %% ../../nbs/53_training.checkpoint.ipynb #2fda9ca9
+@patch
+def _improved(self:CheckpointCB) -> bool:
+    "Whether this epoch's validation loss is the lowest so far (then it becomes the best); never with `best_by=none`."
+    if self.cfg.best_by == 'none':
+        return False
+    log = dict(zip(self.recorder.metric_names, self.recorder.log))
+    v = log.get('valid_loss')
+    if v is None or not float(v) < self.best['valid_loss']:       # NaN never improves
+        return False
+    self.best = dict(valid_loss=float(v), epoch=self.epoch + 1)
+    return True
+
+@patch
+def save_best(self:CheckpointCB):
+    "Write `checkpoints/best.pt` atomically: the network, its EMA and the config at the best epoch, with its loss."
+    save_checkpoint(self.run/'checkpoints'/'best.pt', model=self.net.state_dict(), ema=self.ema_cb.ema.state_dict(),
+                    epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()), valid_loss=self.best['valid_loss'],
+                    config=asdict(self.cfg))

@@ -13,7 +13,7 @@ import yaml
 from fastcore.docments import docments
 from ..core.basics import check_choice
 from ..diffusion.param import PREDICTIONS
-from ..diffusion.objectives import TIMESTEP_SAMPLERS, WEIGHTINGS
+from ..diffusion.objectives import TIMESTEP_SAMPLERS, WEIGHTINGS, LOSSES
 from ..diffusion.samplers import SAMPLERS
 from ..core.io import DataError, IRREGULAR
 from ..data.modes import MODES
@@ -21,8 +21,8 @@ from ..models.unet import FUSIONS
 from .system import active, config_class, systems
 
 # %% auto #0
-__all__ = ['CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'TrainConfig', 'config_help', 'make_config', 'run_inputs',
-           'load_config']
+__all__ = ['EMA_SCHEDULES', 'PERCEPTUAL', 'CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'TrainConfig', 'config_help',
+           'make_config', 'run_inputs', 'load_config']
 
 # %% ../../nbs/50_training.config.ipynb #f676a2a0
 @dataclass
@@ -53,6 +53,8 @@ class TrainConfig:
     feature_dropout: float = 0.1          # features dropped to the null token (training only)
     valid_frac: float = 0.1               # validation subjects (or images)
     balanced: bool = False                # draw classes equally often
+    # training augmentation: none, flip, light (+ small affine), mri (+ noise, intensity) or a list of transforms
+    augment: str|list = 'none'
     strategy: str = 'ddpm'                # ddpm or rflow (rectified flow)
     schedule: str = 'cosine'              # noise schedule (ddpm)
     prediction: str = 'v'                 # eps, v or x0 (ddpm)
@@ -60,6 +62,13 @@ class TrainConfig:
     timestep_sampler: str = 'uniform'     # uniform, logit_normal or loss_aware
     weighting: str = 'min_snr'            # none or min_snr
     gamma: float = 5.                     # Min-SNR gamma
+    loss: str = 'l2'                      # diffusion loss norm (a system's ROI term too): l2, l1 or huber
+    huber_delta: float = 1.               # huber: the error where the squared loss turns absolute
+    perceptual: str|None = None           # term on the x0 estimate: vgg, resnet50 or domain (null: none)
+    perceptual_weight: float = 0.         # its weight
+    perceptual_weights: str|None = None   # its local weights file (torchvision vgg16 or resnet50; encoder.pt)
+    time_shift: float|None = None         # rflow: training times shifted to s t / (1 + (s - 1) t), SD3 (null: none)
+    time_shift_base: int|None = None      # rflow: that shift, s = (pixels / base^dims)^(1/dims); MAISI: 32
     channels: list = field(default_factory=lambda: [32, 64, 64])  # UNet channels per level
     attention_levels: list = field(default_factory=lambda: [False, False, True])  # self-attention per level
     num_res_blocks: int = 1               # residual blocks per level
@@ -74,12 +83,19 @@ class TrainConfig:
     clip: float|None = 1.0                # gradient-norm clip (null: none)
     precision: str = 'fp32'               # fp32, bf16 or fp16
     compile: bool = False                 # torch.compile the network
-    ema_beta: float = 0.999               # EMA decay
+    checkpointing: bool = False           # activation checkpointing: UNet blocks recompute in backward (less memory)
+    ema_beta: float = 0.999               # EMA decay (warmup: its cap; cosine_ramp: its start)
     ema_after: int = 100                  # optimiser steps before EMA starts averaging
     ema_every: int = 1                    # steps between EMA updates
+    ema_schedule: str = 'warmup'          # EMA decay: warmup (ema-pytorch), constant, cosine_ramp (PDS) or karras
+    ema_power: float = 2 / 3              # warmup: decay 1 - (1 + k / ema_inv_gamma)^-ema_power, at most ema_beta
+    ema_inv_gamma: float = 1.             # warmup: its step scale
+    ema_min: float = 0.                   # warmup: its lowest decay
+    ema_karras_gamma: float = 6.94        # karras: decay (1 - 1/k)^(1 + gamma); 6.94: sigma_rel 0.05
     cfg_dropout: float = 0.1              # class mode: label dropout to the null class (training only)
     max_minutes: float|None = None        # stop at the first epoch end after this much time
     save_every: int = 1                   # epochs between checkpoints
+    best_by: str = 'valid_loss'           # checkpoints/best.pt at each new lowest valid_loss, or none
     sample_every: int = 0                 # epochs between sample grids (0: none)
     n_grid: int = 8                       # images in a sample grid
     sampler: str = 'dpmpp_2m'             # sampler for grids and `medsynth sample`
@@ -99,10 +115,13 @@ def config_help() -> str:
         out += [f"  {k:18s} {v!r:>24}  {docs[k]}" for k, v in asdict(keys()).items()]
     return '\n'.join(out)
 
+EMA_SCHEDULES = ('warmup', 'constant', 'cosine_ramp', 'karras')
+PERCEPTUAL = ('vgg', 'resnet50', 'domain')
 CHOICES = dict(image_channels=(1, 3), irregular_spacing=IRREGULAR, mode=MODES, strategy=('ddpm', 'rflow'),
                prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
                lr_schedule=('one_cycle', 'cosine', 'constant'), precision=('fp32', 'bf16', 'fp16'),
-               sampler=tuple(SAMPLERS), dims=(2, 3))
+               sampler=tuple(SAMPLERS), dims=(2, 3), loss=LOSSES, ema_schedule=EMA_SCHEDULES,
+               best_by=('valid_loss', 'none'))
 
 # %% ../../nbs/50_training.config.ipynb #00e27a79
 def _fields():
@@ -123,8 +142,10 @@ RANGES = dict(
     ema_after='[0, inf)', sample_every='[0, inf)', seed='[0, inf)',
     axis='[0, 2]', lr='(0, inf)', gamma='(0, inf)', clip='(0, inf)', max_minutes='[0, inf)',
     wd='[0, inf)', ema_beta='(0, 1)', cfg_dropout='[0, 1)', valid_frac='[0, 1)', warmup='[0, 1)',
-    feature_dropout='[0, 1]', min_content='[0, 1]')
-LIST_OF = dict(size=int, channels=int, attention_levels=bool, modalities=str, images=str)
+    feature_dropout='[0, 1]', min_content='[0, 1]', huber_delta='(0, inf)', perceptual_weight='[0, inf)',
+    time_shift='(0, inf)', time_shift_base='[1, inf)', ema_power='(0, inf)', ema_inv_gamma='(0, inf)', ema_min='[0, 1)',
+    ema_karras_gamma='(0, inf)')
+LIST_OF = dict(size=int, channels=int, attention_levels=bool, modalities=str, images=str, augment=str)
 POSITIVE_LISTS = ('size', 'channels')
 
 def _in_interval(v, interval:str) -> bool:
@@ -146,6 +167,8 @@ def _check_value(where, k, v, kind:str):
             return v
         raise bad(f"set (it has no null value); its default is {getattr(config_class(TrainConfig)(), k)!r}")
     base = kind.split('|')[0].strip()
+    if base == 'str' and '|list' in kind.replace(' ', '') and isinstance(v, (list, tuple)):   # a name or a list
+        base = 'list'
     if base == 'float' and isinstance(v, str):
         try:  # YAML 1.1 reads 1e-3 as a string
             v = float(v)
@@ -225,6 +248,7 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
                          "mode)")
     _check_unet(cfg, where)
     _check_features(cfg, where)
+    _check_objective(cfg, where)
     for sys_ in systems():                              # every system checks every config (e.g. its keys set alone)
         sys_.check(cfg, where)
     f = 2 ** (len(cfg.channels) - 1)
@@ -237,7 +261,7 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
 # %% ../../nbs/50_training.config.ipynb #e213c001
 def run_inputs(cfg) -> list:
     "What a run of `cfg` reads (its systems' inputs too): `--overwrite` never deletes these."
-    own = [cfg.data, cfg.autoencoder, cfg.encoder_weights]
+    own = [cfg.data, cfg.autoencoder, cfg.encoder_weights, cfg.perceptual_weights]
     return [p for p in own + [q for sys_ in systems() if sys_.applies(cfg) for q in sys_.reads(cfg)] if p]
 
 # %% ../../nbs/50_training.config.ipynb #aa8a568c
@@ -253,6 +277,27 @@ def _check_features(cfg, where):
                          "it), or drop encoder")
     if cfg.encoder and cfg.fusion and cfg.dims != 2:
         raise ValueError(f"{where}: encoder features condition 2D models: set dims=2")
+
+# %% ../../nbs/50_training.config.ipynb #0b1ec7e5
+def _check_objective(cfg, where):
+    "The time shift, and the perceptual term, each set whole or not at all."
+    if cfg.time_shift is not None and cfg.time_shift_base is not None:
+        raise ValueError(f"{where}: set time_shift (a shift s) or time_shift_base (s from the resolution), not both")
+    shifted = 'time_shift' if cfg.time_shift is not None else 'time_shift_base' if cfg.time_shift_base else None
+    if shifted and (cfg.strategy != 'rflow' or cfg.timestep_sampler == 'loss_aware'):
+        raise ValueError(f"{where}: {shifted} shifts rectified-flow times drawn uniform or logit_normal: set "
+                         f"strategy=rflow and timestep_sampler=uniform or logit_normal, or drop {shifted}")
+    if cfg.perceptual is not None:
+        check_choice('perceptual', cfg.perceptual, PERCEPTUAL)
+    if bool(cfg.perceptual) != bool(cfg.perceptual_weight):
+        raise ValueError(f"{where}: the perceptual term needs both perceptual (vgg, resnet50 or domain) and "
+                         f"perceptual_weight > 0; got perceptual={cfg.perceptual}, "
+                         f"perceptual_weight={cfg.perceptual_weight}")
+    if cfg.perceptual and not cfg.perceptual_weights:
+        raise ValueError(f"{where}: perceptual={cfg.perceptual} loads local weights: set perceptual_weights=FILE")
+    if cfg.perceptual and cfg.autoencoder:
+        raise ValueError(f"{where}: perceptual compares images, and with autoencoder the diffusion runs on latents: "
+                         "drop perceptual (the autoencoder's own perceptual term shapes its decoder)")
 
 # %% ../../nbs/50_training.config.ipynb #afc206ae
 def load_config(path=None, overrides=()) -> TrainConfig:

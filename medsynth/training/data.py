@@ -15,6 +15,10 @@ import torch, torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 from fastai.data.core import DataLoaders
+from fastai.callback.core import Callback
+from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandScaleIntensityd,
+                              RandShiftIntensityd)
+from monai.utils import convert_to_tensor
 from ..data.modes import MODES, get_mode
 from .config import TrainConfig
 from .system import first
@@ -24,8 +28,10 @@ from ..spaces.vae import load_autoencoder
 from ..models.encoders import get_encoder
 
 # %% auto #0
-__all__ = ['mode_of', 'space_of', 'encoder_of', 'to_latent', 'cache_latents', 'split_subjects', 'build_datasets',
-           'init_distributed', 'process_group', 'build_dataloaders']
+__all__ = ['AUGMENT_PRESETS', 'SPATIAL_AUGMENTS', 'INTENSITY_AUGMENTS', 'mode_of', 'space_of', 'encoder_of', 'to_latent',
+           'cache_latents', 'split_subjects', 'build_datasets', 'init_distributed', 'process_group',
+           'build_dataloaders', 'augment_names', 'augmentation', 'sample_seed', 'augment_batch', 'AugmentCB',
+           'augment_cbs']
 
 # %% ../../nbs/51_training.data.ipynb #68eefb94
 def mode_of(cfg:TrainConfig):
@@ -119,6 +125,7 @@ def build_datasets(cfg:TrainConfig):
     "`(train, valid, classes)` for `cfg` (classes is None for subject data), or its system's (`System.datasets`)."
     if not cfg.data:
         raise ValueError("config: data is empty; set data=PATH (class folders, subject folders or a CSV manifest)")
+    augment_names(cfg.augment, cfg.dims)                # an unknown augmentation fails before anything is read
     got = first(cfg, 'datasets')
     if got is not None:
         return got
@@ -215,6 +222,91 @@ def build_dataloaders(train_ds, valid_ds, cfg:TrainConfig, device=None) -> DataL
     else:
         tr_s = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     _check_batch(train_ds, cfg)
+    if augment_names(cfg.augment, cfg.dims):           # each sample's augmentation is seeded by its index
+        train_ds = _Indexed(train_ds)
     va_s = DistributedSampler(valid_ds, num_replicas=world, rank=rank, shuffle=False)
     dl = partial(DataLoader, batch_size=cfg.batch_size, collate_fn=_collate, num_workers=0)
     return DataLoaders(dl(train_ds, sampler=tr_s, drop_last=True), dl(valid_ds, sampler=va_s), device=device)
+
+# %% ../../nbs/51_training.data.ipynb #f43c0387
+AUGMENT_PRESETS = dict(none=(), flip=('flip',), light=('flip', 'affine'),
+                       mri=('flip', 'affine', 'noise', 'scale_intensity', 'shift_intensity'))
+# spatial: every image, mask and conditioning map alike ('flip': each axis; 'flipK': spatial axis K only)
+SPATIAL_AUGMENTS = ('flip', 'flip0', 'flip1', 'flip2', 'affine')
+INTENSITY_AUGMENTS = ('noise', 'scale_intensity', 'shift_intensity')   # images only, never masks
+
+def augment_names(augment, dims:int=2) -> tuple:
+    "The transform names of `augment` (a preset's name or a list of names); an unknown one is a one-line error."
+    names = AUGMENT_PRESETS.get(augment) if isinstance(augment, str) else tuple(augment)
+    known = tuple(n for n in SPATIAL_AUGMENTS + INTENSITY_AUGMENTS if n != 'flip2' or dims == 3)
+    if names is None or any(n not in known for n in names):
+        raise ValueError(f"augment={augment!r} is not allowed: choose a preset ({', '.join(AUGMENT_PRESETS)}) or a "
+                         f"list of {', '.join(known)}")
+    return names
+
+# %% ../../nbs/51_training.data.ipynb #f78ed44b
+def _spatial(name:str, keys:tuple, masks:tuple, size) -> list:
+    "The MONAI spatial transforms of `name` over `keys`: one draw per sample, applied to every key (masks: nearest)."
+    dims = len(size)
+    if name == 'flip':
+        return [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(dims)]
+    if name != 'affine':
+        return [RandFlipd(keys, prob=0.5, spatial_axis=int(name[4:]))]
+    # small: up to 10 degrees about each axis, +-10 % scale, a shift of up to 1/16 of the size; half the samples
+    return [RandAffined(keys, prob=0.5, rotate_range=(0.175,) * (1 if dims == 2 else 3), scale_range=0.1,
+                        translate_range=tuple(s / 16 for s in size), padding_mode='border',
+                        mode=tuple('nearest' if k in masks else 'bilinear' for k in keys))]
+
+_INTENSITY = dict(noise=lambda k: RandGaussianNoised(k, prob=0.5, std=0.02),          # images in [-1, 1]
+                  scale_intensity=lambda k: RandScaleIntensityd(k, prob=0.5, factors=0.1),
+                  shift_intensity=lambda k: RandShiftIntensityd(k, prob=0.5, offsets=0.1))
+
+def augmentation(names, keys, masks=(), size=(32, 32)):
+    "A MONAI `Compose` of the named transforms (spatial ones first) over the batch `keys`, or None for none."
+    keys, masks = tuple(keys), tuple(masks)
+    images = tuple(k for k in keys if k not in masks)
+    ts = [t for n in names if n in SPATIAL_AUGMENTS for t in _spatial(n, keys, masks, size)]
+    ts += [_INTENSITY[n](images) for n in names if n in _INTENSITY and images]
+    return Compose(ts) if ts else None
+
+# %% ../../nbs/51_training.data.ipynb #b5c506d4
+def sample_seed(seed:int, epoch:int, index:int) -> int:
+    "The seed of sample `index`'s augmentation in `epoch`: a function of these three alone."
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+def augment_batch(aug, batch:dict, keys, seed:int, epoch:int) -> dict:
+    """`batch` with each sample's `keys` augmented by `aug` where they are (CPU or GPU), seeded by
+    `sample_seed(seed, epoch, index)`; cached latents are dropped (the augmented images get encoded)."""
+    keys = [k for k in keys if k in batch]
+    outs = []
+    for i, idx in enumerate(batch['index'].tolist()):
+        aug.set_random_state(seed=sample_seed(seed, epoch, idx))
+        outs.append(aug({k: batch[k][i] for k in keys}))
+    got = {k: torch.stack([convert_to_tensor(o[k], track_meta=False) for o in outs]).to(batch[k].dtype) for k in keys}
+    return {**{k: v for k, v in batch.items() if k != 'latent'}, **got}
+
+# %% ../../nbs/51_training.data.ipynb #6fabd1e4
+class _Indexed(torch.utils.data.Dataset):
+    "The items of `ds` with their `index` in it (what a sample's augmentation is seeded by)."
+    def __init__(self, ds):
+        self.ds = ds
+    def __len__(self):
+        return len(self.ds)
+    def __getitem__(self, i):
+        return {**self.ds[i], 'index': i}
+
+class AugmentCB(Callback):
+    "Augment each training batch on its device before it is noised (`augment_batch`); validation batches stay."
+    order = -6                                          # before DiffusionCB (-5) splits the batch
+    def __init__(self, aug, keys, seed:int):
+        self.aug, self.keys, self.seed = aug, tuple(keys), seed
+    def before_batch(self):
+        if self.training:
+            b = augment_batch(self.aug, self.xb[0], self.keys, self.seed, self.epoch)
+            self.learn.xb = (b,) + tuple(self.xb[1:])
+
+def augment_cbs(cfg:TrainConfig, mode) -> list:
+    "`[AugmentCB]` for `cfg.augment` over the keys `mode` generates and conditions on; `[]` when nothing augments."
+    keys = tuple(mode.targets) + tuple(mode.conds)
+    aug = augmentation(augment_names(cfg.augment, cfg.dims), keys, [k for k in keys if k == mode.mask_key], cfg.size)
+    return [] if aug is None else [AugmentCB(aug, keys, cfg.seed)]

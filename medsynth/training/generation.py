@@ -6,9 +6,11 @@ Docs: https://medsynth.github.io/medsynth/training.generation.html.md"""
 
 # %% ../../nbs/54_training.generation.ipynb #d4e6cb25
 from __future__ import annotations
+import time
+from contextlib import contextmanager
 import torch, torch.nn.functional as F
 from fastai.callback.core import Callback
-from ..core.basics import randn
+from ..core.basics import interactive, randn
 from ..diffusion.schedules import get_schedule
 from ..diffusion.param import Denoiser
 from ..diffusion.samplers import sample
@@ -20,7 +22,7 @@ from .checkpoint import _finding_lr
 from ..core.io import write_png
 
 # %% auto #0
-__all__ = ['schedule_of', 'guided_denoiser', 'generate', 'translate', 'edit', 'SampleGridCB']
+__all__ = ['schedule_of', 'guided_denoiser', 'batch_progress', 'generate', 'translate', 'edit', 'SampleGridCB']
 
 # %% ../../nbs/54_training.generation.ipynb #3b5f66ee
 def schedule_of(cfg:TrainConfig):
@@ -35,6 +37,23 @@ def guided_denoiser(den, schedule, guidance_scale:float=1., guide=None, guide_sc
     """`den` under guidance of weight `guidance_scale` from its unconditional to its conditional model (labels, encoder
     features), then at `guide_scale` by the noisy `guide(x_t, t) -> logits` on `measure` towards `target`."""
     return guided(den, schedule, guidance_scale, ('label', 'features'), guide, guide_scale, measure, target)
+
+# %% ../../nbs/54_training.generation.ipynb #67acac93
+def _batch_line(what:str, n:int, steps, seconds:float, generator=None) -> str:
+    "One batch's progress: its images' indices where per-image generators give them (else their count), steps, time."
+    idx = getattr(generator, 'indices', None)
+    who = f"images {idx[0]}-{idx[-1]}" if idx else f"{n} images"
+    return f"{what} {who}: {steps} steps in {seconds:.1f} s"
+
+@contextmanager
+def batch_progress(progress:bool, what:str, n:int, steps, generator=None, bar:bool|None=None):
+    """Around one sampling batch: yields whether the sampler draws its bar (`bar=None`: a terminal or a notebook);
+    elsewhere prints `_batch_line` once the batch is done. Nothing at all when `progress` is False."""
+    bar = bool(progress) and (interactive() if bar is None else bar)
+    t0 = time.time()
+    yield bar
+    if progress and not bar:
+        print(_batch_line(what, n, steps, time.time() - t0, generator), flush=True)
 
 # %% ../../nbs/54_training.generation.ipynb #9ee84d4b
 @torch.no_grad()
@@ -58,8 +77,9 @@ def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, s
         den = wrap(den, schedule)
     x = (randn(shape, generator) if x_T is None else x_T).to(dev)
     net.eval()
-    out = sample(den, schedule, x, steps=steps or cfg.sample_steps, sampler=sampler or cfg.sampler,
-                 clip_x0=None if space else 1., generator=generator, progress=progress)
+    with batch_progress(progress, 'sampling', shape[0], steps or cfg.sample_steps, generator) as bar:
+        out = sample(den, schedule, x, steps=steps or cfg.sample_steps, sampler=sampler or cfg.sampler,
+                     clip_x0=None if space else 1., generator=generator, progress=bar)
     net.train(was)
     return (space.decode(out) if space is not None else out).clamp(-1, 1)
 
@@ -75,9 +95,11 @@ def translate(net, cfg:TrainConfig, images, source, target, steps=None, progress
     schedule, space, was = schedule_of(cfg), space_of(cfg), net.training
     dev = next(net.parameters()).device
     net.eval()
-    out = dual_bridge(Denoiser(net, schedule, cfg.prediction), schedule, _encode(space, images, dev), _to(source, dev),
-                      _to(target, dev), steps or cfg.sample_steps,
-                      decode=lambda d: guided_denoiser(d, schedule, **guidance), progress=progress)
+    what = 'translating (inversion, then decoding)'
+    with batch_progress(progress, what, len(images), steps or cfg.sample_steps) as bar:
+        out = dual_bridge(Denoiser(net, schedule, cfg.prediction), schedule, _encode(space, images, dev),
+                          _to(source, dev), _to(target, dev), steps or cfg.sample_steps,
+                          decode=lambda d: guided_denoiser(d, schedule, **guidance), progress=bar)
     net.train(was)
     return (space.decode(out) if space is not None else out).clamp(-1, 1)
 
@@ -92,8 +114,10 @@ def edit(net, cfg:TrainConfig, images, strength:float, label=None, sampler=None,
     g = guided_denoiser(Denoiser(net, schedule, cfg.prediction), schedule, **guidance)
     kw = dict(label=_to(label, dev))
     net.eval()
-    out = sdedit(lambda x, t: g(x, t, **kw), schedule, _encode(space, images, dev), strength,
-                 steps or cfg.sample_steps, sampler or cfg.sampler, generator, progress, clip_x0=None if space else 1.)
+    grid = f'{strength:g} of {steps or cfg.sample_steps}'          # SDEdit runs that fraction of the grid's steps
+    with batch_progress(progress, 'sdedit', len(images), grid, generator) as bar:
+        out = sdedit(lambda x, t: g(x, t, **kw), schedule, _encode(space, images, dev), strength,
+                     steps or cfg.sample_steps, sampler or cfg.sampler, generator, bar, clip_x0=None if space else 1.)
     net.train(was)
     return (space.decode(out) if space is not None else out).clamp(-1, 1)
 

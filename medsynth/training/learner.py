@@ -24,11 +24,12 @@ from ..core.io import atomic_path
 from ..core.folders import MARKER, holding, new_folder, clear_folder
 from .checkpoint import CheckpointCB, _set_rng_state, load_checkpoint
 from .callbacks import (DiffusionCB, DiffusionLoss, EMACB, GuardCB, PrecisionCB, RunLog, StepCB,
-                                         TensorBoardCB, WandbCB, _truncate_history, show_progress)
+                                         TensorBoardCB, WandbCB, _truncate_history, show_progress,
+                                         perceptual_of, time_shift_of)
 from .generation import SampleGridCB, schedule_of
 from .config import TrainConfig, make_config, run_inputs
 from .data import (_barrier, _check_batch, _dist, build_dataloaders, build_datasets, cache_latents,
-                                    encoder_of, mode_of, process_group, space_of)
+                                    encoder_of, mode_of, process_group, space_of, augment_cbs)
 from .network import build_model
 from .system import active, first, systems, whole_run
 
@@ -69,19 +70,20 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
     "A fastai Learner that trains `cfg`'s diffusion model; `learn.net` is the bare network, `learn.ema` its EMA."
     run, mode, schedule = Path(run), mode_of(cfg), schedule_of(cfg)
     net = build_model(cfg, mode, len(classes) if classes else None)
-    tsampler = get_timestep_sampler(cfg.timestep_sampler, schedule)
     space, metrics = space_of(cfg), []
+    tsampler = get_timestep_sampler(cfg.timestep_sampler, schedule, **time_shift_of(cfg, space))
     if _tunes_space(cfg):                               # the run tunes its own copy of the autoencoder
         space = copy.deepcopy(space)
     dcb = DiffusionCB(cfg, mode, schedule, tsampler, len(classes) if classes else None, space, encoder_of(cfg))
-    ema_cb = EMACB(net, cfg.ema_beta, cfg.ema_after, cfg.ema_every)
+    ema_cb = EMACB.of(net, cfg)
     cbs = [dcb, StepCB(cfg.clip), GuardCB(), ema_cb,
            CheckpointCB(run, cfg, net, ema_cb, dcb, None if cfg.max_minutes is None else cfg.max_minutes * 60)]
     for sys_ in active(cfg):                            # the systems' own callbacks and metrics
         more_cbs, more_metrics = sys_.callbacks(cfg, net, space, schedule)
         cbs, metrics = cbs + list(more_cbs), metrics + list(more_metrics)
-    loss = first(cfg, 'loss', mode, schedule) or DiffusionLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma)
+    loss = first(cfg, 'loss', mode, schedule) or DiffusionLoss.of(cfg, schedule)
     cbs += _run_cbs(cfg, run, mode, ema_cb, dls)
+    cbs += augment_cbs(cfg, mode)                       # `augment`: each training batch, on its device
     learn = Learner(dls, _wrapped(net, cfg), loss_func=loss, metrics=metrics, cbs=cbs,
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, path=run,
                     model_dir='checkpoints')
@@ -138,6 +140,7 @@ def _before_writing(cfg, run:Path, resume:bool, overwrite:bool, force:bool):
     "The checkpoint to resume (or None) and the datasets, after every check that needs no run folder."
     space_of(cfg)  # a latent space that does not fit, or missing encoder weights, fail before anything is written
     encoder_of(cfg)
+    perceptual_of(cfg)                                  # its weights file, before anything is written
     first(cfg, 'preflight')
     ck = run/'checkpoints'/'last.pt'
     state = None

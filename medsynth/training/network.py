@@ -37,6 +37,6 @@ def build_model(cfg:TrainConfig, mode, num_classes=None, feature_dim:int|None=No
                          num_res_blocks=cfg.num_res_blocks,
                          num_head_channels=cfg.num_head_channels, norm_num_groups=min(32, cfg.channels[0]),
                          feature_dim=feature_dim if cfg.fusion else None, fusion=cfg.fusion or 'xattn',
-                         fusion_dim=cfg.fusion_dim,
+                         fusion_dim=cfg.fusion_dim, checkpointing=cfg.checkpointing,
                          **{k: v for s in active(cfg) for k, v in s.unet_kwargs(cfg, feature_dim).items()})
 

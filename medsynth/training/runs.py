@@ -24,7 +24,7 @@ from ..diffusion.samplers import SAMPLERS
 from torch.utils.data import ConcatDataset, default_collate
 
 # %% auto #0
-__all__ = ['class_folder_key', 'load_network', 'load_run', 'sample_run', 'write_manifest']
+__all__ = ['WEIGHTS', 'class_folder_key', 'load_network', 'load_run', 'sample_run', 'write_manifest']
 
 # %% ../../nbs/57_training.runs.ipynb #eacf15ab
 def class_folder_key(cfg, classes):
@@ -35,14 +35,18 @@ def class_folder_key(cfg, classes):
     return dataclasses.replace(cfg, image='image')
 
 # %% ../../nbs/57_training.runs.ipynb #3051c80f
+WEIGHTS = ('ema', 'last', 'best', 'model')             # 'model' is 'last', as load_network always named it
+
 def load_network(run, weights:str='ema', what:str='run folder', fix:str='give the folder that `medsynth train` wrote'):
-    "`(cfg, net, checkpoint_hash, classes)` of a single-network run folder; `weights` 'ema' (default) or 'model'."
+    """`(cfg, net, checkpoint_hash, classes)` of a single-network run folder; `weights` 'ema' (default), 'model' (or
+    'last': the network's own) or 'best' (the network at the lowest validation loss, `checkpoints/best.pt`)."""
     run = Path(run)
     ck = run/'checkpoints'/'last.pt'
     if not run.is_dir():
         raise DataError(run, f'{what} not found', fix)
     if not ck.exists():
         raise DataError(ck, f'{what} has no checkpoint', fix)
+    ck = _weights_file(ck, weights)
     state = load_checkpoint(ck)
     if not isinstance(state.get('config'), dict) or 'model' not in state:
         raise DataError(ck, 'not a medsynth checkpoint (no config or model weights)', fix)
@@ -74,6 +78,17 @@ def load_run(run, weights:str='ema'):
     return load_network(run, weights)
 
 # %% ../../nbs/57_training.runs.ipynb #117ad0dc
+def _weights_file(last:Path, weights:str) -> Path:
+    "The checkpoint `weights` come from: `last` (last.pt), or best.pt beside it for 'best' (a one-line error if none)."
+    check_choice('weights', weights, WEIGHTS)
+    if weights != 'best':
+        return last
+    best = last.parent/'best.pt'
+    if not best.exists():
+        raise DataError(best, 'not found: the run kept no best checkpoint (trained with best_by=none, or before it '
+                        'existed)', 'sample --weights ema or last')
+    return best
+
 def _check_steps(steps, default:int) -> int:
     "`steps` as given (checked: `--steps 0` is an error, not the default), or the run's `default` when None."
     return default if steps is None else check_int('steps', steps)
@@ -289,12 +304,13 @@ def _folder_name(job, sampler:str, steps, seed:int, w:float, judge, scale:float,
 def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:int=0, label:int|None=None, out=None,
                batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True, guidance_scale:float=1.,
                guide=None, guide_scale:float=1., measure:str='log_prob', translate=None, to_label:int|None=None,
-               init=None, strength:float|None=None) -> Path:
+               init=None, strength:float|None=None, weights:str='ema') -> Path:
     """Write `n` samples of a run (guided: `guidance_scale`, `guide`), or the images of `translate` translated to
-    `to_label` or of `init` edited at `strength`, and their `manifest.csv` into `out` (default `run/samples/...`)."""
+    `to_label` or of `init` edited at `strength`, and their `manifest.csv` into `out` (default `run/samples/...`);
+    `weights`: 'ema' (default), 'last' (the network's own) or 'best' (at the lowest validation loss)."""
     n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
     job = _job(translate, to_label, init, strength)
-    cfg, net, h, classes = load_run(run)
+    cfg, net, h, classes = load_run(run, check_choice('weights', weights, WEIGHTS))
     if (job or guide is not None or guidance_scale != 1) and _own_way(cfg):
         raise ValueError(f"run {run}: the {', '.join(_own_way(cfg))} system samples it its own way; guidance, "
                          "--translate and --sdedit work on single-network runs")
@@ -313,11 +329,12 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
     guidance = _guidance(run, mode, classes, label, guidance_scale, judge, guide_scale, measure)
     ins = _prepare_images(run, cfg, mode, job, label, classes) if job else None
     valid = None if job else _conditioning_set(cfg, mode, cond_data)
-    out = Path(out) if out else Path(run)/'samples'/_folder_name(job, sampler, steps, seed, guidance_scale, judge,
-                                                                  guide_scale, measure)
+    out = Path(out) if out else Path(run)/'samples'/(_folder_name(job, sampler, steps, seed, guidance_scale, judge,
+                                                                   guide_scale, measure)
+                                                      + ('' if weights == 'ema' else f'-{weights}'))
     meta = dict(checkpoint=h, seed=seed, sampler='ddim' if job and job['how'] == 'translate' else sampler, steps=steps,
                 mode=cfg.mode, record=dict(_record(guidance_scale, judge, guide_scale, measure), source='',
-                                           source_label='', target_label='', strength=''))
+                                           source_label='', target_label='', strength='', weights=weights))
     with output_folder(out, 'samples', overwrite, reads=[run, *run_inputs(cfg), cond_data, translate, init]) as tmp:
         rows = (_images_to_images(tmp, net, cfg, mode, job, ins, label, classes, guidance, meta, batch_size, progress)
                 if job else _samples(tmp, net, cfg, mode, gen, per_net, n, label, classes, valid, guidance, meta,
