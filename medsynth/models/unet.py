@@ -8,8 +8,8 @@ Docs: https://medsynth.github.io/medsynth/models.unet.html.md"""
 from __future__ import annotations
 import torch, torch.nn as nn
 from torch.utils.checkpoint import checkpoint
-from monai.networks.nets.diffusion_model_unet import (DiffusionModelUNet, DiffusionModelEncoder,
-                                                      DiffusionUNetResnetBlock, SpatialTransformer, SpatialAttentionBlock)
+from monai.networks.nets.diffusion_model_unet import (DiffusionModelUNet, DiffusionModelEncoder, SpatialTransformer,
+                                                      DiffusionUNetResnetBlock, SpatialAttentionBlock)
 from ..core.basics import check_choice
 from fastcore.basics import patch
 

@@ -62,7 +62,7 @@ class TrainConfig:
     timestep_sampler: str = 'uniform'     # uniform, logit_normal or loss_aware
     weighting: str = 'min_snr'            # none or min_snr
     gamma: float = 5.                     # Min-SNR gamma
-    loss: str = 'l2'                      # diffusion loss norm (a system's ROI term too): l2, l1 or huber
+    loss: str = 'l2'                      # diffusion loss norm (a mode's masked term too): l2, l1 or huber
     huber_delta: float = 1.               # huber: the error where the squared loss turns absolute
     perceptual: str|None = None           # term on the x0 estimate: vgg, resnet50 or domain (null: none)
     perceptual_weight: float = 0.         # its weight
@@ -87,7 +87,7 @@ class TrainConfig:
     ema_beta: float = 0.999               # EMA decay (warmup: its cap; cosine_ramp: its start)
     ema_after: int = 100                  # optimiser steps before EMA starts averaging
     ema_every: int = 1                    # steps between EMA updates
-    ema_schedule: str = 'warmup'          # EMA decay: warmup (ema-pytorch), constant, cosine_ramp (PDS) or karras
+    ema_schedule: str = 'warmup'          # EMA decay: warmup (ema-pytorch), constant, cosine_ramp (to 1) or karras
     ema_power: float = 2 / 3              # warmup: decay 1 - (1 + k / ema_inv_gamma)^-ema_power, at most ema_beta
     ema_inv_gamma: float = 1.             # warmup: its step scale
     ema_min: float = 0.                   # warmup: its lowest decay
