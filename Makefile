@@ -20,7 +20,7 @@ PIP_PIN   := pip==26.3 --hash=sha256:f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa37
 # `make lock` keeps every pin pyproject.toml still allows (and reuses its hashes); `make lock-upgrade` takes the newest.
 LOCK_UPGRADE ?=
 
-.PHONY: install lock lock-upgrade demo test bench docs readme clean-venv
+.PHONY: install lock lock-upgrade demo test bench docs docs-check outputs readme clean-venv
 
 # Every file is checked against the lock's hashes (PyPI's, and those of the local wheels pip-compile saw); medsynth
 # itself is then installed editable without dependencies, built by the locked setuptools (no build isolation).
@@ -70,6 +70,16 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/nbdev-docs
+
+# The docs site without Quarto: nbdev's processors, one HTML page per notebook with the sidebar, each opened in headless
+# Chromium (console errors, images, signatures, links); a screenshot of the index goes to runs/docs_check/index.png.
+docs-check: $(STAMP)
+	$(BIN)/python tools/docs_check.py
+
+# Every notebook in nbs/ run from a fixed seed and saved with its outputs (small PNG figures), then cleaned; about ten
+# minutes on two cores. tests/test_outputs.py fails until this is re-run after a notebook changes what it shows.
+outputs: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python tools/outputs.py
 
 # README.md from nbs/index.ipynb: nbdev-readme where Quarto exists, tools/nb2readme.py elsewhere.
 readme: $(STAMP)

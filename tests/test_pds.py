@@ -117,3 +117,55 @@ def test_pds_paper_runs_with_tiny_parameters(tmp_path):
     for f in ('grids_roi.png', 'stage1_samples.png', 'heldout_refinement.png', 'stage2/stage1.pt', 'stage1/samples/manifest.csv'): assert (run/f).exists(), f
     bad = cli('paper', 'pds', '--runs', tmp_path/'runs', '--no-progress', '-p', 'data', tmp_path)
     assert bad.returncode == 2 and 'with data, give atlas' in bad.stderr, bad.stderr[-500:]
+
+def test_folds_split_pair_subjects_and_refine_only_its_own_stage1(data, stage1, tmp_path):
+    "`folds=4 fold=i` through the PDS datasets: each subject validated in exactly one fold; a refinement of another fold's stage 1 is refused."
+    from medsynth.training.data import build_datasets
+    from medsynth.training.learner import train
+    folds = []
+    for i in range(4):
+        tr, va, _ = build_datasets(refine_cfg(data, stage1, folds=4, fold=i))
+        subj = lambda s: {s.dataset.subjects[j]['subject'] for j in s.indices}
+        assert not subj(tr) & subj(va) and len(subj(tr) | subj(va)) == 8
+        folds.append(subj(va))
+    assert sorted(len(v) for v in folds) == [2, 2, 2, 2] and len(set().union(*folds)) == 8     # no subject in two folds, all validated
+    with pytest.raises(ValueError, match='stage 1 was trained with folds=0 fold=0, this refinement has folds=4 fold=1'):
+        train(refine_cfg(data, stage1, folds=4, fold=1, epochs=1), tmp_path/'r', progress=False)
+    assert not (tmp_path/'r'/'stage1.pt').exists()
+
+def test_refinement_trains_on_joint_stage1_samples_with_pds_loss(data, stage1, tmp_path):
+    "refine_inputs=joint: the cached stage-1 maps are the target part of joint samples (not the conditional ones); the PDS loss keys train."
+    from medsynth.training.learner import train
+    from medsynth.training.checkpoint import load_checkpoint
+    from medsynth.training.data import build_datasets
+    from medsynth.systems.pds_stages import stage1_targets, load_stage1
+    cfg = refine_cfg(data, stage1, epochs=1, refine_bce=1.0, refine_mse=0.5, refine_inputs='joint')
+    out = train(cfg, tmp_path/'j', progress=False)
+    assert out['epochs_done'] == 1 and np.isfinite(out['report']['refined']['mae'])
+    c = load_checkpoint(tmp_path/'j'/'stage1.pt')
+    cfg1, net1, _, _ = load_stage1(cfg)
+    tr = build_datasets(cfg)[0]
+    assert c['inputs'] == 'joint' and torch.equal(c['train'], stage1_targets(net1, cfg1, tr, cfg.seed, joint=True))
+    assert not torch.allclose(c['train'], stage1_targets(net1, cfg1, tr, cfg.seed))        # conditional sampling differs
+    r = cli('train', *pair_args(data), 'refine=true', f'stage1={stage1}', 'refine_inputs=given', '--run', tmp_path/'bad')
+    assert r.returncode == 2 and 'refine_inputs' in r.stderr and r.stderr.count('\n') == 1, r.stderr
+
+def test_pds_paper_cross_validates_over_folds(tmp_path):
+    "`-p folds 2`: both folds run in sequence, each reports on its own validation subjects, the table is mean +- sd over folds."
+    import pandas as pd
+    r = cli('paper', 'pds', '--runs', tmp_path/'runs', '--no-progress', '-p', 'subjects', 6, '-p', 'folds', 2, '-p', 'epochs', 1,
+            '-p', 'refine_epochs', 1, '-p', 'channels', '[8,16]', '-p', 'sample_steps', 2, '-p', 'n_samples', 1, '-p', 'compare_roi', 'false',
+            '-p', 'perceptual', 0, '-p', 'batch_size', 2, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = next((tmp_path/'runs'/'pds').iterdir())
+    m = json.loads((run/'metrics.json').read_text())
+    assert m['folds'] == {'k': 2, 'run': [0, 1]} and m['sd_over'] == 'folds' and m['heldout_subjects'] == 6
+    per = pd.read_csv(run/'heldout_per_subject.csv')
+    by_fold = per[per.method == 'stage 1'].groupby('fold').subject.apply(set)
+    assert sorted(by_fold.index) == [0, 1] and not by_fold[0] & by_fold[1] and len(by_fold[0] | by_fold[1]) == 6
+    fm = per.groupby(['method', 'fold']).mae.mean()['stage 1 + refinement']            # each fold's mean, then over folds
+    assert np.isclose(m['table']['roi_weight 1 / stage 1 + refinement']['mae'], fm.mean())
+    assert np.isclose(m['sd']['roi_weight 1 / stage 1 + refinement']['mae'], fm.std(ddof=1))
+    assert 'mean ± sd over folds' in (run/'pds.md').read_text()
+    for f in ('fold-0/stage1/checkpoints/last.pt', 'fold-1/stage2/stage1.pt', 'fold-0/stage1/samples/manifest.csv'): assert (run/f).exists(), f
+    assert not (run/'data'/'heldout').exists()

@@ -159,7 +159,7 @@ def clean_runs(runs='runs', keep:int=5, name:str|None=None, dry_run:bool=False) 
     return gone
 
 # %% ../../nbs/91_app.runs.ipynb #9ebeadae
-SEED_KEYS = ('seed',)                                   # the parameters a sweep repeats over, not compares
+SEED_KEYS = ('seed', 'fold')                            # what a sweep repeats over (seeds, CV folds), not compares
 
 def _sweep_of(target, runs) -> Path:
     "The sweep folder `target` names: a sweep folder itself, or the newest sweep of paper `target` under `runs`."

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import patch
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset, Sampler
 from ..core.basics import check_choice
 from ..core.io import (DataError, IMAGE_EXTS, atomic_path, read_image, read_volume, fit, FITS,
                               percentile_normalise, is_nifti, spacing_size, IRREGULAR)
@@ -19,7 +19,7 @@ from ..core.io import (DataError, IMAGE_EXTS, atomic_path, read_image, read_volu
 # %% auto #0
 __all__ = ['DEFAULT_PATTERNS', 'scan_class_folders', 'is_class_folders', 'ClassFolderDataset', 'match_modality', 'find_subjects',
            'read_manifest', 'subjects_from', 'load_subject', 'VolumeDataset', 'SliceDataset', 'class_weights',
-           'balanced_sampler']
+           'DistributedWeightedSampler', 'balanced_sampler']
 
 # %% ../../nbs/31_data.datasets.ipynb #a573d076
 def _raise_or_collect(err:DataError, errors:list|None):
@@ -130,6 +130,7 @@ DEFAULT_PATTERNS = dict(
     t1ce=('*[_-]t1ce.nii*', '*[_-]t1gd.nii*', '*[_-]t1c.nii*', 't1ce.nii*'),
     t2=('*[_-]t2.nii*', '*[_-]t2w.nii*', 't2.nii*'), flair=('*[_-]flair.nii*', '*[_-]t2f.nii*', 'flair.nii*'),
     seg=('*[_-]seg.nii*', 'seg.nii*', '*[_-]mask.nii*'), fa=('*[_-]fa.nii*', 'fa.nii*'),
+    alff=('*[_-]alff.nii*', 'alff.nii*'),   # PDS's fMRI-derived map (amplitude of low-frequency fluctuations)
     ct=('ct', '*[_-]ct.nii*', 'ct.nii*'))
 
 def _patterns(m, patterns):
@@ -389,9 +390,31 @@ def class_weights(labels, n_classes:int|None=None, scheme:str='inverse', beta:fl
     w = len(labels) / (K * counts) if scheme == 'inverse' else (1 - beta) / (1 - beta ** counts)
     return torch.as_tensor(w if scheme == 'inverse' else w * K / w.sum(), dtype=torch.float32)
 
-def balanced_sampler(labels, num_samples:int|None=None, generator=None) -> WeightedRandomSampler:
-    "A sampler that draws each class equally often (with replacement): weight 1 / count per sample."
+class DistributedWeightedSampler(Sampler):
+    """Each epoch one weighted draw (with replacement) of `num_samples` indices, seeded by `seed + epoch` alone and so
+    the same on every process; process `rank` takes draws `rank, rank + num_replicas, ...` (`DistributedSampler`'s
+    stride; a tail that cannot fill every process is dropped). Call `set_epoch` before each epoch."""
+    def __init__(self, weights, num_samples:int|None=None, num_replicas:int=1, rank:int=0, seed:int=0):
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.n = num_samples or len(self.weights)
+        if not 0 <= rank < num_replicas or self.n < num_replicas:
+            raise ValueError(f"sampler: rank {rank} of {num_replicas} processes cannot share {self.n} draws: each "
+                             "process needs one")
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+    def set_epoch(self, epoch:int):
+        self.epoch = epoch
+    def draw(self) -> torch.Tensor:
+        "This epoch's whole draw, before it is shared out."
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+    def __iter__(self):
+        return iter(self.draw()[self.rank:len(self) * self.num_replicas:self.num_replicas].tolist())
+    def __len__(self):
+        return self.n // self.num_replicas
+
+def balanced_sampler(labels, num_samples:int|None=None, num_replicas:int=1, rank:int=0,
+                     seed:int=0) -> DistributedWeightedSampler:
+    "A sampler that draws each class equally often (with replacement): weight 1 / count per sample, shared by rank."
     labels = np.asarray(labels)
     counts = np.bincount(labels)
-    return WeightedRandomSampler(torch.as_tensor(1. / counts[labels], dtype=torch.double), num_samples or len(labels),
-                                 replacement=True, generator=generator)
+    return DistributedWeightedSampler(1. / counts[labels], num_samples, num_replicas, rank, seed)

@@ -14,8 +14,8 @@ from .param import PREDICTIONS, from_x0_eps, x0_error_scale
 
 # %% auto #0
 __all__ = ['TIMESTEP_SAMPLERS', 'WEIGHTINGS', 'LOSSES', 'shift_time', 'resolution_shift', 'TimestepSampler', 'UniformSampler',
-           'LogitNormalSampler', 'LossSecondMomentSampler', 'get_timestep_sampler', 'loss_weight', 'pointwise_loss',
-           'diffusion_loss']
+           'LogitNormalSampler', 'LogNormalSampler', 'LossSecondMomentSampler', 'get_timestep_sampler', 'loss_weight',
+           'pointwise_loss', 'diffusion_loss']
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #6359d180
 def shift_time(t, shift:float):
@@ -69,6 +69,20 @@ class LogitNormalSampler(TimestepSampler):
     def _draw_u(self, n, generator, device):
         return torch.sigmoid(self.m + self.s * torch.randn(n, generator=generator,
                                                            dtype=torch.float64)).clamp(min=1e-12).to(device)
+
+# %% ../../nbs/12_diffusion.objectives.ipynb #2a148916
+class LogNormalSampler(TimestepSampler):
+    """Karras et al. (2022): EDM's noise levels $\\ln(\\sigma/\\alpha) \\sim N(P_\\text{mean}, P_\\text{std}^2)$ at the
+    schedule's time of each (`time_of`: the nearest step when discrete; the schedule's ends beyond its range)."""
+    def __init__(self, schedule, p_mean:float=-1.2, p_std:float=1.2, shift:float|None=None):
+        if shift is not None:
+            raise ValueError(f"time_shift={shift}: timestep_sampler=log_normal draws noise levels, not flow times: "
+                             "drop the time shift")
+        super().__init__(schedule)
+        self.p_mean, self.p_std = p_mean, p_std
+    def sample(self, n:int, generator=None, device=None):
+        z = torch.randn(check_int('n', n), generator=generator, dtype=torch.float64)
+        return self.schedule.time_of((self.p_mean + self.p_std * z).exp()).to(device), torch.ones(n, device=device)
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #7023fe45
 class LossSecondMomentSampler(TimestepSampler):
@@ -129,22 +143,26 @@ def load_state_dict(self:LossSecondMomentSampler, state):
     self.losses, self.counts = state['losses'].clone(), state['counts'].clone()
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #17901cb0
-TIMESTEP_SAMPLERS = dict(uniform=UniformSampler, logit_normal=LogitNormalSampler, loss_aware=LossSecondMomentSampler)
+TIMESTEP_SAMPLERS = dict(uniform=UniformSampler, logit_normal=LogitNormalSampler, loss_aware=LossSecondMomentSampler,
+                         log_normal=LogNormalSampler)
 
 def get_timestep_sampler(name:str, schedule, **kw) -> TimestepSampler:
-    "A timestep sampler by name: `uniform`, `logit_normal` or `loss_aware`."
+    "A timestep sampler by name: `uniform`, `logit_normal`, `loss_aware` or `log_normal` (EDM)."
     return TIMESTEP_SAMPLERS[check_choice('timestep_sampler', name, list(TIMESTEP_SAMPLERS))](schedule, **kw)
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #ff5cf945
-WEIGHTINGS = ('none', 'min_snr')
+WEIGHTINGS = ('none', 'min_snr', 'edm')
 
-def loss_weight(schedule, t, prediction:str, weighting:str='none', gamma:float=5.):
+def loss_weight(schedule, t, prediction:str, weighting:str='none', gamma:float=5., sigma_data:float=0.5):
     "Per-sample weight of the `prediction` MSE so that the objective is the chosen $x_0$-error weighting."
     check_choice('weighting', weighting, WEIGHTINGS)
     a, s = schedule.alpha_sigma(t)
     if weighting == 'none':
         return torch.ones_like(a)
-    return (a**2 / s**2).clamp(max=gamma) / x0_error_scale(prediction, a, s)**2
+    k2 = x0_error_scale(prediction, a, s, sigma_data)**2
+    if weighting == 'edm':                      # Karras et al.'s lambda = 1/c_out^2 on the x0 error
+        return (s**2 + a**2 * sigma_data**2) / (s * sigma_data)**2 / k2
+    return (a**2 / s**2).clamp(max=gamma) / k2
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #286eceac
 LOSSES = ('l2', 'l1', 'huber')
@@ -160,11 +178,11 @@ def pointwise_loss(out, target, loss:str='l2', huber_delta:float=1.):
 
 # %% ../../nbs/12_diffusion.objectives.ipynb #d1b474a7
 def diffusion_loss(out, x0, eps, t, schedule, prediction:str, weighting:str='none', gamma:float=5.,
-                   importance=None, mask=None, loss:str='l2', huber_delta:float=1.):
+                   importance=None, mask=None, loss:str='l2', huber_delta:float=1., sigma_data:float=0.5):
     """Weighted `loss` (`pointwise_loss`) between network output `out` and the `prediction` target; returns `(loss,
     per_sample_unweighted)`. `mask` (0/1, broadcastable) restricts the mean to a region."""
     a, s = schedule.alpha_sigma(t)
-    target = from_x0_eps(x0, eps, a.to(x0.device), s.to(x0.device), prediction)
+    target = from_x0_eps(x0, eps, a.to(x0.device), s.to(x0.device), prediction, sigma_data)
     se = pointwise_loss(out, target, loss, huber_delta)
     dims = tuple(range(1, se.ndim))
     if mask is None:
@@ -172,7 +190,7 @@ def diffusion_loss(out, x0, eps, t, schedule, prediction:str, weighting:str='non
     else:
         m = mask.expand_as(se).to(se.dtype)
         per = (se * m).sum(dims) / m.sum(dims).clamp(min=1)
-    w = loss_weight(schedule, t, prediction, weighting, gamma).to(per)
+    w = loss_weight(schedule, t, prediction, weighting, gamma, sigma_data).to(per)
     if importance is not None:
         w = w * importance.to(per)
     return (w * per).mean(), per.detach()

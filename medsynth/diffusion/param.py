@@ -1,4 +1,4 @@
-r"""What the network predicts ($\epsilon$, $x_0$, $v$ or velocity) and exact conversions between them.
+r"""What the network predicts ($\epsilon$, $x_0$, $v$, velocity or EDM's $F$) and exact conversions between them.
 
 Docs: https://medsynth.github.io/medsynth/diffusion.param.html.md"""
 
@@ -10,16 +10,41 @@ import torch
 from ..core.basics import check_choice, bcast
 
 # %% auto #0
-__all__ = ['PREDICTIONS', 'to_x0_eps', 'from_x0_eps', 'convert', 'x0_error_scale', 'Denoiser', 'as_network']
+__all__ = ['PREDICTIONS', 'edm_scalings', 'to_x0_eps', 'from_x0_eps', 'convert', 'x0_error_scale', 'net_inputs', 'Denoiser',
+           'as_network']
+
+# %% ../../nbs/11_diffusion.param.ipynb #6c62dc9f
+def edm_scalings(sigma, sigma_data:float=0.5):
+    "Karras et al. (2022), Table 1: `(c_skip, c_out, c_in, c_noise)` at EDM's noise level $\\tilde\\sigma$ = `sigma`."
+    sigma, d2 = torch.as_tensor(sigma, dtype=torch.float64), _check_sd(sigma_data)**2
+    n = sigma**2 + d2
+    return d2 / n, sigma * sigma_data / n.sqrt(), 1 / n.sqrt(), sigma.log() / 4
+
+def _check_sd(sigma_data):
+    if not sigma_data > 0:
+        raise ValueError(f"sigma_data={sigma_data} is not allowed: EDM's data standard deviation must be > 0 (0.5 "
+                         "for images in [-1, 1])")
+    return sigma_data
+
+def _edm_x0_eps(out, x, a, s, sd):
+    "$(\\hat x_0, \\hat\\epsilon)$ of EDM's output $F$ at $x_t$ = `x`."
+    n = s**2 + a**2 * sd**2
+    r = sd * n.sqrt()
+    return (a * sd**2 * x + s * r * out) / n, (s * x - a * r * out) / n
+
+def _edm_target(x0, eps, a, s, sd):
+    return (s * x0 - a * sd**2 * eps) / (sd * (s**2 + a**2 * sd**2).sqrt())
 
 # %% ../../nbs/11_diffusion.param.ipynb #ea4331da
-PREDICTIONS = ('eps', 'x0', 'v', 'flow')
+PREDICTIONS = ('eps', 'x0', 'v', 'flow', 'edm')
 
-def to_x0_eps(out, x, alpha, sigma, prediction:str):
+def to_x0_eps(out, x, alpha, sigma, prediction:str, sigma_data:float=0.5):
     """The denoiser view $(\\hat x_0, \\hat\\epsilon)$ of network output `out` at $x_t$ = `x`, with per-sample
-    $\\alpha$, $\\sigma$."""
+    $\\alpha$, $\\sigma$ (and EDM's data standard deviation `sigma_data`)."""
     check_choice('prediction', prediction, PREDICTIONS)
     a, s = bcast(alpha, x), bcast(sigma, x)
+    if prediction == 'edm':
+        return _edm_x0_eps(out, x, a, s, _check_sd(sigma_data))
     if prediction == 'eps':
         return (x - s * out) / a, out
     if prediction == 'x0':
@@ -29,50 +54,73 @@ def to_x0_eps(out, x, alpha, sigma, prediction:str):
         return (a * x - s * out) / n, (s * x + a * out) / n
     return (x - s * out) / (a + s), (x + a * out) / (a + s)
 
-def from_x0_eps(x0, eps, alpha, sigma, prediction:str):
+def from_x0_eps(x0, eps, alpha, sigma, prediction:str, sigma_data:float=0.5):
     "The `prediction` target for a pair $(x_0, \\epsilon)$: what the network is trained to output."
     check_choice('prediction', prediction, PREDICTIONS)
     a, s = bcast(alpha, x0), bcast(sigma, x0)
-    return dict(eps=lambda: eps, x0=lambda: x0, v=lambda: a * eps - s * x0, flow=lambda: eps - x0)[prediction]()
+    return dict(eps=lambda: eps, x0=lambda: x0, v=lambda: a * eps - s * x0, flow=lambda: eps - x0,
+                edm=lambda: _edm_target(x0, eps, a, s, _check_sd(sigma_data)))[prediction]()
 
-def convert(out, x, alpha, sigma, src:str, dst:str):
+def convert(out, x, alpha, sigma, src:str, dst:str, sigma_data:float=0.5):
     "Network output `out` in parameterisation `src` as the equivalent output in `dst`."
-    return from_x0_eps(*to_x0_eps(out, x, alpha, sigma, src), alpha, sigma, dst)
+    return from_x0_eps(*to_x0_eps(out, x, alpha, sigma, src, sigma_data), alpha, sigma, dst, sigma_data)
 
 # %% ../../nbs/11_diffusion.param.ipynb #44103556
-def x0_error_scale(prediction:str, alpha, sigma):
+def x0_error_scale(prediction:str, alpha, sigma, sigma_data:float=0.5):
     "$k$ such that a target error is $k$ times the implied $x_0$ error at fixed $x_t$ (per sample)."
     check_choice('prediction', prediction, PREDICTIONS)
     a, s = torch.as_tensor(alpha), torch.as_tensor(sigma)
     return dict(eps=lambda: a / s, x0=lambda: torch.ones_like(a), v=lambda: (a**2 + s**2) / s,
-                flow=lambda: (a + s) / s)[prediction]()
+                flow=lambda: (a + s) / s,
+                edm=lambda: (s**2 + a**2 * sigma_data**2).sqrt() / (s * sigma_data))[prediction]()
+
+# %% ../../nbs/11_diffusion.param.ipynb #4c9abbc3
+def net_inputs(x, t, schedule, prediction:str='eps', sigma_data:float=0.5):
+    """What the network sees at $x_t$ = `x`, time `t` (per sample): `(x, model time)`, or for `edm`
+    $(c_\\text{in}\\,y, c_\\text{noise}) = (x_t/\\sqrt n, \\frac14\\ln(\\sigma/\\alpha))$."""
+    t = torch.as_tensor(t)
+    if prediction != 'edm':
+        return x, schedule.model_t(t).to(x.device)
+    a, s = schedule.alpha_sigma(t)
+    if (a == 0).any() or (s == 0).any():
+        raise ValueError(f"prediction='edm' cannot evaluate schedule {schedule.name!r} at t={t.tolist()}: c_noise = "
+                         "ln(sigma/alpha)/4 is infinite at pure noise (alpha = 0) and at the clean end: use a DDPM "
+                         "schedule (linear, scaled_linear, cosine) and times before the clean end")
+    n = s**2 + a**2 * _check_sd(sigma_data)**2
+    return x / bcast(n.sqrt(), x), ((s.log() - a.log()) / 4).to(x.dtype).to(x.device)
 
 # %% ../../nbs/11_diffusion.param.ipynb #8ed7ddfd
 class Denoiser:
     """The denoiser view $(x_t, t) \\mapsto (\\hat x_0, \\hat\\epsilon)$ of a network `net(x, t_model, **cond)` trained
     with `prediction` on `schedule`."""
-    def __init__(self, net, schedule, prediction:str='eps'):
+    def __init__(self, net, schedule, prediction:str='eps', sigma_data:float=0.5):
         self.net, self.schedule, self.prediction = net, schedule, check_choice('prediction', prediction, PREDICTIONS)
+        self.sigma_data = sigma_data
     def __call__(self, x, t, **cond):
         t = torch.as_tensor(t)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         a, s = self.schedule.alpha_sigma(t)
-        out = self.net(x, self.schedule.model_t(t).to(x.device), **cond)
+        out = self.net(*net_inputs(x, t, self.schedule, self.prediction, self.sigma_data), **cond)
         if out.shape != x.shape:
             raise ValueError(f"the network returned shape {tuple(out.shape)} for input of shape {tuple(x.shape)}: a "
                              f"'{self.prediction}' network must return x's shape")
-        return to_x0_eps(out, x, a.to(x.device), s.to(x.device), self.prediction)
+        return to_x0_eps(out, x, a.to(x.device), s.to(x.device), self.prediction, self.sigma_data)
 
-def as_network(view, schedule, prediction:str):
+def as_network(view, schedule, prediction:str, sigma_data:float=0.5):
     """A network `(x, t_model, **cond) -> output` in `prediction` from a function `view(x, alpha, sigma, **cond) -> (x0,
-    eps)`."""
+    eps)`; for `edm` the network sees `net_inputs`' $(x_t/\\sqrt n, c_\\text{noise})$ and inverts them."""
     check_choice('prediction', prediction, PREDICTIONS)
     def net(x, tm, **cond):
         tm = torch.as_tensor(tm)
         if tm.ndim and not (tm == tm.reshape(-1)[0]).all():
             return torch.cat([net(xi[None], ti, **cond) for xi, ti in zip(x, tm)])
-        a, s = schedule.model_alpha_sigma(tm.reshape(-1)[0] if tm.ndim else tm)
+        tm = tm.reshape(-1)[0] if tm.ndim else tm
+        if prediction == 'edm':                     # y = x_t/alpha at level sigma/alpha: EDM's F needs no schedule
+            sg = (4 * tm.double()).exp()
+            y = x * (sg**2 + sigma_data**2).sqrt().to(x.dtype)
+            return from_x0_eps(*view(y, 1., sg, **cond), 1., sg, prediction, sigma_data)
+        a, s = schedule.model_alpha_sigma(tm)
         x0, eps = view(x, a, s, **cond)
         return from_x0_eps(x0, eps, a, s, prediction)
     return net

@@ -55,16 +55,34 @@ def euler_step(den, schedule, x, t, s, state, generator=None):
     "Euler step of the probability-flow ODE in $(x/\\alpha, \\sigma/\\alpha)$: identical to deterministic DDIM."
     return ddim_step(den, schedule, x, t, s, state)
 
+# %% ../../nbs/13_diffusion.samplers.ipynb #57cdb92e
+def _churn(schedule, x, t, state, generator, churn:float, s_noise:float=1.):
+    "Karras et al.'s churn: `x` at `t` moved to the time of level $(1 + \\gamma)\\,\\sigma_t/\\alpha_t$ by fresh noise."
+    if churn < 0:
+        raise ValueError(f"churn={churn} is not allowed: Karras et al.'s S_churn must be >= 0 (0: deterministic)")
+    a_t, s_t = _ab(schedule, t)
+    if a_t == 0:
+        return x, t
+    gamma = min(churn / state.get('total', 1), math.sqrt(2) - 1)
+    t_hat = min(max(schedule.time_of(torch.tensor(s_t / a_t * (1 + gamma))).item(), t), schedule.t_max)
+    a_h, s_h = _ab(schedule, t_hat)
+    if t_hat == t:
+        return x, t
+    return a_h * (x / a_t + math.sqrt((s_h / a_h)**2 - (s_t / a_t)**2) * s_noise * _randn(x, generator)), t_hat
+
 # %% ../../nbs/13_diffusion.samplers.ipynb #6378ed1c
 HEUN_FORMS = ('x0', 'eps')
 
 def _lam(a, s):
     return math.log(a / s) if a > 0 else -math.inf
 
-def heun_step(den, schedule, x, t, s, state, generator=None, form:str='x0'):
+def heun_step(den, schedule, x, t, s, state, generator=None, form:str='x0', churn:float=0., s_noise:float=1.):
     """Heun's second-order step of the probability-flow ODE (two denoiser evaluations), as an exponential integrator
-    on the data prediction (`x0`, never diverges) or on epsilon in sigma/alpha (`eps`, Karras et al.)."""
+    on the data prediction (`x0`, never diverges) or on epsilon in sigma/alpha (`eps`, Karras et al.); `churn` > 0
+    first adds noise as Karras et al.'s stochastic sampler (_churn)."""
     check_choice('form', form, HEUN_FORMS)
+    if churn:
+        x, t = _churn(schedule, x, t, state, generator, churn, s_noise)
     (a_t, s_t), (a_s, s_s) = _ab(schedule, t), _ab(schedule, s)
     x0, eps = den(x, t)
     x_e = a_s * x0 + s_s * eps

@@ -265,6 +265,24 @@ def _karras_times(s, n):
     _, _, lo, hi = _lam_table(s)
     return _lam_to_times(s, -2 * np.log(karras_sigmas(math.exp(-hi / 2), math.exp(-lo / 2), n)))
 
+# %% ../../nbs/10_diffusion.schedules.ipynb #8100682b
+@patch
+def time_of(self:NoiseSchedule, sigma):
+    "The time at which $\\sigma/\\alpha$ = `sigma` (a tensor of levels): exact if continuous, nearest step if discrete."
+    ls = torch.as_tensor(sigma, dtype=torch.float64).log()
+    if self.discrete:
+        a, s = self.alpha_sigma(torch.arange(self.T))
+        tab, v = s.log() - a.log(), ls.reshape(-1)                     # ascending log-levels of the steps
+        i = torch.searchsorted(tab, v).clamp(1, self.T - 1)
+        return torch.where(v - tab[i - 1] < tab[i] - v, i - 1, i).reshape(ls.shape)
+    lo, hi = torch.zeros_like(ls), torch.ones_like(ls)
+    for _ in range(64):                                                # bisection: 2^-64 of the unit interval
+        mid = (lo + hi) / 2
+        a, s = self.alpha_sigma(mid)
+        up = s.log() - a.log() < ls
+        lo, hi = torch.where(up, mid, lo), torch.where(up, hi, mid)
+    return hi
+
 # %% ../../nbs/10_diffusion.schedules.ipynb #53c49ad3
 AYS_FILE = Path(medsynth.__file__).parent / 'diffusion' / 'ays_steps.json'
 

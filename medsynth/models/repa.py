@@ -11,10 +11,11 @@ from fastai.callback.core import Callback
 from fastai.metrics import Metric
 from monai.losses import PatchAdversarialLoss
 from ..spaces.vae import autoencoder_loss, discriminator_step
+from ..diffusion.param import net_inputs
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['repa_loss', 'RepaCB', 'RepaMetric', 'RepaECB']
+__all__ = ['repa_loss', 'RepaCB', 'RepaMetric', 'average_gradients', 'RepaECB']
 
 # %% ../../nbs/44_models.repa.ipynb #36827722
 def repa_loss(h:torch.Tensor, tokens:torch.Tensor, grid) -> torch.Tensor:
@@ -62,6 +63,26 @@ class RepaMetric(Metric):
     def name(self):
         return 'repa'
 
+# %% ../../nbs/44_models.repa.ipynb #74741a02
+def average_gradients(params):
+    """Average the gradients of `params` over the processes of the running process group, in place, in one
+    all-reduce; nothing when one process runs. Every process must call it with the same parameters."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, v in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(v.view_as(g))
+
+def _mean_gradient(opt, *_):
+    "An optimiser pre-step hook: `average_gradients` of everything `opt` steps."
+    average_gradients(p for g in opt.param_groups for p in g['params'])
+
 # %% ../../nbs/44_models.repa.ipynb #04f69548
 def _check_terms(cfg, perceptual, disc):
     "One-line error when the autoencoder's configured loss has a term whose network REPA-E was not given."
@@ -86,6 +107,9 @@ class RepaECB(Callback):
         self.opt = torch.optim.AdamW(space.model.parameters(), lr=lr)
         self.adv = None if disc is None else PatchAdversarialLoss(criterion=cfg.adv_criterion)
         self.opt_d = None if disc is None else torch.optim.AdamW(disc.parameters(), lr=disc_lr or lr)
+        for o in (self.opt, self.opt_d):              # under torchrun every process steps on the mean gradient
+            if o is not None:
+                o.register_step_pre_hook(_mean_gradient)
 
 # %% ../../nbs/44_models.repa.ipynb #4ab19433
 @patch
@@ -96,7 +120,20 @@ def state_dict(self:RepaECB):
     return sd
 
 @patch
+def to_net_device(self:RepaECB):
+    "Move the autoencoder and the discriminator to the diffusion network's device (before their optimisers' state)."
+    dev = next(self.net.parameters()).device
+    self.space.model.to(dev)
+    if self.disc is not None:
+        self.disc.to(dev)
+
+@patch
+def before_fit(self:RepaECB):
+    self.to_net_device()
+
+@patch
 def load_state_dict(self:RepaECB, sd):
+    self.to_net_device()                              # the optimisers' state is loaded onto the parameters' device
     self.space.model.load_state_dict(sd['vae'])
     self.opt.load_state_dict(sd['opt'])
     if self.disc is not None:
@@ -111,7 +148,9 @@ def vae_loss(self:RepaECB, x, eps, t):
     m = self.space.model
     terms, recon = autoencoder_loss(m, x, self.space.config, self.perceptual, self.disc, self.adv)
     z = m.encode(x)[0] * self.space.scale              # the latents the diffusion network sees, gradient to the VAE
-    self.net(self.schedule.add_noise(z, eps, t), *self.learn.xb[1:])     # the batch's time, conditioning, features
+    cfg = self.learn.dcb.cfg                           # the network's input as DiffusionCB makes it (net_inputs)
+    x_in = net_inputs(self.schedule.add_noise(z, eps, t), t, self.schedule, cfg.prediction, cfg.sigma_data)[0]
+    self.net(x_in, *self.learn.xb[1:])                 # the batch's time, conditioning, features
     terms['repa'] = repa_loss(self.net.repa_out, self.learn.tokens, self.learn.grid)
     terms['loss'] = terms['loss'] + self.weight * terms['repa']
     return terms, recon

@@ -10,6 +10,7 @@ import torch, torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 from monai.networks.nets.diffusion_model_unet import (DiffusionModelUNet, DiffusionModelEncoder, SpatialTransformer,
                                                       DiffusionUNetResnetBlock, SpatialAttentionBlock)
+from monai.networks.nets.spade_diffusion_model_unet import SPADEDiffusionModelUNet, SPADEDiffResBlock
 from ..core.basics import check_choice
 from fastcore.basics import patch
 
@@ -46,7 +47,7 @@ class _Checkpointed:
 
 _TWINS = {}
 
-CHECKPOINTED = (DiffusionUNetResnetBlock, SpatialAttentionBlock, SpatialTransformer)
+CHECKPOINTED = (DiffusionUNetResnetBlock, SpatialAttentionBlock, SpatialTransformer, SPADEDiffResBlock)
 
 def checkpoint_blocks(unet:nn.Module) -> nn.Module:
     """Activation checkpointing for MONAI's `DiffusionModelUNet`: each residual and attention block gets a checkpointed
@@ -75,16 +76,21 @@ class DiffusionUNet(nn.Module):
                  channels=(32, 64, 64), attention_levels=(False, False, True), num_res_blocks:int=1,
                  num_head_channels:int=32, norm_num_groups:int=32, levels:int=1,
                  feature_dim:int|None=None, fusion:str='xattn', fusion_dim:int=64, repa_dim:int|None=None,
-                 repa_block:str='mid', repa_hidden:int=256, checkpointing:bool=False):
+                 repa_block:str='mid', repa_hidden:int=256, checkpointing:bool=False, spade:bool=False):
         super().__init__()
+        if spade and not cond_channels:
+            raise ValueError("spade normalises by a conditioning image (the mask) and this network has none: "
+                             "use backbone=unet")
         self.spatial_dims, self.channels_out, self.cond_channels = spatial_dims, channels_out, cond_channels
         self.num_classes, self.levels, self.feature_dim, self.repa_dim = num_classes, levels, feature_dim, repa_dim
         self.n_labels = 1 if num_classes is None else num_classes + 1
         self.fusion = check_choice('fusion', fusion, FUSIONS) if feature_dim else None
         self.context_dim = _context_dim(self.fusion, context_dim, fusion_dim)
-        self.unet = DiffusionModelUNet(
-            spatial_dims=spatial_dims,
-            in_channels=channels_out + cond_channels + (fusion_dim if self.fusion == 'concat' else 0),
+        self.spade = spade         # SPADE: cond normalises every level instead of joining the input channels
+        Net, seg = (SPADEDiffusionModelUNet, dict(label_nc=cond_channels)) if spade else (DiffusionModelUNet, {})
+        self.unet = Net(
+            spatial_dims=spatial_dims, **seg,
+            in_channels=channels_out + (0 if spade else cond_channels) + (fusion_dim if self.fusion == 'concat' else 0),
             out_channels=channels_out,
             channels=tuple(channels), attention_levels=tuple(attention_levels), num_res_blocks=num_res_blocks,
             num_head_channels=num_head_channels, norm_num_groups=norm_num_groups,
@@ -113,20 +119,32 @@ def _check_inputs(self:DiffusionUNet, cond, level, features):
 
 # %% ../../nbs/40_models.unet.ipynb #3969d3eb
 @patch
-def forward(self:DiffusionUNet, x, t, cond=None, label=None, level=None, context=None, features=None, drop=None):
-    self._check_inputs(cond, level, features)
+def class_labels(self:DiffusionUNet, x, label=None, level=None):
+    "The class-embedding row of each sample of `x`: `label` (None: the null class), shifted by the pyramid `level`."
     if self.num_classes is not None and label is None:
         label = torch.full((x.shape[0],), self.num_classes, device=x.device)
     # one embedding per (level, label) pair: the level shifts the label's row
     if level is not None:
         level = torch.as_tensor(level, device=x.device).expand(x.shape[0])
         label = level * self.n_labels + (0 if label is None else label)
-    h = x if cond is None else torch.cat([x, cond.to(x.dtype)], 1)
+    return label
+
+@patch
+def forward(self:DiffusionUNet, x, t, cond=None, label=None, level=None, context=None, features=None, drop=None,
+            control=None):
+    "The prediction; `control`: a ControlNet's `(down, mid)` residuals added to the skip connections and middle block."
+    self._check_inputs(cond, level, features)
+    label = self.class_labels(x, label, level)
+    h = x if cond is None or self.spade else torch.cat([x, cond.to(x.dtype)], 1)
+    extra = dict(seg=cond.to(x.dtype)) if self.spade else {}
+    if control is not None:
+        extra.update(down_block_additional_residuals=control[0], mid_block_additional_residual=control[1])
     if self.fusion:
         h, context = self._fused(x, h, context, features, drop)
     t = torch.as_tensor(t, device=x.device)
     try:
-        return self.unet(h, t.expand(x.shape[0]) if t.ndim == 0 else t, context=context, class_labels=label)
+        return self.unet(h, t.expand(x.shape[0]) if t.ndim == 0 else t, context=context, class_labels=label,
+                         **extra)
     finally:
         self._add = None
 

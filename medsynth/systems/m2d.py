@@ -113,7 +113,7 @@ def img2img(net, cfg:TrainConfig, images, strength:float, features=None, label=N
     was = net.training
     net.eval()
     kw = dict(label=_label(net, label, n, dev), **({} if features is None else dict(features=features.to(dev))))
-    den0 = guided_denoiser(Denoiser(net, schedule, cfg.prediction), schedule, guidance_scale)
+    den0 = guided_denoiser(Denoiser(net, schedule, cfg.prediction, cfg.sigma_data), schedule, guidance_scale)
     den = lambda z, t: den0(z, t, **kw)
     with torch.no_grad():
         z = space.to(dev).encode(x) if space is not None else x
@@ -248,7 +248,7 @@ def sample_features(run, n:int=16, references=None, init=None, strength:float=0.
 class RepaKeys:
     "The config keys of REPA and REPA-E."
     repa: float = 0.                      # REPA weight (0: off)
-    repa_block: str = 'mid'               # UNet block REPA aligns: mid or down<i>
+    repa_block: str = 'mid'               # block REPA aligns: mid or down<i> (backbone=dit: mid or block<i>)
     repa_e: bool = False                  # REPA-E: tune the autoencoder end to end
     vae_lr: float = 1e-4                  # REPA-E: the autoencoder's learning rate
     repa_vae: float|None = None           # REPA-E: REPA weight in the VAE step (null: repa; REPA-E: 1.5 with repa 0.5)

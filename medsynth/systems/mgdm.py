@@ -21,7 +21,7 @@ from ..core.folders import holding, new_folder
 from ..models.unet import NoisyClassifier
 from ..training.callbacks import GuardCB, RunLog, show_progress
 from ..training.config import TrainConfig, make_config
-from ..training.data import build_dataloaders, build_datasets, mode_of, space_of
+from ..training.data import build_dataloaders, build_datasets, mode_of, space_of, SamplerEpochCB
 from ..core.io import file_sha256
 from ..training.checkpoint import save_checkpoint
 from ..training.generation import schedule_of
@@ -69,7 +69,8 @@ def _train_classifier(cfg, run, dls, classes, channels, progress):
     net = _network(cfg, len(classes), channels)
     learn = Learner(dls, net, loss_func=nn.CrossEntropyLoss(), metrics=accuracy,
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW),
-                    cbs=[NoisyLabelCB(cfg, schedule_of(cfg)), GuardCB(), RunLog('logs/classifier.csv')], path=run)
+                    cbs=[NoisyLabelCB(cfg, schedule_of(cfg)), GuardCB(), SamplerEpochCB(),
+                         RunLog('logs/classifier.csv')], path=run)
     show_progress(learn, progress)
     learn.diverged = None
     learn.fit_one_cycle(cfg.epochs, cfg.lr)

@@ -17,8 +17,8 @@ from ..diffusion.objectives import diffusion_loss
 from ..evaluation.metrics import ssim, psnr, mae, _check_pair
 
 # %% auto #0
-__all__ = ['pack', 'unpack', 'resample', 'DualGridUNet', 'replace_known', 'PairMode', 'pattern_aware_loss', 'RefineNet',
-           'projections', 'refine_loss', 'paired_report']
+__all__ = ['BCE_EPS', 'pack', 'unpack', 'resample', 'DualGridUNet', 'replace_known', 'PairMode', 'pattern_aware_loss',
+           'RefineNet', 'projections', 'refine_bce', 'refine_loss', 'paired_report']
 
 # %% ../../nbs/72_systems.pds.ipynb #3290843b
 def _numel(grid) -> int:
@@ -193,10 +193,10 @@ def roi_mask(self:PairMode):
 
 # %% ../../nbs/72_systems.pds.ipynb #d3068e59
 def pattern_aware_loss(out, x0, eps, t, schedule, prediction:str, roi, weight:float, weighting:str='none',
-                       gamma:float=5., importance=None, loss:str='l2', huber_delta:float=1.):
+                       gamma:float=5., importance=None, loss:str='l2', huber_delta:float=1., sigma_data:float=0.5):
     """PDS's loss: `diffusion_loss` plus `weight` times the same loss (the same norm `loss`) inside the ROI mask `roi`
     (0/1, broadcastable); returns `(loss, per_sample)`."""
-    norm = dict(loss=loss, huber_delta=huber_delta)
+    norm = dict(loss=loss, huber_delta=huber_delta, sigma_data=sigma_data)
     full, per = diffusion_loss(out, x0, eps, t, schedule, prediction, weighting, gamma, importance, **norm)
     if roi is None or not weight:
         return full, per
@@ -238,9 +238,20 @@ def projections(x:torch.Tensor) -> list:
     projection."""
     return [x.mean(d) for d in range(2, x.ndim)] if x.ndim == 5 else [x]
 
-def refine_loss(pred, real, perceptual=None, l1:float=1., perc:float=0.1) -> torch.Tensor:
-    "MSE + `l1` x L1 + `perc` x the mean `perceptual(projection of pred, projection of real)` over the projections."
-    loss = F.mse_loss(pred, real) + l1 * F.l1_loss(pred, real)
+BCE_EPS = 1e-6
+
+def refine_bce(pred, real) -> torch.Tensor:
+    "BCE of maps in [-1, 1] read as probabilities `(x + 1) / 2`: the real map a soft target, the prediction clamped."
+    p = ((pred + 1) / 2).clamp(BCE_EPS, 1 - BCE_EPS)
+    return F.binary_cross_entropy(p, ((real + 1) / 2).clamp(0, 1))
+
+def refine_loss(pred, real, perceptual=None, l1:float=1., perc:float=0.1, mse:float=1., bce:float=0.) -> torch.Tensor:
+    """`mse` x MSE + `l1` x L1 + `bce` x `refine_bce` + `perc` x the mean `perceptual(projection of pred, projection of
+    real)` over the projections; a term of weight 0 is not computed."""
+    loss = pred.new_zeros(())
+    for w, f in ((mse, F.mse_loss), (l1, F.l1_loss), (bce, refine_bce)):
+        if w:
+            loss = loss + w * f(pred, real)
     if perceptual is not None and perc:
         loss = (loss + perc * torch.stack([perceptual(p, r) for p, r in zip(projections(pred),
                                                                             projections(real))]).mean())

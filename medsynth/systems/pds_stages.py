@@ -26,7 +26,9 @@ from ..core.io import write_nifti
 from ..data.datasets import VolumeDataset
 from ..training.callbacks import DiffusionLoss
 from ..training.config import TrainConfig, run_inputs
-from ..training.data import _collate, _dist, _Items, build_datasets, encoder_of, mode_of, split_subjects
+from ..training.data import (_collate, _dist, _Items, build_datasets, encoder_of, mode_of, split_subjects,
+                                    SamplerEpochCB)
+from ..training.learner import wrap_network
 from ..training.generation import generate
 from ..training.runs import load_network, write_manifest
 from ..training.system import System
@@ -34,9 +36,9 @@ from .pds_data import pair_subjects, roi_masks
 from .pds import PairMode, RefineNet, paired_report, pattern_aware_loss, refine_loss, replace_known
 
 # %% auto #0
-__all__ = ['PDSKeys', 'check_pds', 'pair_data', 'roi_of', 'pair_datasets', 'pair_mode', 'PatternAwareLoss', 'build_refine_net',
-           'stage1_targets', 'refine_datasets', 'RefineCB', 'build_refine_learner', 'refine_report', 'load_stage1',
-           'sample_refined', 'PDS']
+__all__ = ['REFINE_INPUTS', 'PDSKeys', 'check_pds', 'pair_data', 'roi_of', 'pair_datasets', 'pair_mode', 'PatternAwareLoss',
+           'build_refine_net', 'refine_weights', 'stage1_targets', 'refine_datasets', 'RefineCB',
+           'build_refine_learner', 'refine_report', 'load_stage1', 'sample_refined', 'PDS']
 
 # %% ../../nbs/74_systems.pds_stages.ipynb #2b731e72
 @dataclass
@@ -49,8 +51,12 @@ class PDSKeys:
     roi_weight: float = 0.                # pair: pattern-aware loss weight (0: off)
     refine: bool = False                  # PDS stage 2: train the refinement network
     stage1: str|None = None               # the stage-1 run folder that refine=true refines
-    refine_l1: float = 1.                 # refinement: L1 weight (besides MSE)
+    refine_mse: float = 1.                # refinement: MSE weight
+    refine_l1: float = 1.                 # refinement: L1 weight
+    refine_bce: float = 0.                # refinement: BCE weight (maps read as probabilities (x + 1) / 2)
     refine_perceptual: float = 0.         # refinement: perceptual weight on projections (needs encoder)
+    # refinement: stage 1's target map sampled given the real source (conditional) or with it (joint)
+    refine_inputs: str = 'conditional'
 
 # %% ../../nbs/74_systems.pds_stages.ipynb #3c331bf8
 def check_pds(cfg, where:str):
@@ -81,6 +87,9 @@ def check_pds(cfg, where:str):
                          "the mode's keys): set augment=none for refine=true")
     if cfg.refine and not cfg.stage1:
         raise ValueError(f"{where}: refine=true refines a trained stage 1: set stage1=RUN (the stage-1 run folder)")
+    if cfg.refine and not (cfg.refine_mse or cfg.refine_l1 or cfg.refine_bce or cfg.refine_perceptual):
+        raise ValueError(f"{where}: refine=true with every refinement weight 0 trains on nothing: set refine_mse, "
+                         "refine_l1, refine_bce or refine_perceptual > 0")
     if cfg.refine_perceptual and not cfg.encoder:
         raise ValueError(f"{where}: refine_perceptual needs encoder features for the projections: set encoder (e.g. "
                          "domain) and encoder_weights")
@@ -111,7 +120,7 @@ def pair_datasets(cfg) -> tuple:
     a, b = cfg.images
     subs = pair_data(cfg)
     ds = VolumeDataset(subs, (a, b), mask=None, size={a: tuple(cfg.size), b: tuple(cfg.second_size)})
-    tr, va = split_subjects(len(subs), cfg.valid_frac, cfg.seed)
+    tr, va = split_subjects(len(subs), cfg.valid_frac, cfg.seed, cfg.folds, cfg.fold)
     pair_mode(cfg).check_batch(_collate([ds[0]])[0], where=str(cfg.data))      # a batch of one: keys and grids
     return Subset(ds, tr), Subset(ds, va), None
 
@@ -125,15 +134,23 @@ class PatternAwareLoss(DiffusionLoss):
         self.roi, self.weight = roi, weight
     def term(self, pred, x0, eps, t, importance):
         return pattern_aware_loss(pred, x0, eps, t, self.schedule, self.prediction, self.roi, self.weight,
-                                  self.weighting, self.gamma, importance, loss=self.loss, huber_delta=self.huber_delta)
+                                  self.weighting, self.gamma, importance, loss=self.loss, huber_delta=self.huber_delta,
+                                  sigma_data=self.sigma_data)
 
 # %% ../../nbs/74_systems.pds_stages.ipynb #3fe4636a
 def build_refine_net(cfg:TrainConfig):
     torch.manual_seed(cfg.seed)
     return RefineNet(3, channels=tuple(cfg.channels), num_res_units=cfg.num_res_blocks)
 
-def stage1_targets(net, cfg1:TrainConfig, ds, seed:int=0, batch_size:int=4) -> torch.Tensor:
-    "Stage 1's sample of the target map `(N, 1, *grid_b)` for each item of `ds`, given its real source map."
+REFINE_INPUTS = ('conditional', 'joint')
+
+def refine_weights(cfg) -> dict:
+    "The refinement loss weights of `cfg` as `refine_loss`'s keywords."
+    return dict(mse=cfg.refine_mse, l1=cfg.refine_l1, bce=cfg.refine_bce, perc=cfg.refine_perceptual)
+
+def stage1_targets(net, cfg1:TrainConfig, ds, seed:int=0, batch_size:int=4, joint:bool=False) -> torch.Tensor:
+    """Stage 1's sample of the target map `(N, 1, *grid_b)` for each item of `ds`, given its real source map (`joint`:
+    the target part of a joint sample of both maps from noise, seeded by the item's index)."""
     mode = mode_of(cfg1)
     La = math.prod(mode.grid_a)
     dev = next(net.parameters()).device
@@ -143,16 +160,15 @@ def stage1_targets(net, cfg1:TrainConfig, ds, seed:int=0, batch_size:int=4) -> t
         known = torch.zeros_like(x0)
         known[..., :La] = 1
         x = generate(net, cfg1, x0.shape, generator=SampleGenerators(seed, range(i, i + len(x0))),
-                     wrap=replace_known(x0.to(dev), known.to(dev)))
+                     wrap=None if joint else replace_known(x0.to(dev), known.to(dev)))
         out.append(mode.unsplit(x.cpu())[mode.b])
     return torch.cat(out)
 
 # %% ../../nbs/74_systems.pds_stages.ipynb #3e0dfea4
 def refine_datasets(cfg:TrainConfig, run, stage1):
     """Train and valid sets of (source, stage-1 target, real target) items; stage 1's targets are sampled once and
-    cached in `run/stage1.pt`."""
-    if _dist()[0] > 1:
-        raise ValueError("refine=true runs in one process: drop torchrun")
+    cached in `run/stage1.pt`. Under torchrun every process samples them (the same seeds, the same maps) and rank 0
+    writes the cache: no process waits at a collective, whose timeout a long sampling could pass, for another's."""
     tr, va, _ = build_datasets(cfg)
     a, b = cfg.images
     run = Path(run)
@@ -163,13 +179,20 @@ def refine_datasets(cfg:TrainConfig, run, stage1):
         raise ValueError(f"{cfg.stage1}: stage 1 generates {cfg1.images} on {cfg1.size} and {cfg1.second_size}; this "
                          f"refinement is for {cfg.images} on {cfg.size} and {cfg.second_size}: use the same images and "
                          "grids")
+    if (cfg1.folds, cfg1.fold) != (cfg.folds, cfg.fold):
+        raise ValueError(f"{cfg.stage1}: stage 1 was trained with folds={cfg1.folds} fold={cfg1.fold}, this refinement "
+                         f"has folds={cfg.folds} fold={cfg.fold}: refine each fold from its own stage-1 run (another "
+                         "fold's stage 1 has trained on this fold's validation subjects)")
     got = load_checkpoint(cache) if cache.exists() else None
-    if got is None or got['stage1'] != h1:
+    if got is None or got['stage1'] != h1 or got.get('inputs', 'conditional') != cfg.refine_inputs:
         dev = torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu')
-        got = dict(stage1=h1,
-                   **{k: stage1_targets(net1.to(dev), cfg1, d, cfg.seed) for k, d in (('train', tr), ('valid', va))})
-        run.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(cache, **got)
+        joint = cfg.refine_inputs == 'joint'
+        got = dict(stage1=h1, inputs=cfg.refine_inputs,
+                   **{k: stage1_targets(net1.to(dev), cfg1, d, cfg.seed, joint=joint) for k, d in (('train', tr),
+                                                                                                   ('valid', va))})
+        if _dist()[1] == 0:
+            run.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(cache, **got)
     items = lambda d, s1: _Items([dict(source=d[i][a], stage1=s1[i], target=d[i][b],
                                        subject=d[i]['subject']) for i in range(len(d))])
     return items(tr, got['train']), items(va, got['valid']), None
@@ -202,11 +225,11 @@ def build_refine_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=
     net = build_refine_net(cfg)
     perc = _perceptual(cfg)
     ema_cb = EMACB.of(net, cfg)
-    cbs = [RefineCB(), StepCB(cfg.clip), GuardCB(), ema_cb,
-           CheckpointCB(run, cfg, net, ema_cb, None, None if cfg.max_minutes is None else cfg.max_minutes * 60),
-           RunLog('logs/history.csv')]
-    learn = Learner(dls, net,
-                    loss_func=lambda pred, real: refine_loss(pred, real, perc, cfg.refine_l1, cfg.refine_perceptual),
+    cbs = [RefineCB(), StepCB(cfg.clip), GuardCB(), ema_cb, SamplerEpochCB(),
+           CheckpointCB(run, cfg, net, ema_cb, None, None if cfg.max_minutes is None else cfg.max_minutes * 60)]
+    cbs += [RunLog('logs/history.csv')] if _dist()[1] == 0 else []         # one log, by rank 0
+    learn = Learner(dls, wrap_network(net, cfg),                          # DDP under torchrun
+                    loss_func=partial(refine_loss, perceptual=perc, **refine_weights(cfg)),
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, cbs=cbs, path=run,
                     model_dir='checkpoints')
     show_progress(learn, progress)
@@ -248,7 +271,7 @@ def sample_refined(run, cfg, net, h, n, seed, out, overwrite, cond_data) -> Path
     rows = []
     with output_folder(out, 'samples', overwrite, reads=[run, *run_inputs(cfg), cond_data]) as tmp:
         items = [ds[i] for i in range(min(n, len(ds)))]
-        s1 = stage1_targets(net1, cfg1, items, seed)
+        s1 = stage1_targets(net1, cfg1, items, seed, joint=cfg.refine_inputs == 'joint')
         dev = next(net.parameters()).device
         with torch.no_grad():
             refined = net(torch.stack([it[a] for it in items]).float().to(dev), s1.to(dev)).cpu().clamp(-1, 1)
@@ -267,8 +290,9 @@ def sample_refined(run, cfg, net, h, n, seed, out, overwrite, cond_data) -> Path
 class PDS(System):
     "Pattern-aware dual-modal diffusion: stage 1 (`mode: pair`) and stage 2 (`refine: true`)."
     name, keys = 'pds', PDSKeys
-    choices = dict(mode=('pair',))
-    ranges = dict(roi_weight='[0, inf)', refine_l1='[0, inf)', refine_perceptual='[0, inf)')
+    choices = dict(mode=('pair',), refine_inputs=REFINE_INPUTS)
+    ranges = dict(roi_weight='[0, inf)', refine_mse='[0, inf)', refine_l1='[0, inf)', refine_bce='[0, inf)',
+                  refine_perceptual='[0, inf)')
     list_of = dict(second_size=int, atlas_labels=int)
     def applies(self, cfg):
         return cfg.mode == 'pair'
@@ -292,7 +316,7 @@ class PDS(System):
 def loss(self:PDS, cfg, mode, schedule):
     if cfg.roi_weight and not cfg.refine:
         return PatternAwareLoss(schedule, cfg.prediction, cfg.weighting, cfg.gamma, mode.roi_mask(), cfg.roi_weight,
-                                loss=cfg.loss, huber_delta=cfg.huber_delta)
+                                loss=cfg.loss, huber_delta=cfg.huber_delta, sigma_data=cfg.sigma_data)
 
 @patch
 def preflight(self:PDS, cfg):

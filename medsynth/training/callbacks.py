@@ -17,7 +17,7 @@ from fastai.callback.progress import CSVLogger, ProgressCallback
 from fastcore.basics import noop, patch
 from ema_pytorch import EMA
 from ..diffusion.objectives import diffusion_loss, resolution_shift
-from ..diffusion.param import to_x0_eps
+from ..diffusion.param import to_x0_eps, net_inputs
 from ..spaces.vae import perceptual_loss
 from ..models.encoders import get_encoder
 from ..core.io import DataError
@@ -38,8 +38,9 @@ class DiffusionLoss:
     estimate; keeps the per-sample (unweighted) losses for the importance sampler. A system changes it by subclassing
     `term` (`System.loss`)."""
     def __init__(self, schedule, prediction, weighting, gamma, loss:str='l2', huber_delta:float=1., perceptual=None,
-                 perceptual_weight:float=0.):
+                 perceptual_weight:float=0., sigma_data:float=0.5):
         self.schedule, self.prediction, self.weighting, self.gamma = schedule, prediction, weighting, gamma
+        self.sigma_data = sigma_data
         self.loss, self.huber_delta, self.perceptual, self.perceptual_weight = (loss, huber_delta, perceptual,
                                                                                perceptual_weight)
     @classmethod
@@ -49,7 +50,7 @@ class DiffusionLoss:
     def term(self, pred, x0, eps, t, importance) -> tuple:
         "`(loss, per_sample)` of one batch."
         return diffusion_loss(pred, x0, eps, t, self.schedule, self.prediction, self.weighting, self.gamma, importance,
-                              loss=self.loss, huber_delta=self.huber_delta)
+                              loss=self.loss, huber_delta=self.huber_delta, sigma_data=self.sigma_data)
     def __call__(self, pred, x0, eps, t, importance):
         loss, self.per_sample = self.term(pred.float(), x0, eps, t.cpu(), importance)
         if self.perceptual is not None and self.perceptual_weight:
@@ -61,13 +62,13 @@ class DiffusionLoss:
 def perceptual_term(self:DiffusionLoss, pred, x0, eps, t):
     "The perceptual distance of the network's $x_0$ estimate (at $x_t$ from `x0`, `eps`, `t`) to `x0`."
     a, s = (v.to(x0) for v in self.schedule.alpha_sigma(t))
-    x0_hat, _ = to_x0_eps(pred, self.schedule.add_noise(x0, eps, t), a, s, self.prediction)
+    x0_hat, _ = to_x0_eps(pred, self.schedule.add_noise(x0, eps, t), a, s, self.prediction, self.sigma_data)
     return self.perceptual(x0_hat, x0)
 
 def loss_keys(cfg) -> dict:
-    "`DiffusionLoss`'s keywords from `cfg`: the norm and the perceptual term."
+    "`DiffusionLoss`'s keywords from `cfg`: the norm, the perceptual term and EDM's `sigma_data`."
     return dict(loss=cfg.loss, huber_delta=cfg.huber_delta, perceptual=perceptual_of(cfg),
-                perceptual_weight=cfg.perceptual_weight)
+                perceptual_weight=cfg.perceptual_weight, sigma_data=cfg.sigma_data)
 
 # %% ../../nbs/52_training.callbacks.ipynb #239fa6cb
 PERCEPTUAL_NETS = dict(vgg=('torchvision:vgg16', "torchvision's vgg16 state dict"),
@@ -157,8 +158,10 @@ def before_batch(self:DiffusionCB):
         fdrop = (torch.rand(B * world, generator=g) < self.cfg.feature_dropout)[rank::world].to(dev)
     # the network's level, context, features and feature dropout, when used
     tail = (level[0] if level else None, None, feats, fdrop)
-    self.learn.xb = ((self.schedule.add_noise(x0, eps, t), self.schedule.model_t(t).to(dev), cond,
-                      label) + (tail if any(v is not None for v in tail) else ()))
+    # what the network sees: (x_t, model time), or EDM's preconditioned input and noise level (`net_inputs`)
+    x_in, t_in = net_inputs(self.schedule.add_noise(x0, eps, t), t, self.schedule, self.cfg.prediction,
+                            self.cfg.sigma_data)
+    self.learn.xb = ((x_in, t_in.to(dev), cond, label) + (tail if any(v is not None for v in tail) else ()))
     self.learn.yb = (x0, eps, t, w.to(dev))
     self._t = t
 
@@ -280,7 +283,7 @@ class ScalarLogCB(Callback):
         return self.epoch * len(self.dls.train) + self.iter
     def after_batch(self):
         if self.training and not _finding_lr(self.learn):
-            self.log('train/loss', float(self.loss), self._step())
+            self.log('train/loss', float(self.loss.detach()), self._step())
             self.log('train/lr', float(self.opt.hypers[-1]['lr']), self._step())
     def after_epoch(self):
         for n, v in zip(self.recorder.metric_names[1:-1], self.recorder.log[1:-1]):

@@ -52,15 +52,18 @@ class TrainConfig:
     fusion_dim: int = 64                  # width of the fused features
     feature_dropout: float = 0.1          # features dropped to the null token (training only)
     valid_frac: float = 0.1               # validation subjects (or images)
+    folds: int = 0                        # k-fold cross-validation over subjects: K >= 2 folds (0 or 1: off)
+    fold: int = 0                         # with folds: the fold validated on, 0 <= fold < folds
     balanced: bool = False                # draw classes equally often
     # training augmentation: none, flip, light (+ small affine), mri (+ noise, intensity) or a list of transforms
     augment: str|list = 'none'
     strategy: str = 'ddpm'                # ddpm or rflow (rectified flow)
     schedule: str = 'cosine'              # noise schedule (ddpm)
-    prediction: str = 'v'                 # eps, v or x0 (ddpm)
+    prediction: str = 'v'                 # eps, v, x0 or edm (Karras et al. preconditioning) (ddpm)
+    sigma_data: float = 0.5               # edm: the data's standard deviation (0.5 for images in [-1, 1])
     timesteps: int = 1000                 # training timesteps
-    timestep_sampler: str = 'uniform'     # uniform, logit_normal or loss_aware
-    weighting: str = 'min_snr'            # none or min_snr
+    timestep_sampler: str = 'uniform'     # uniform, logit_normal, loss_aware or log_normal (EDM's noise levels)
+    weighting: str = 'min_snr'            # none, min_snr or edm (Karras et al.'s lambda on the x0 error)
     gamma: float = 5.                     # Min-SNR gamma
     loss: str = 'l2'                      # diffusion loss norm (a mode's masked term too): l2, l1 or huber
     huber_delta: float = 1.               # huber: the error where the squared loss turns absolute
@@ -73,6 +76,12 @@ class TrainConfig:
     attention_levels: list = field(default_factory=lambda: [False, False, True])  # self-attention per level
     num_res_blocks: int = 1               # residual blocks per level
     num_head_channels: int = 32           # channels per attention head
+    backbone: str = 'unet'                # unet (conditioning as input channels), spade (mask at every level) or dit
+    patch_size: int = 2                   # dit: pixels (or latent cells) per patch side
+    dit_width: int = 256                  # dit: token width
+    dit_depth: int = 6                    # dit: transformer blocks
+    dit_heads: int = 4                    # dit: attention heads
+    controlnet: str|None = None           # a trained uncond/class run, frozen, steered by a ControlNet on the mask
     epochs: int = 10                      # epochs
     batch_size: int = 16                  # batch size per process
     lr: float = 1e-3                      # peak learning rate
@@ -121,7 +130,7 @@ CHOICES = dict(image_channels=(1, 3), irregular_spacing=IRREGULAR, mode=MODES, s
                prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
                lr_schedule=('one_cycle', 'cosine', 'constant'), precision=('fp32', 'bf16', 'fp16'),
                sampler=tuple(SAMPLERS), dims=(2, 3), loss=LOSSES, ema_schedule=EMA_SCHEDULES,
-               best_by=('valid_loss', 'none'))
+               best_by=('valid_loss', 'none'), backbone=('unet', 'spade', 'dit'))
 
 # %% ../../nbs/50_training.config.ipynb #00e27a79
 def _fields():
@@ -139,12 +148,13 @@ RANGES = dict(
     epochs='[1, inf)', batch_size='[1, inf)', accumulate='[1, inf)', ema_every='[1, inf)', save_every='[1, inf)',
     n_grid='[1, inf)', sample_steps='[1, inf)', timesteps='[1, inf)', num_res_blocks='[1, inf)',
     num_head_channels='[1, inf)', fusion_dim='[1, inf)', encoder_size='[1, inf)',
-    ema_after='[0, inf)', sample_every='[0, inf)', seed='[0, inf)',
+    ema_after='[0, inf)', sample_every='[0, inf)', seed='[0, inf)', folds='[0, inf)', fold='[0, inf)',
     axis='[0, 2]', lr='(0, inf)', gamma='(0, inf)', clip='(0, inf)', max_minutes='[0, inf)',
     wd='[0, inf)', ema_beta='(0, 1)', cfg_dropout='[0, 1)', valid_frac='[0, 1)', warmup='[0, 1)',
     feature_dropout='[0, 1]', min_content='[0, 1]', huber_delta='(0, inf)', perceptual_weight='[0, inf)',
     time_shift='(0, inf)', time_shift_base='[1, inf)', ema_power='(0, inf)', ema_inv_gamma='(0, inf)', ema_min='[0, 1)',
-    ema_karras_gamma='(0, inf)')
+    ema_karras_gamma='(0, inf)', sigma_data='(0, inf)', patch_size='[1, inf)',
+    dit_width='[1, inf)', dit_depth='[1, inf)', dit_heads='[1, inf)')
 LIST_OF = dict(size=int, channels=int, attention_levels=bool, modalities=str, images=str, augment=str)
 POSITIVE_LISTS = ('size', 'channels')
 
@@ -230,10 +240,28 @@ def _check_unet(cfg, where:str):
                          f"({len(cfg.channels)})")
     # MONAI splits these into heads (the middle block always attends); a system's own network may not attend
     att = [c for c, a in zip(cfg.channels, cfg.attention_levels) if a] + [cfg.channels[-1]]
-    if not any(s.own_network(cfg) for s in active(cfg)) and any(c % cfg.num_head_channels for c in att):
+    own = any(s.own_network(cfg) for s in active(cfg)) or cfg.backbone == 'dit'
+    if not own and any(c % cfg.num_head_channels for c in att):
         raise ValueError(f"{where}: channels {att} (the attention levels and the middle block) must be divisible by "
                          f"num_head_channels={cfg.num_head_channels}: set num_head_channels={math.gcd(*att)} or change "
                          "channels")
+
+# %% ../../nbs/50_training.config.ipynb #09912dbd
+def _check_backbone(cfg, where:str):
+    "SPADE needs a mask to normalise by; a transformer's width splits into heads and its patches tile the image."
+    if cfg.backbone == 'spade' and cfg.mode in MODES and cfg.mode not in ('bravo', 'dual'):
+        raise ValueError(f"{where}: backbone=spade normalises by the mask and mode={cfg.mode} has none: use "
+                         "mode=bravo or dual, or backbone=unet")
+    step = math.lcm(cfg.dit_heads, 2 * cfg.dims)
+    if cfg.backbone == 'dit' and cfg.dit_width % step:
+        raise ValueError(f"{where}: dit_width={cfg.dit_width} must be divisible by dit_heads={cfg.dit_heads} and by "
+                         f"{2 * cfg.dims} (the sin-cos positions): e.g. dit_width={step * 16}")
+    if cfg.controlnet and (cfg.backbone != 'unet' or cfg.mode in ('uncond', 'class', 'seg')):
+        raise ValueError(f"{where}: controlnet steers a trained UNet by conditioning images: use backbone=unet and a "
+                         "mode with a mask or source image (bravo, dual or translate)")
+    if cfg.backbone == 'dit' and not cfg.autoencoder and any(s % cfg.patch_size for s in cfg.size):
+        raise ValueError(f"{where}: size={cfg.size} does not split into patch_size={cfg.patch_size} patches: use "
+                         "a size divisible by patch_size")
 
 # %% ../../nbs/50_training.config.ipynb #75f1a64b
 def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConfig:
@@ -247,12 +275,14 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
         raise ValueError(f"{where}: wandb=true needs the wandb package: pip install wandb (medsynth runs it in offline "
                          "mode)")
     _check_unet(cfg, where)
+    _check_backbone(cfg, where)
     _check_features(cfg, where)
     _check_objective(cfg, where)
+    _check_folds(cfg, where)
     for sys_ in systems():                              # every system checks every config (e.g. its keys set alone)
         sys_.check(cfg, where)
     f = 2 ** (len(cfg.channels) - 1)
-    if any(s % f for s in cfg.size):
+    if cfg.backbone != 'dit' and any(s % f for s in cfg.size):
         raise ValueError(f"{where}: size={cfg.size} is not divisible by {f} (the UNet halves the image "
                          f"{len(cfg.channels) - 1} times): use a multiple of {f}, e.g. "
                          f"{[max(f, round(s / f) * f) for s in cfg.size]}")
@@ -261,7 +291,7 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
 # %% ../../nbs/50_training.config.ipynb #e213c001
 def run_inputs(cfg) -> list:
     "What a run of `cfg` reads (its systems' inputs too): `--overwrite` never deletes these."
-    own = [cfg.data, cfg.autoencoder, cfg.encoder_weights, cfg.perceptual_weights]
+    own = [cfg.data, cfg.autoencoder, cfg.encoder_weights, cfg.perceptual_weights, cfg.controlnet]
     return [p for p in own + [q for sys_ in systems() if sys_.applies(cfg) for q in sys_.reads(cfg)] if p]
 
 # %% ../../nbs/50_training.config.ipynb #aa8a568c
@@ -284,7 +314,7 @@ def _check_objective(cfg, where):
     if cfg.time_shift is not None and cfg.time_shift_base is not None:
         raise ValueError(f"{where}: set time_shift (a shift s) or time_shift_base (s from the resolution), not both")
     shifted = 'time_shift' if cfg.time_shift is not None else 'time_shift_base' if cfg.time_shift_base else None
-    if shifted and (cfg.strategy != 'rflow' or cfg.timestep_sampler == 'loss_aware'):
+    if shifted and (cfg.strategy != 'rflow' or cfg.timestep_sampler in ('loss_aware', 'log_normal')):
         raise ValueError(f"{where}: {shifted} shifts rectified-flow times drawn uniform or logit_normal: set "
                          f"strategy=rflow and timestep_sampler=uniform or logit_normal, or drop {shifted}")
     if cfg.perceptual is not None:
@@ -298,6 +328,19 @@ def _check_objective(cfg, where):
     if cfg.perceptual and cfg.autoencoder:
         raise ValueError(f"{where}: perceptual compares images, and with autoencoder the diffusion runs on latents: "
                          "drop perceptual (the autoencoder's own perceptual term shapes its decoder)")
+    if cfg.prediction == 'edm' and cfg.schedule == 'rflow':
+        raise ValueError(f"{where}: prediction=edm feeds the network ln(sigma/alpha)/4, infinite at pure noise "
+                         "(alpha = 0 at rectified flow's last step): use schedule=linear, scaled_linear or cosine")
+
+# %% ../../nbs/50_training.config.ipynb #86dd5bc7
+def _check_folds(cfg, where):
+    "`fold` names one of `folds` folds (`folds` 0 or 1: off, and `fold` must stay 0)."
+    if cfg.folds >= 2 and cfg.fold >= cfg.folds:
+        raise ValueError(f"{where}: fold={cfg.fold} is not allowed with folds={cfg.folds}: choose 0 <= fold < "
+                         f"{cfg.folds}")
+    if cfg.folds < 2 and cfg.fold:
+        raise ValueError(f"{where}: fold={cfg.fold} needs folds >= {cfg.fold + 1} (k-fold cross-validation; folds="
+                         f"{cfg.folds} is off): set folds=K or drop fold")
 
 # %% ../../nbs/50_training.config.ipynb #afc206ae
 def load_config(path=None, overrides=()) -> TrainConfig:

@@ -30,8 +30,8 @@ from ..models.encoders import get_encoder
 # %% auto #0
 __all__ = ['AUGMENT_PRESETS', 'SPATIAL_AUGMENTS', 'INTENSITY_AUGMENTS', 'mode_of', 'space_of', 'encoder_of', 'to_latent',
            'cache_latents', 'split_subjects', 'build_datasets', 'init_distributed', 'process_group',
-           'build_dataloaders', 'augment_names', 'augmentation', 'sample_seed', 'augment_batch', 'AugmentCB',
-           'augment_cbs']
+           'build_dataloaders', 'SamplerEpochCB', 'local_device', 'augment_names', 'augmentation', 'sample_seed',
+           'augment_batch', 'AugmentCB', 'augment_cbs']
 
 # %% ../../nbs/51_training.data.ipynb #68eefb94
 def mode_of(cfg:TrainConfig):
@@ -113,9 +113,18 @@ def cache_latents(ds, space, mode, batch_size:int=64, device=None):
     return _Items(items)
 
 # %% ../../nbs/51_training.data.ipynb #9bf23ebf
-def split_subjects(n:int, valid_frac:float, seed:int) -> tuple:
-    "Sorted train and validation indices of `n` subjects; one subject trains and validates."
+def split_subjects(n:int, valid_frac:float, seed:int, folds:int=0, fold:int=0) -> tuple:
+    """Sorted train and validation indices of `n` subjects; one subject trains and validates. With `folds` >= 2, the
+    validation set is fold `fold` of one seeded permutation cut into `folds` near-equal parts (`valid_frac` unused)."""
     perm = np.random.default_rng(seed).permutation(n)
+    if folds >= 2:
+        if not 0 <= fold < folds:
+            raise ValueError(f"fold={fold} is not allowed with folds={folds}: choose 0 <= fold < {folds}")
+        if n < folds:
+            raise ValueError(f"folds={folds} needs at least {folds} subjects (one per fold); the data has {n}: lower "
+                             "folds or add subjects")
+        va = np.array_split(perm, folds)[fold]
+        return sorted(set(range(n)) - set(va.tolist())), sorted(va.tolist())
     nv = max(1, int(round(valid_frac * n))) if n > 1 else 0
     tr = sorted(perm[nv:].tolist())
     return tr, sorted(perm[:nv].tolist()) or tr[:1]
@@ -133,9 +142,7 @@ def build_datasets(cfg:TrainConfig):
         if cfg.dims != 2:
             raise ValueError(f"{cfg.data}: class folders hold 2D images; set dims=2")
         ds = ClassFolderDataset(cfg.data, size=tuple(cfg.size), channels=cfg.image_channels)
-        perm = np.random.default_rng(cfg.seed).permutation(len(ds))
-        nv = max(1, int(round(cfg.valid_frac * len(ds))))
-        tr, va = sorted(perm[nv:]), sorted(perm[:nv])
+        tr, va = split_subjects(len(ds), cfg.valid_frac, cfg.seed, cfg.folds, cfg.fold)     # an image is a subject
         mode_of(cfg).check_batch(_collate([ds[0]])[0], where=str(cfg.data))      # a batch of one: keys and grids
         return Subset(ds, tr), Subset(ds, va), ds.classes
     return _subject_datasets(cfg)
@@ -150,7 +157,7 @@ def _subject_datasets(cfg):
                           foreground_only=cfg.foreground_only, min_content=cfg.min_content, **kw)
     else:
         ds = VolumeDataset(subs, tuple(cfg.modalities), size=tuple(cfg.size), **kw)
-    held = split_subjects(len(subs), cfg.valid_frac, cfg.seed)[1] if len(subs) > 1 else []
+    held = split_subjects(len(subs), cfg.valid_frac, cfg.seed, cfg.folds, cfg.fold)[1] if len(subs) > 1 else []
     val_subj = {subs[i]['subject'] for i in held}
     owner = [ds.subjects[i]['subject'] for i, _ in ds.index] if cfg.dims == 2 else [s['subject'] for s in ds.subjects]
     tr = [j for j, s in enumerate(owner) if s not in val_subj]
@@ -210,15 +217,14 @@ def _check_batch(train_ds, cfg):
                          f"{world} processes): lower batch_size or add data")
 
 def build_dataloaders(train_ds, valid_ds, cfg:TrainConfig, device=None) -> DataLoaders:
-    """Train and valid loaders. Shuffling is a `DistributedSampler` (also for one process): epoch e's order depends only
-    on (seed, e), so a resumed run sees the same batches."""
+    """Train and valid loaders. Shuffling is a `DistributedSampler` (also for one process), with `balanced` a
+    class-balanced `DistributedWeightedSampler`: each process draws its share of one draw, and epoch e's order depends
+    only on (seed, e) (`SamplerEpochCB`), so a resumed run sees the same batches."""
     world, rank = _dist()
     if cfg.balanced:
-        if world > 1:
-            raise ValueError("balanced=true is not supported with more than one process yet")
         labels = (np.asarray(train_ds.dataset.labels)[train_ds.indices] if isinstance(train_ds, Subset)
                   else np.asarray([int(train_ds[i]['label']) for i in range(len(train_ds))]))
-        tr_s = balanced_sampler(labels, generator=torch.Generator().manual_seed(cfg.seed))
+        tr_s = balanced_sampler(labels, num_replicas=world, rank=rank, seed=cfg.seed)
     else:
         tr_s = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     _check_batch(train_ds, cfg)
@@ -227,6 +233,21 @@ def build_dataloaders(train_ds, valid_ds, cfg:TrainConfig, device=None) -> DataL
     va_s = DistributedSampler(valid_ds, num_replicas=world, rank=rank, shuffle=False)
     dl = partial(DataLoader, batch_size=cfg.batch_size, collate_fn=_collate, num_workers=0)
     return DataLoaders(dl(train_ds, sampler=tr_s, drop_last=True), dl(valid_ds, sampler=va_s), device=device)
+
+# %% ../../nbs/51_training.data.ipynb #2175be19
+class SamplerEpochCB(Callback):
+    """Tell the training sampler the epoch before it starts (`set_epoch`): without it every epoch replays epoch 0's
+    order; with it the order is a function of (seed, epoch) alone, which a resumed run replays exactly."""
+    order = -20
+    def before_epoch(self):
+        s = getattr(self.dls.train, 'sampler', None)
+        if hasattr(s, 'set_epoch'):
+            s.set_epoch(self.epoch)
+
+def local_device() -> torch.device:
+    "This process's device: the GPU of its `LOCAL_RANK` (set by torchrun) when there is one, else the CPU."
+    return (torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available()
+            else torch.device('cpu'))
 
 # %% ../../nbs/51_training.data.ipynb #f43c0387
 AUGMENT_PRESETS = dict(none=(), flip=('flip',), light=('flip', 'affine'),

@@ -48,7 +48,7 @@ def _batch_line(what:str, n:int, steps, seconds:float, generator=None) -> str:
 @contextmanager
 def batch_progress(progress:bool, what:str, n:int, steps, generator=None, bar:bool|None=None):
     """Around one sampling batch: yields whether the sampler draws its bar (`bar=None`: a terminal or a notebook);
-    elsewhere prints `_batch_line` once the batch is done. Nothing at all when `progress` is False."""
+    elsewhere prints _batch_line once the batch is done. Nothing at all when `progress` is False."""
     bar = bool(progress) and (interactive() if bar is None else bar)
     t0 = time.time()
     yield bar
@@ -71,7 +71,7 @@ def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, s
             cond = F.interpolate(cond, size=shape[2:], mode='area')
     kw = dict(cond=_to(cond, dev), label=_to(label, dev), **({} if level is None else dict(level=level)),
               **({} if features is None else dict(features=_to(features, dev))))
-    g = guided_denoiser(Denoiser(net, schedule, cfg.prediction), schedule, **guidance)
+    g = guided_denoiser(Denoiser(net, schedule, cfg.prediction, cfg.sigma_data), schedule, **guidance)
     den = lambda x, t: g(x, t, **kw)
     if wrap is not None:  # e.g. back-projection onto a coarser level
         den = wrap(den, schedule)
@@ -97,7 +97,8 @@ def translate(net, cfg:TrainConfig, images, source, target, steps=None, progress
     net.eval()
     what = 'translating (inversion, then decoding)'
     with batch_progress(progress, what, len(images), steps or cfg.sample_steps) as bar:
-        out = dual_bridge(Denoiser(net, schedule, cfg.prediction), schedule, _encode(space, images, dev),
+        den = Denoiser(net, schedule, cfg.prediction, cfg.sigma_data)
+        out = dual_bridge(den, schedule, _encode(space, images, dev),
                           _to(source, dev), _to(target, dev), steps or cfg.sample_steps,
                           decode=lambda d: guided_denoiser(d, schedule, **guidance), progress=bar)
     net.train(was)
@@ -111,7 +112,7 @@ def edit(net, cfg:TrainConfig, images, strength:float, label=None, sampler=None,
     (guided by `guidance`, as in `generate`)."""
     schedule, space, was = schedule_of(cfg), space_of(cfg), net.training
     dev = next(net.parameters()).device
-    g = guided_denoiser(Denoiser(net, schedule, cfg.prediction), schedule, **guidance)
+    g = guided_denoiser(Denoiser(net, schedule, cfg.prediction, cfg.sigma_data), schedule, **guidance)
     kw = dict(label=_to(label, dev))
     net.eval()
     grid = f'{strength:g} of {steps or cfg.sample_steps}'          # SDEdit runs that fraction of the grid's steps

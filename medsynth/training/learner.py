@@ -29,24 +29,29 @@ from .callbacks import (DiffusionCB, DiffusionLoss, EMACB, GuardCB, PrecisionCB,
 from .generation import SampleGridCB, schedule_of
 from .config import TrainConfig, make_config, run_inputs
 from .data import (_barrier, _check_batch, _dist, build_dataloaders, build_datasets, cache_latents,
-                                    encoder_of, mode_of, process_group, space_of, augment_cbs)
+                                    encoder_of, mode_of, process_group, space_of, augment_cbs, local_device,
+                                    SamplerEpochCB)
 from .network import build_model
 from .system import active, first, systems, whole_run
 
 # %% auto #0
-__all__ = ['RESUMABLE_CHANGES', 'JOB_FILES', 'build_learner', 'start_run', 'train', 'check_resumable', 'lr_find', 'train_stage']
+__all__ = ['RESUMABLE_CHANGES', 'JOB_FILES', 'wrap_network', 'build_learner', 'start_run', 'train', 'check_resumable', 'lr_find',
+           'train_stage']
 
 # %% ../../nbs/58_training.learner.ipynb #b901dea5
 def _tunes_space(cfg) -> bool:
-    "Whether a system trains the autoencoder with the network (then latents cannot be cached, and one process runs)."
-    tunes = any(s.tunes_space(cfg) for s in active(cfg))
-    if tunes and _dist()[0] > 1:
-        raise ValueError("a run that tunes its autoencoder runs in one process for now: drop torchrun")
-    return tunes
+    "Whether a system trains the autoencoder with the network (then its latents change, and cannot be cached)."
+    return any(s.tunes_space(cfg) for s in active(cfg))
 
-def _wrapped(net, cfg):
-    "What the Learner runs: `net`, in DDP across processes, compiled with `compile`."
-    model = nn.parallel.DistributedDataParallel(net) if _dist()[0] > 1 else net
+def wrap_network(net, cfg, device=None):
+    """What a Learner runs: `net` moved to `device` (this process's, `local_device`), then in DDP across processes,
+    compiled with `compile`. DDP is built on the moved module and told its GPU (`device_ids`): it registers gradient
+    buckets for the parameters' device and NCCL reduces them there; on the CPU (gloo) it gets no device ids."""
+    dev = torch.device(device or local_device())
+    net.to(dev)
+    model = net
+    if _dist()[0] > 1:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == 'cuda' else None)
     return torch.compile(model) if cfg.compile else model
 
 def _run_cbs(cfg, run:Path, mode, ema_cb, dls) -> list:
@@ -76,7 +81,7 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
         space = copy.deepcopy(space)
     dcb = DiffusionCB(cfg, mode, schedule, tsampler, len(classes) if classes else None, space, encoder_of(cfg))
     ema_cb = EMACB.of(net, cfg)
-    cbs = [dcb, StepCB(cfg.clip), GuardCB(), ema_cb,
+    cbs = [dcb, StepCB(cfg.clip), GuardCB(), ema_cb, SamplerEpochCB(),
            CheckpointCB(run, cfg, net, ema_cb, dcb, None if cfg.max_minutes is None else cfg.max_minutes * 60)]
     for sys_ in active(cfg):                            # the systems' own callbacks and metrics
         more_cbs, more_metrics = sys_.callbacks(cfg, net, space, schedule)
@@ -84,7 +89,7 @@ def build_learner(cfg:TrainConfig, run, dls, classes=None, progress:bool=True) -
     loss = first(cfg, 'loss', mode, schedule) or DiffusionLoss.of(cfg, schedule)
     cbs += _run_cbs(cfg, run, mode, ema_cb, dls)
     cbs += augment_cbs(cfg, mode)                       # `augment`: each training batch, on its device
-    learn = Learner(dls, _wrapped(net, cfg), loss_func=loss, metrics=metrics, cbs=cbs,
+    learn = Learner(dls, wrap_network(net, cfg), loss_func=loss, metrics=metrics, cbs=cbs,
                     opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), lr=cfg.lr, wd=cfg.wd, path=run,
                     model_dir='checkpoints')
     show_progress(learn, progress)
@@ -205,8 +210,7 @@ def _ended(learn, cfg, run:Path, valid_ds, start:int, seconds:float) -> dict:
 def _train(cfg, run, resume, overwrite, force, progress):
     state, (train_ds, valid_ds, classes) = _before_writing(cfg, run, resume, overwrite, force)
     start_run(run, cfg, resume, overwrite)
-    dev = (torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0))) if torch.cuda.is_available()
-           else torch.device('cpu'))
+    dev = local_device()
     with new_folder(run, 'train') if _dist()[1] == 0 else nullcontext():    # a failed start removes the folder it made
         _barrier()
         prepared = first(cfg, 'prepare', run, train_ds, valid_ds, classes)   # e.g. inputs sampled from another run

@@ -8,6 +8,8 @@ Docs: https://medsynth.github.io/medsynth/training.network.html.md"""
 from __future__ import annotations
 import torch
 from ..models.unet import DiffusionUNet
+from ..models.dit import DiT
+from ..models.controlnet import ControlledUNet
 from .config import TrainConfig
 from .data import encoder_of, space_of
 from .system import active, first
@@ -16,27 +18,63 @@ from .system import active, first
 __all__ = ['build_model']
 
 # %% ../../nbs/55_training.network.ipynb #46681300
-def build_model(cfg:TrainConfig, mode, num_classes=None, feature_dim:int|None=None) -> DiffusionUNet:
-    """The UNet of `cfg` for `mode` (or its system's network, `System.network`); `feature_dim` (the encoder's width)
-    defaults to the encoder's, loaded from `cfg`."""
+def _transformer(cfg:TrainConfig, feature_dim, **common) -> DiT:
+    "The diffusion transformer of `cfg` (`backbone=dit`): the same conditioning arguments as the UNet's."
+    if cfg.fusion:
+        raise ValueError(f"backbone=dit takes no fused encoder features (fusion={cfg.fusion}): drop fusion or use "
+                         "backbone=unet")
+    return DiT(cfg.dims, patch_size=cfg.patch_size, width=cfg.dit_width, depth=cfg.dit_depth, heads=cfg.dit_heads,
+               **common)
+
+def _controlled(cfg:TrainConfig, mode) -> ControlledUNet:
+    "The frozen UNet of run `cfg.controlnet` steered by a new ControlNet on `mode`'s conditioning images."
+    from medsynth.training.runs import load_network   # deferred: runs builds its networks with this module
+    fix = 'give a run folder that `medsynth train` wrote with mode=uncond or class'
+    old, base, _, _ = load_network(cfg.controlnet, 'ema', what='controlnet run', fix=fix)
+    if not isinstance(base, DiffusionUNet) or base.channels_out != mode.channels_out:
+        raise ValueError(f"controlnet={cfg.controlnet}: its network does not generate this mode's "
+                         f"{mode.channels_out} channel(s) with a UNet: {fix}")
+    if (old.dims, old.autoencoder) != (cfg.dims, cfg.autoencoder):
+        raise ValueError(f"controlnet={cfg.controlnet} was trained with dims={old.dims}, "
+                         f"autoencoder={old.autoencoder}: set the same here")
+    torch.manual_seed(cfg.seed)
+    return ControlledUNet(base.cpu(), mode.cond_channels)
+
+def _check_backbone(cfg:TrainConfig, mode, own:bool):
+    "A backbone other than the UNet is the trainer's own network; SPADE needs a mode conditioned on the mask."
+    if own and cfg.backbone != 'unet':
+        raise ValueError(f"backbone={cfg.backbone}: this run's system builds its own network: use backbone=unet")
+    if cfg.backbone == 'spade' and getattr(mode, 'mask_key', None) not in getattr(mode, 'conds', ()):
+        raise ValueError(f"backbone=spade normalises by the mask and mode {mode.name!r} is not conditioned on one: "
+                         "use mode=bravo or dual, or backbone=unet")
+
+# %% ../../nbs/55_training.network.ipynb #fc7d5e0f
+def build_model(cfg:TrainConfig, mode, num_classes=None, feature_dim:int|None=None) -> DiffusionUNet|DiT:
+    """The network of `cfg` for `mode`: its `backbone` (or its system's network, `System.network`); `feature_dim` (the
+    encoder's width) defaults to the encoder's, loaded from `cfg`."""
     space = space_of(cfg)
     if cfg.encoder and feature_dim is None:
         feature_dim = encoder_of(cfg).dim
     torch.manual_seed(cfg.seed)
     own = first(cfg, 'network', mode, num_classes, feature_dim)
+    _check_backbone(cfg, mode, own is not None or hasattr(mode, 'network'))
     if own is not None:
         return own
+    if cfg.controlnet:
+        return _controlled(cfg, mode)
     if hasattr(mode, 'network'):                        # a mode with its own network (two grids)
         return mode.network(channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
                             num_res_blocks=cfg.num_res_blocks,
                             num_head_channels=cfg.num_head_channels, norm_num_groups=min(32, cfg.channels[0]))
-    return DiffusionUNet(cfg.dims, channels_out=space.latent_channels if space else mode.channels_out,
-                         cond_channels=mode.cond_channels, num_classes=num_classes if mode.label else None,
-                         levels=getattr(mode, 'embedded_levels', 1),
-                         channels=tuple(cfg.channels), attention_levels=tuple(cfg.attention_levels),
-                         num_res_blocks=cfg.num_res_blocks,
+    common = dict(channels_out=space.latent_channels if space else mode.channels_out,
+                  cond_channels=mode.cond_channels, num_classes=num_classes if mode.label else None,
+                  levels=getattr(mode, 'embedded_levels', 1), checkpointing=cfg.checkpointing,
+                  **{k: v for s in active(cfg) for k, v in s.unet_kwargs(cfg, feature_dim).items()})
+    if cfg.backbone == 'dit':
+        return _transformer(cfg, feature_dim, **common)
+    return DiffusionUNet(cfg.dims, spade=cfg.backbone == 'spade', **common, channels=tuple(cfg.channels),
+                         attention_levels=tuple(cfg.attention_levels), num_res_blocks=cfg.num_res_blocks,
                          num_head_channels=cfg.num_head_channels, norm_num_groups=min(32, cfg.channels[0]),
                          feature_dim=feature_dim if cfg.fusion else None, fusion=cfg.fusion or 'xattn',
-                         fusion_dim=cfg.fusion_dim, checkpointing=cfg.checkpointing,
-                         **{k: v for s in active(cfg) for k, v in s.unet_kwargs(cfg, feature_dim).items()})
+                         fusion_dim=cfg.fusion_dim)
 

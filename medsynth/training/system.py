@@ -88,7 +88,7 @@ def learner(self:System, cfg, run, dls, classes, progress):
 
 @patch
 def loss(self:System, cfg, mode, schedule):
-    "The loss function (called as `DiffusionLoss` is; honour `cfg.loss` as `DiffusionLoss.of` does), or None."
+    "The loss function (called as `DiffusionLoss` is; honour `cfg.loss` as `DiffusionLoss`.of does), or None."
     return None
 
 # %% ../../nbs/50a_training.system.ipynb #122e14e9
