@@ -13,6 +13,7 @@ from monai.networks.blocks import SABlock, MLPBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from fastcore.basics import patch
+from .unet import check_cond_level
 
 # %% auto #0
 __all__ = ['patchify', 'unpatchify', 'DiTBlock', 'DiT']
@@ -90,12 +91,7 @@ class DiT(nn.Module):
 @patch
 def _check_inputs(self:DiT, x, cond, level, context, features):
     "Raise if the inputs do not fit how the network was built."
-    if (cond is None) != (self.cond_channels == 0) or (cond is not None and cond.shape[1] != self.cond_channels):
-        raise ValueError(f"this network takes {self.cond_channels} conditioning channels; got "
-                         f"{None if cond is None else cond.shape[1]}")
-    if (level is None) != (self.levels == 1):
-        raise ValueError(f"this network was built for {self.levels} pyramid level(s): "
-                         f"{'pass level' if level is None else 'it takes no level'}")
+    check_cond_level(self, cond, level)
     if context is not None or features is not None:
         raise ValueError("backbone=dit takes no context tokens or encoder features: use backbone=unet for fusion")
     if x.ndim != self.spatial_dims + 2:

@@ -15,7 +15,7 @@ from ..core.basics import check_choice
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['FUSIONS', 'CHECKPOINTED', 'checkpoint_blocks', 'DiffusionUNet', 'NoisyClassifier', 'count_params']
+__all__ = ['FUSIONS', 'CHECKPOINTED', 'checkpoint_blocks', 'DiffusionUNet', 'check_cond_level', 'NoisyClassifier', 'count_params']
 
 # %% ../../nbs/40_models.unet.ipynb #ccd60a38
 FUSIONS = ('xattn', 'gated', 'concat', 'add')
@@ -105,15 +105,19 @@ class DiffusionUNet(nn.Module):
             checkpoint_blocks(self.unet)
 
 # %% ../../nbs/40_models.unet.ipynb #0d238209
+def check_cond_level(net, cond, level):
+    "Raise if `cond` (channels) or `level` do not fit `net`'s `cond_channels` and `levels` (any backbone)."
+    if (cond is None) != (net.cond_channels == 0) or (cond is not None and cond.shape[1] != net.cond_channels):
+        raise ValueError(f"this network takes {net.cond_channels} conditioning channels; got "
+                         f"{None if cond is None else cond.shape[1]}")
+    if (level is None) != (net.levels == 1):
+        raise ValueError(f"this network was built for {net.levels} pyramid level(s): "
+                         f"{'pass level' if level is None else 'it takes no level'}")
+
 @patch
 def _check_inputs(self:DiffusionUNet, cond, level, features):
     "Raise if `cond`, `level` or `features` do not fit how the network was built."
-    if (cond is None) != (self.cond_channels == 0) or (cond is not None and cond.shape[1] != self.cond_channels):
-        raise ValueError(f"this network takes {self.cond_channels} conditioning channels; got "
-                         f"{None if cond is None else cond.shape[1]}")
-    if (level is None) != (self.levels == 1):
-        raise ValueError(f"this network was built for {self.levels} pyramid level(s): "
-                         f"{'pass level' if level is None else 'it takes no level'}")
+    check_cond_level(self, cond, level)
     if features is not None and not self.fusion:
         raise ValueError("this network was built without feature fusion (feature_dim=None): it takes no features")
 
