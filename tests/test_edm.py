@@ -1,6 +1,6 @@
 """EDM preconditioning (`prediction=edm`) end to end: the network sees EDM's $(c_\\text{in} y, c_\\text{noise})$ in
 training as in sampling, so a short run lowers EDM's loss; one epoch then a resume to two equals two uninterrupted epochs
-bit for bit; `medsynth sample` samples the run."""
+bit for bit; `medsynth sample` samples the run, with Karras et al.'s churn in heun (`--churn`, `--s-noise`)."""
 import torch
 from conftest import cli
 from medsynth.training.config import make_config
@@ -46,3 +46,23 @@ def test_edm_trains_resumes_exactly_and_samples(phantoms, tmp_path):
     r = cli('sample', tmp_path/'cut', '--n', 2, '--steps', 3, '--sampler', 'heun', '--out', tmp_path/'s', '--no-progress')
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(list((tmp_path/'s').rglob('*.png'))) >= 2
+
+def test_cli_churn_reaches_the_heun_sampler(phantoms, tmp_path):
+    "`medsynth sample --churn`: Karras et al.'s noise changes heun's samples, reproducibly per seed; other samplers refuse it."
+    from conftest import one_line_error
+    import csv
+    train(make_config(dict(TINY, data=str(phantoms/'sub'), epochs=1)), tmp_path/'run', progress=False)
+    args = ('sample', tmp_path/'run', '--n', 2, '--steps', 3, '--sampler', 'heun', '--no-progress')
+    for extra in ([], ['--churn', 10], ['--churn', 10, '--out', tmp_path/'again'], ['--churn', 10, '--s-noise', 0.5]):
+        r = cli(*args, *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+    plain, churned = tmp_path/'run/samples/heun-3-seed0', tmp_path/'run/samples/heun-3-seed0-churn10-s_noise1'
+    half = tmp_path/'run/samples/heun-3-seed0-churn10-s_noise0.5'
+    png = lambda d: [f.read_bytes() for f in sorted(d.glob('*_t1ce.png'))]
+    assert len(png(plain)) == 2 and png(churned) == png(tmp_path/'again')      # the seed decides the added noise
+    assert png(churned) != png(plain) and png(half) != png(churned)
+    rows = list(csv.DictReader(open(churned/'manifest.csv')))
+    assert {(r['churn'], r['s_noise']) for r in rows} == {('10.0', '1.0')} and 'churn' not in open(plain/'manifest.csv').readline()
+    one_line_error(cli('sample', tmp_path/'run', '--n', 1, '--churn', 1, '--out', tmp_path/'x'), 'add --sampler heun')
+    r = cli(*args, '--s-noise', 0)
+    assert r.returncode == 2 and '--s-noise' in r.stderr

@@ -27,6 +27,10 @@ def sample_parser(sub):
     s.add_argument('--n', type=count(1), default=16)
     s.add_argument('--sampler', choices=list(SAMPLERS))
     s.add_argument('--steps', type=count(1))
+    s.add_argument('--churn', type=weight, default=0., metavar='S',
+                   help="with --sampler heun: Karras et al.'s S_churn, fresh noise before each step (0: deterministic)")
+    s.add_argument('--s-noise', type=lambda v: number(v, lambda x: x > 0, '> 0'), default=1., metavar='S',
+                   help="with --churn: the scale of that noise (Karras et al.'s S_noise)")
     s.add_argument('--seed', type=count(0), default=0)
     s.add_argument('--label', type=count(0), 
                    help="class index (class-conditional runs; --translate: the images' class)")
@@ -80,6 +84,9 @@ def _check_flags(args) -> bool:
     if m2d and (args.classifier or args.translate):
         raise ValueError("--classifier and --translate do not combine with M2D's --references, --between or "
                          "--init --strength: sample without them, or SDEdit with --init DIR --sdedit STRENGTH")
+    if m2d and (args.churn or args.s_noise != 1):
+        raise ValueError("--churn and --s-noise do not combine with M2D's --references, --between or --init "
+                         "--strength: leave them out")
     if m2d and args.weights != 'ema':
         raise ValueError(f"--weights {args.weights} does not combine with M2D's --references, --between or --init "
                          "--strength (they sample the EMA weights): leave --weights out")
@@ -102,7 +109,8 @@ def sample_command(args):
                      guide=classifier_guide(args.classifier) if args.classifier else None,
                      guide_scale=1. if args.classifier_scale is None else args.classifier_scale,
                      measure=args.measure or 'log_prob', translate=args.translate, to_label=args.to_label,
-                     init=args.init if args.sdedit is not None else None, strength=args.sdedit, weights=args.weights)
+                     init=args.init if args.sdedit is not None else None, strength=args.sdedit, weights=args.weights,
+                     churn=args.churn, s_noise=args.s_noise)
     n = len({r['index'] for r in csv.DictReader(open(Path(out)/'manifest.csv'))})
     print(f"wrote {n} samples and manifest.csv to {out}")
     return 0

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import mannwhitneyu
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric, KEY_METRIC_FID
 from torch_fidelity.metric_kid import kid_features_to_metric, KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
 from torch_fidelity.metric_prc import prc_features_to_metric, KEY_METRIC_PRECISION, KEY_METRIC_RECALL
 from monai.metrics.regression import compute_ssim_and_cs, compute_ms_ssim
 from ..core.io import DataError
 from ..core.basics import check_choice
+from ..models.domain import frechet_distance
 
 # %% auto #0
 __all__ = ['MIN_IMAGES', 'MIN_IMAGES_WHY', 'MS_SSIM_WEIGHTS', 'LPIPS_FILES', 'check_features', 'fid', 'kid', 'precision_recall',
@@ -49,9 +49,7 @@ def check_features(metric:str, real, synthetic, need:int|None=None):
 # %% ../../nbs/60_evaluation.metrics.ipynb #2ce9f0ce
 def fid(real, synthetic) -> float:
     "Fréchet distance between Gaussian fits of two feature sets (torch-fidelity)."
-    r, s = check_features('fid', real, synthetic)
-    return float(fid_statistics_to_metric(fid_features_to_statistics(r), fid_features_to_statistics(s),
-                                          verbose=False)[KEY_METRIC_FID])
+    return frechet_distance(*check_features('fid', real, synthetic))
 
 def kid(real, synthetic, subsets:int=100, subset_size:int=1000, seed:int=0) -> dict:
     """Kernel distance: mean and std of the unbiased MMD² (cubic kernel) over `subsets` random subsets of

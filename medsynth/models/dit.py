@@ -6,7 +6,7 @@ Docs: https://medsynth.github.io/medsynth/models.dit.html.md"""
 
 # %% ../../nbs/45_models.dit.ipynb #5281b7aa
 from __future__ import annotations
-import warnings
+import math, warnings
 import torch, torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 from monai.networks.blocks import SABlock, MLPBlock
@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from .unet import check_cond_level
 
 # %% auto #0
-__all__ = ['patchify', 'unpatchify', 'DiTBlock', 'DiT']
+__all__ = ['patchify', 'unpatchify', 'DiTBlock', 'DiT', 'patch_keep', 'patch_map', 'mae_loss']
 
 # %% ../../nbs/45_models.dit.ipynb #9b94e554
 def patchify(x:torch.Tensor, p:int) -> torch.Tensor:
@@ -60,10 +60,12 @@ class DiTBlock(nn.Module):
 # %% ../../nbs/45_models.dit.ipynb #84323f65
 class DiT(nn.Module):
     """A diffusion transformer with `DiffusionUNet`'s forward signature: `patch_size`-sided patches of `width`, `depth`
-    adaLN-zero blocks of `heads` heads, and a REPA projector of block `repa_block`'s tokens when `repa_dim` is set."""
+    adaLN-zero blocks of `heads` heads, a REPA projector of block `repa_block`'s tokens when `repa_dim` is set, and
+    MaskDiT's decoder of `decoder_depth` blocks when it is > 0."""
     def __init__(self, spatial_dims:int=2, channels_out:int=1, cond_channels:int=0, num_classes:int|None=None,
                  patch_size:int=2, width:int=256, depth:int=6, heads:int=4, mlp_ratio:float=4., levels:int=1,
-                 repa_dim:int|None=None, repa_block:str='mid', repa_hidden:int=256, checkpointing:bool=False):
+                 repa_dim:int|None=None, repa_block:str='mid', repa_hidden:int=256, checkpointing:bool=False,
+                 decoder_depth:int=0):
         super().__init__()
         if width % heads or width % (2 * spatial_dims):
             raise ValueError(f"DiT: width={width} must split into heads={heads} and be divisible by "
@@ -86,6 +88,9 @@ class DiT(nn.Module):
         self.checkpointing, self.repa_out, self.repa_tokens, self._pos, self._grid = checkpointing, None, None, {}, None
         if repa_dim:
             self._build_repa(repa_block, repa_hidden)
+        self.decoder, self.mask_token = None, None
+        if decoder_depth:
+            self._build_decoder(decoder_depth, heads, mlp_ratio)
 
 # %% ../../nbs/45_models.dit.ipynb #5241cfd4
 @patch
@@ -120,15 +125,25 @@ def condition(self:DiT, x, t, label, level):
     return c if label is None else c + self.label_embed(label.long()).to(c.dtype)
 
 @patch
-def forward(self:DiT, x, t, cond=None, label=None, level=None, context=None, features=None, drop=None):
+def _run(self:DiT, blocks, tok, c):
+    for b in blocks:
+        ck = self.checkpointing and self.training and torch.is_grad_enabled()
+        tok = checkpoint(b, tok, c, use_reentrant=False) if ck else b(tok, c)
+    return tok
+
+@patch
+def forward(self:DiT, x, t, cond=None, label=None, level=None, context=None, features=None, drop=None, keep=None):
+    "`keep`: MaskDiT's kept patch indices `(B, K)` (`patch_keep`); the other patches skip the encoder blocks."
     self._check_inputs(x, cond, level, context, features)
     h = x if cond is None else torch.cat([x, cond.to(x.dtype)], 1)
     self._grid = grid = tuple(s // self.p for s in x.shape[2:])
     tok = self.embed(patchify(h, self.p)) + self.positions(grid).to(h)
+    if keep is not None:
+        tok = self._drop(tok, keep)
     c = self.condition(x, t, label, level)
-    for b in self.blocks:
-        ck = self.checkpointing and self.training and torch.is_grad_enabled()
-        tok = checkpoint(b, tok, c, use_reentrant=False) if ck else b(tok, c)
+    tok = self._run(self.blocks, tok, c)
+    if self.decoder is not None:
+        tok = self._decode(tok, keep, c, grid)
     shift, scale = self.ada(c)[:, None].chunk(2, -1)
     return unpatchify(self.out(_modulate(self.norm(tok), shift, scale)), grid, self.p, self.channels_out)
 
@@ -150,3 +165,53 @@ def _build_repa(self:DiT, repa_block:str, repa_hidden:int):
 def _repa(self:DiT, tokens):
     self.repa_tokens = r = self.repa_proj(tokens)
     self.repa_out = r.transpose(1, 2).reshape(r.shape[0], r.shape[2], *self._grid)
+
+# %% ../../nbs/45_models.dit.ipynb #7df81c80
+def patch_keep(n:int, tokens:int, ratio:float, generator=None) -> torch.Tensor:
+    """MaskDiT's per-sample random masking: the indices `(n, K)`, ascending, of the `K = int(tokens (1 - ratio))`
+    patches each of `n` samples keeps (MAE's argsort of uniform noise)."""
+    k = int(tokens * (1 - ratio))
+    if not 0 <= ratio < 1 or k < 1:
+        raise ValueError(f"mask_ratio={ratio} keeps no patch of {tokens}: use a mask_ratio in [0, 1) below "
+                         f"{1 - 1 / tokens:.3g}")
+    return torch.rand(n, tokens, generator=generator).argsort(1)[:, :k].sort(1).values
+
+def patch_map(keep:torch.Tensor, grid, p:int) -> torch.Tensor:
+    "The kept patches `keep` `(B, K)` on the image, `(B, 1, *grid * p)`: 1 in a kept patch, 0 in a dropped one."
+    m = torch.zeros(keep.shape[0], math.prod(grid), device=keep.device).scatter_(1, keep, 1.)
+    return unpatchify(m[..., None].expand(-1, -1, p ** len(grid)), grid, p, 1)
+
+def mae_loss(out:torch.Tensor, x:torch.Tensor, keep:torch.Tensor, p:int) -> torch.Tensor:
+    """MaskDiT's reconstruction term per sample `(B,)`: the squared error of the network output `out` against the
+    noisy input `x`, each patch of `x` normalised to zero mean and unit variance (MAE's normalised pixels), averaged
+    over the dropped patches (those not in `keep`)."""
+    tgt = patchify(x.float(), p)
+    var = tgt.var(-1, keepdim=True, correction=min(1, tgt.shape[-1] - 1))
+    se = (patchify(out.float(), p) - (tgt - tgt.mean(-1, keepdim=True)) / (var + 1e-6).sqrt()).square().mean(-1)
+    dropped = 1 - torch.zeros_like(se).scatter_(1, keep, 1.)
+    return (se * dropped).sum(1) / dropped.sum(1).clamp(min=1)
+
+# %% ../../nbs/45_models.dit.ipynb #ddada2de
+@patch
+def _build_decoder(self:DiT, depth:int, heads:int, mlp_ratio:float):
+    "MaskDiT's decoder: `depth` DiT blocks after the encoder's, and the learned token put in place of a dropped patch."
+    self.decoder = nn.ModuleList(DiTBlock(self.width, heads, mlp_ratio) for _ in range(depth))
+    self.mask_token = nn.Parameter(0.02 * torch.randn(1, 1, self.width))
+
+@patch
+def _drop(self:DiT, tok, keep):
+    "The tokens of the kept patches."
+    if self.decoder is None:
+        raise ValueError("MaskDiT drops patches that only its decoder puts back: build the DiT with decoder_depth > 0 "
+                         "(mask_ratio > 0 in a config)")
+    if self.repa_dim:
+        raise ValueError("REPA aligns every patch's token and MaskDiT drops some: set mask_ratio=0 or repa=0")
+    return tok.gather(1, keep[..., None].expand(-1, -1, tok.shape[-1]))
+
+@patch
+def _decode(self:DiT, tok, keep, c, grid):
+    "The mask token put back at the dropped patches (given `keep`), every patch's position added again, the decoder."
+    if keep is not None:
+        full = self.mask_token.to(tok).expand(tok.shape[0], math.prod(grid), -1)
+        tok = full.scatter(1, keep[..., None].expand(-1, -1, tok.shape[-1]), tok)
+    return self._run(self.decoder, tok + self.positions(grid).to(tok), c)

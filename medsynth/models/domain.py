@@ -12,10 +12,11 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from ..core.basics import check_choice, track
 from ..core.io import DataError, atomic_path, load_backbone, _torch_load
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric, KEY_METRIC_FID
 
 # %% auto #0
 __all__ = ['MIN_ENCODER_IMAGES', 'ENCODER_FORMAT', 'DomainEncoder', 'augment', 'nt_xent', 'train_encoder', 'save_encoder',
-           'load_encoder']
+           'load_encoder', 'frechet_distance']
 
 # %% ../../nbs/41_models.domain.ipynb #5aa5c720
 def _check_images(x, who:str, dims=(2, 3), channels=(1, 3)) -> torch.Tensor:
@@ -177,3 +178,9 @@ def load_encoder(path) -> DomainEncoder:
     load_backbone(enc, obj['state_dict'], path, f"the domain encoder {obj['config']}", fix)
     enc.trained = obj.get('trained', {})
     return enc.eval().requires_grad_(False)
+
+# %% ../../nbs/41_models.domain.ipynb #3362895c
+def frechet_distance(real:torch.Tensor, synthetic:torch.Tensor) -> float:
+    "Fréchet distance between Gaussian fits of two feature sets `(N, D)` (torch-fidelity; float64)."
+    r, s = (fid_features_to_statistics(torch.as_tensor(f).double().cpu()) for f in (real, synthetic))
+    return float(fid_statistics_to_metric(r, s, verbose=False)[KEY_METRIC_FID])

@@ -95,14 +95,15 @@ def _check_terms(cfg, perceptual, disc):
 
 class RepaECB(Callback):
     """REPA-E's VAE step before each training batch: the autoencoder's configured loss + `weight` x REPA through the
-    frozen diffusion network (only the VAE steps), then a discriminator step when the loss is adversarial."""
+    frozen diffusion network (only the VAE steps), then a discriminator step when the loss is adversarial.
+    `perceptual_net`: the module behind `perceptual`, moved with the autoencoder."""
     order = -4                                        # after the noising callback (-5) built the batch
     def __init__(self, net, space, schedule, weight:float, lr:float=1e-4, perceptual=None, disc=None,
-                 disc_lr:float|None=None):
+                 disc_lr:float|None=None, perceptual_net=None):
         self.net, self.space, self.schedule, self.weight = net, space, schedule, weight
         cfg = getattr(space, 'config', None)
         _check_terms(cfg, perceptual, disc)
-        self.perceptual, self.disc = perceptual, disc
+        self.perceptual, self.disc, self.perceptual_net = perceptual, disc, perceptual_net
         space.model.requires_grad_(True)
         self.opt = torch.optim.AdamW(space.model.parameters(), lr=lr)
         self.adv = None if disc is None else PatchAdversarialLoss(criterion=cfg.adv_criterion)
@@ -121,11 +122,13 @@ def state_dict(self:RepaECB):
 
 @patch
 def to_net_device(self:RepaECB):
-    "Move the autoencoder and the discriminator to the diffusion network's device (before their optimisers' state)."
+    """Move the autoencoder, the discriminator and the perceptual network to the diffusion network's device (before
+    the optimisers' state)."""
     dev = next(self.net.parameters()).device
     self.space.model.to(dev)
-    if self.disc is not None:
-        self.disc.to(dev)
+    for m in (self.disc, self.perceptual_net):
+        if m is not None:
+            m.to(dev)
 
 @patch
 def before_fit(self:RepaECB):

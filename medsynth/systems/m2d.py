@@ -263,6 +263,9 @@ def check_repa(cfg, where:str):
                          "or domain")
     if cfg.repa and (cfg.dims != 2 or getattr(cfg, 'levels', 1) > 1):
         raise ValueError(f"{where}: encoder features condition single-scale 2D models: set dims=2 and levels=1")
+    if cfg.repa and cfg.mask_ratio:
+        raise ValueError(f"{where}: repa aligns every patch's token and mask_ratio={cfg.mask_ratio} (MaskDiT) drops "
+                         "some: set mask_ratio=0 or repa=0")
     if cfg.repa_e and not (cfg.autoencoder and cfg.repa):
         raise ValueError(f"{where}: repa_e=true tunes the autoencoder through REPA: set autoencoder=FILE and repa > 0")
     if cfg.repa_e:
@@ -283,13 +286,14 @@ def check_repa_e(cfg, where:str):
                          f"set vae_perceptual_weights to {need}")
 
 def vae_networks(cfg, space):
-    "The perceptual distance and the discriminator that the autoencoder's configured loss needs in REPA-E's VAE step."
-    ac, perc, disc = space.config, None, None
+    """The perceptual distance, the discriminator and the perceptual distance's network (for `RepaECB` to move with
+    the autoencoder) that the autoencoder's configured loss needs in REPA-E's VAE step."""
+    ac, perc, disc, pnet = space.config, None, None, None
     dev = next(space.model.parameters()).device
     if ac.perceptual_weight:
         f = cfg.vae_perceptual_weights
-        net = lpips_model(f) if ac.perceptual == 'lpips' else encoder_layers(load_encoder(f).to(dev).eval())
-        perc = perceptual_loss(ac, net)
+        pnet = lpips_model(f) if ac.perceptual == 'lpips' else load_encoder(f).to(dev).eval()
+        perc = perceptual_loss(ac, pnet if ac.perceptual == 'lpips' else encoder_layers(pnet))
     if ac.adversarial_weight:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -297,7 +301,7 @@ def vae_networks(cfg, space):
         if cfg.vae_disc_weights:
             disc.load_state_dict(torch.load(cfg.vae_disc_weights, map_location='cpu', weights_only=True))
         disc.to(dev).train()
-    return perc, disc
+    return perc, disc, pnet
 
 # %% ../../nbs/73_systems.m2d.ipynb #b36fb350
 class Repa(System):
@@ -323,9 +327,9 @@ class Repa(System):
 def callbacks(self:Repa, cfg, net, space, schedule):
     cbs = [RepaCB(net, cfg.repa)]
     if cfg.repa_e:
-        perc, disc = vae_networks(cfg, space)
+        perc, disc, pnet = vae_networks(cfg, space)
         w = cfg.repa if cfg.repa_vae is None else cfg.repa_vae
-        cbs.append(RepaECB(net, space, schedule, w, cfg.vae_lr, perc, disc, space.config.disc_lr))
+        cbs.append(RepaECB(net, space, schedule, w, cfg.vae_lr, perc, disc, space.config.disc_lr, perceptual_net=pnet))
         cbs[-1].state_key = 'repa_e'                    # its optimiser state goes into the checkpoint
     return cbs, [RepaMetric()]
 

@@ -20,6 +20,7 @@ from ..diffusion.objectives import diffusion_loss, resolution_shift
 from ..diffusion.param import to_x0_eps, net_inputs
 from ..spaces.vae import perceptual_loss
 from ..models.encoders import get_encoder
+from ..models.dit import patch_keep, patch_map, mae_loss
 from ..core.io import DataError
 from ..core.io import atomic_path
 from ..core.basics import interactive, check_choice
@@ -36,22 +37,24 @@ __all__ = ['PERCEPTUAL_NETS', 'DiffusionLoss', 'loss_keys', 'perceptual_of', 'ti
 class DiffusionLoss:
     """The weighted diffusion objective in the norm `loss`, plus `perceptual_weight` x `perceptual` on the $x_0$
     estimate; keeps the per-sample (unweighted) losses for the importance sampler. A system changes it by subclassing
-    `term` (`System.loss`)."""
+    `term` (`System.loss`). Given MaskDiT's kept patches, `masked` is the loss."""
     def __init__(self, schedule, prediction, weighting, gamma, loss:str='l2', huber_delta:float=1., perceptual=None,
-                 perceptual_weight:float=0., sigma_data:float=0.5):
+                 perceptual_weight:float=0., sigma_data:float=0.5, mae_weight:float=0., patch_size:int=2):
         self.schedule, self.prediction, self.weighting, self.gamma = schedule, prediction, weighting, gamma
-        self.sigma_data = sigma_data
+        self.sigma_data, self.mae_weight, self.patch_size = sigma_data, mae_weight, patch_size
         self.loss, self.huber_delta, self.perceptual, self.perceptual_weight = (loss, huber_delta, perceptual,
                                                                                perceptual_weight)
     @classmethod
     def of(cls, cfg, schedule):
         "The loss of `cfg`'s keys."
         return cls(schedule, cfg.prediction, cfg.weighting, cfg.gamma, **loss_keys(cfg))
-    def term(self, pred, x0, eps, t, importance) -> tuple:
-        "`(loss, per_sample)` of one batch."
+    def term(self, pred, x0, eps, t, importance, mask=None) -> tuple:
+        "`(loss, per_sample)` of one batch (inside `mask` only, when given)."
         return diffusion_loss(pred, x0, eps, t, self.schedule, self.prediction, self.weighting, self.gamma, importance,
-                              loss=self.loss, huber_delta=self.huber_delta, sigma_data=self.sigma_data)
-    def __call__(self, pred, x0, eps, t, importance):
+                              mask=mask, loss=self.loss, huber_delta=self.huber_delta, sigma_data=self.sigma_data)
+    def __call__(self, pred, x0, eps, t, importance, keep=None):
+        if keep is not None:
+            return self.masked(pred.float(), x0, eps, t.cpu(), importance, keep)
         loss, self.per_sample = self.term(pred.float(), x0, eps, t.cpu(), importance)
         if self.perceptual is not None and self.perceptual_weight:
             loss = loss + self.perceptual_weight * self.perceptual_term(pred.float(), x0, eps, t.cpu())
@@ -65,10 +68,22 @@ def perceptual_term(self:DiffusionLoss, pred, x0, eps, t):
     x0_hat, _ = to_x0_eps(pred, self.schedule.add_noise(x0, eps, t), a, s, self.prediction, self.sigma_data)
     return self.perceptual(x0_hat, x0)
 
+@patch
+def masked(self:DiffusionLoss, pred, x0, eps, t, importance, keep):
+    """MaskDiT's loss given the kept patches `keep` `(B, K)`: the diffusion loss on the kept patches only, plus
+    `mae_weight` x `mae_loss`, the dropped patches' reconstruction of the network's noisy input."""
+    grid = tuple(s // self.patch_size for s in x0.shape[2:])
+    loss, self.per_sample = self.term(pred, x0, eps, t, importance, mask=patch_map(keep, grid, self.patch_size))
+    if not self.mae_weight:
+        return loss
+    x_in = net_inputs(self.schedule.add_noise(x0, eps, t), t, self.schedule, self.prediction, self.sigma_data)[0]
+    return loss + self.mae_weight * mae_loss(pred, x_in, keep, self.patch_size).mean()
+
 def loss_keys(cfg) -> dict:
     "`DiffusionLoss`'s keywords from `cfg`: the norm, the perceptual term and EDM's `sigma_data`."
     return dict(loss=cfg.loss, huber_delta=cfg.huber_delta, perceptual=perceptual_of(cfg),
-                perceptual_weight=cfg.perceptual_weight, sigma_data=cfg.sigma_data)
+                perceptual_weight=cfg.perceptual_weight, sigma_data=cfg.sigma_data, mae_weight=cfg.mae_weight,
+                patch_size=cfg.patch_size)
 
 # %% ../../nbs/52_training.callbacks.ipynb #239fa6cb
 PERCEPTUAL_NETS = dict(vgg=('torchvision:vgg16', "torchvision's vgg16 state dict"),
@@ -156,13 +171,17 @@ def before_batch(self:DiffusionCB):
         label = torch.where(drop, torch.full_like(label, self.num_classes), label)
     if feats is not None and self.training:
         fdrop = (torch.rand(B * world, generator=g) < self.cfg.feature_dropout)[rank::world].to(dev)
-    # the network's level, context, features and feature dropout, when used
-    tail = (level[0] if level else None, None, feats, fdrop)
+    keep = None                  # MaskDiT: each sample's kept patches, from the training generator
+    if self.cfg.mask_ratio and self.training:
+        n = math.prod(s // self.cfg.patch_size for s in x0.shape[2:])
+        keep = patch_keep(B * world, n, self.cfg.mask_ratio, g)[rank::world].to(dev)
+    # the network's level, context, features and feature dropout, when used (and the kept patches)
+    tail = (level[0] if level else None, None, feats, fdrop) + (() if keep is None else (keep,))
     # what the network sees: (x_t, model time), or EDM's preconditioned input and noise level (`net_inputs`)
     x_in, t_in = net_inputs(self.schedule.add_noise(x0, eps, t), t, self.schedule, self.cfg.prediction,
                             self.cfg.sigma_data)
     self.learn.xb = ((x_in, t_in.to(dev), cond, label) + (tail if any(v is not None for v in tail) else ()))
-    self.learn.yb = (x0, eps, t, w.to(dev))
+    self.learn.yb = (x0, eps, t, w.to(dev)) + (() if keep is None else (keep,))
     self._t = t
 
 # %% ../../nbs/52_training.callbacks.ipynb #7a02bb40

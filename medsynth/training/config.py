@@ -81,6 +81,8 @@ class TrainConfig:
     dit_width: int = 256                  # dit: token width
     dit_depth: int = 6                    # dit: transformer blocks
     dit_heads: int = 4                    # dit: attention heads
+    mask_ratio: float = 0.                # dit: MaskDiT's share of patches dropped in training (0: off; e.g. 0.5)
+    mae_weight: float = 0.1               # dit: MaskDiT's weight of the dropped patches' reconstruction (MAE) loss
     controlnet: str|None = None           # a trained uncond/class run, frozen, steered by a ControlNet on the mask
     epochs: int = 10                      # epochs
     batch_size: int = 16                  # batch size per process
@@ -154,7 +156,7 @@ RANGES = dict(
     feature_dropout='[0, 1]', min_content='[0, 1]', huber_delta='(0, inf)', perceptual_weight='[0, inf)',
     time_shift='(0, inf)', time_shift_base='[1, inf)', ema_power='(0, inf)', ema_inv_gamma='(0, inf)', ema_min='[0, 1)',
     ema_karras_gamma='(0, inf)', sigma_data='(0, inf)', patch_size='[1, inf)',
-    dit_width='[1, inf)', dit_depth='[1, inf)', dit_heads='[1, inf)')
+    dit_width='[1, inf)', dit_depth='[1, inf)', dit_heads='[1, inf)', mask_ratio='[0, 1)', mae_weight='[0, inf)')
 LIST_OF = dict(size=int, channels=int, attention_levels=bool, modalities=str, images=str, augment=str)
 POSITIVE_LISTS = ('size', 'channels')
 
@@ -262,6 +264,16 @@ def _check_backbone(cfg, where:str):
     if cfg.backbone == 'dit' and not cfg.autoencoder and any(s % cfg.patch_size for s in cfg.size):
         raise ValueError(f"{where}: size={cfg.size} does not split into patch_size={cfg.patch_size} patches: use "
                          "a size divisible by patch_size")
+    _check_masking(cfg, where)
+
+def _check_masking(cfg, where:str):
+    "MaskDiT drops a transformer's patch tokens; its dropped patches have no denoised estimate for a perceptual term."
+    if cfg.mask_ratio and cfg.backbone != 'dit':
+        raise ValueError(f"{where}: mask_ratio={cfg.mask_ratio} drops a transformer's patches (MaskDiT): set "
+                         "backbone=dit or mask_ratio=0")
+    if cfg.mask_ratio and cfg.perceptual_weight:
+        raise ValueError(f"{where}: mask_ratio={cfg.mask_ratio} leaves the dropped patches without a denoised "
+                         "estimate for the perceptual term: set perceptual_weight=0 or mask_ratio=0")
 
 # %% ../../nbs/50_training.config.ipynb #75f1a64b
 def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConfig:

@@ -58,10 +58,11 @@ def batch_progress(progress:bool, what:str, n:int, steps, generator=None, bar:bo
 # %% ../../nbs/54_training.generation.ipynb #9ee84d4b
 @torch.no_grad()
 def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, steps=None, generator=None,
-             progress=False, level=None, wrap=None, features=None, x_T=None, **guidance):
+             progress=False, level=None, wrap=None, features=None, x_T=None, options=None, **guidance):
     """Samples of `shape` `(N, C, *spatial)` from `net` given `cond` images, `label`s, encoder `features` (tokens; None:
     the null token) and the `level` of a network shared by several scales, with `cfg`'s schedule and prediction; `x_T`
-    is the starting noise (default: drawn from `generator`); `guidance`: `guided_denoiser`'s."""
+    is the starting noise (default: drawn from `generator`); `options`: the sampler step's (e.g. heun's `churn`);
+    `guidance`: `guided_denoiser`'s."""
     schedule, space, was = schedule_of(cfg), space_of(cfg), net.training
     dev = next(net.parameters()).device
     if space is not None:                               # diffuse in the latent space, decode at the end
@@ -79,7 +80,7 @@ def generate(net, cfg:TrainConfig, shape, cond=None, label=None, sampler=None, s
     net.eval()
     with batch_progress(progress, 'sampling', shape[0], steps or cfg.sample_steps, generator) as bar:
         out = sample(den, schedule, x, steps=steps or cfg.sample_steps, sampler=sampler or cfg.sampler,
-                     clip_x0=None if space else 1., generator=generator, progress=bar)
+                     clip_x0=None if space else 1., generator=generator, progress=bar, **(options or {}))
     net.train(was)
     return (space.decode(out) if space is not None else out).clamp(-1, 1)
 

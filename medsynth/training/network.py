@@ -23,8 +23,9 @@ def _transformer(cfg:TrainConfig, feature_dim, **common) -> DiT:
     if cfg.fusion:
         raise ValueError(f"backbone=dit takes no fused encoder features (fusion={cfg.fusion}): drop fusion or use "
                          "backbone=unet")
+    # MaskDiT (mask_ratio > 0): a decoder of two blocks puts the dropped patches back
     return DiT(cfg.dims, patch_size=cfg.patch_size, width=cfg.dit_width, depth=cfg.dit_depth, heads=cfg.dit_heads,
-               **common)
+               decoder_depth=2 if cfg.mask_ratio else 0, **common)
 
 def _controlled(cfg:TrainConfig, mode) -> ControlledUNet:
     "The frozen UNet of run `cfg.controlnet` steered by a new ControlNet on `mode`'s conditioning images."

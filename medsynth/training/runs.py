@@ -300,20 +300,35 @@ def _folder_name(job, sampler:str, steps, seed:int, w:float, judge, scale:float,
         return f"translate-to{job['to_label']}-ddim-{steps}{g}"
     return f"sdedit-{job['strength']:g}-{sampler}-{steps}-seed{seed}{g}"
 
+def _churn_options(sampler:str, churn:float, s_noise:float, job:bool) -> dict:
+    "Karras et al.'s churn for the heun sampler: its step's keywords, {} when off (`job`: image to image)."
+    if not churn and s_noise == 1:
+        return {}
+    if churn < 0 or s_noise <= 0:
+        raise ValueError(f"churn={churn}, s_noise={s_noise}: Karras et al.'s S_churn must be >= 0 and S_noise > 0")
+    if sampler != 'heun':
+        raise ValueError(f"--churn and --s-noise add Karras et al.'s noise in the heun sampler, not {sampler}: add "
+                         "--sampler heun")
+    if job:
+        raise ValueError("--churn and --s-noise go with sampling from noise: leave them out with --translate or "
+                         "--sdedit")
+    return dict(churn=churn, s_noise=s_noise)
+
 # %% ../../nbs/57_training.runs.ipynb #29e97573
 def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:int=0, label:int|None=None, out=None,
                batch_size:int=16, overwrite:bool=False, cond_data=None, progress:bool=True, guidance_scale:float=1.,
                guide=None, guide_scale:float=1., measure:str='log_prob', translate=None, to_label:int|None=None,
-               init=None, strength:float|None=None, weights:str='ema') -> Path:
+               init=None, strength:float|None=None, weights:str='ema', churn:float=0., s_noise:float=1.) -> Path:
     """Write `n` samples of a run (guided: `guidance_scale`, `guide`), or the images of `translate` translated to
     `to_label` or of `init` edited at `strength`, and their `manifest.csv` into `out` (default `run/samples/...`);
-    `weights`: 'ema' (default), 'last' (the network's own) or 'best' (at the lowest validation loss)."""
+    `weights`: 'ema' (default), 'last' (the network's own) or 'best' (at the lowest validation loss); `churn`,
+    `s_noise`: Karras et al.'s stochastic heun sampler."""
     n, batch_size, seed = check_int('n', n), check_int('batch_size', batch_size), check_int('seed', seed, 0)
     job = _job(translate, to_label, init, strength)
     cfg, net, h, classes = load_run(run, check_choice('weights', weights, WEIGHTS))
-    if (job or guide is not None or guidance_scale != 1) and _own_way(cfg):
+    if (job or guide is not None or guidance_scale != 1 or churn or s_noise != 1) and _own_way(cfg):
         raise ValueError(f"run {run}: the {', '.join(_own_way(cfg))} system samples it its own way; guidance, "
-                         "--translate and --sdedit work on single-network runs")
+                         "--translate, --sdedit and --churn work on single-network runs")
     given = steps
     own = first(cfg, 'sample', run, net, h, n, seed, out, overwrite, cond_data, progress)
     if own is not None:                                 # a system that writes its samples its own way
@@ -322,19 +337,22 @@ def sample_run(run, n:int=16, sampler:str|None=None, steps:int|None=None, seed:i
             cfg.sample_steps)
     # its networks' sampler, the steps it takes and their label in the manifest and folder name
     gen, per_net, steps = first(cfg, 'sampling', steps, given) or (generate, steps, steps)
+    opts = _churn_options(sampler, churn, s_noise, bool(job))
     mode = mode_of(cfg)  # a mode that wraps another generates the base mode's images at full size
     mode = getattr(mode, 'base', mode)
     _check_label(run, mode, label, classes, needed=not job or job['how'] != 'translate')
     judge = None if guide is None else guide(cfg, classes)
-    guidance = _guidance(run, mode, classes, label, guidance_scale, judge, guide_scale, measure)
+    guidance = dict(_guidance(run, mode, classes, label, guidance_scale, judge, guide_scale, measure),
+                    **({'options': opts} if opts else {}))
     ins = _prepare_images(run, cfg, mode, job, label, classes) if job else None
     valid = None if job else _conditioning_set(cfg, mode, cond_data)
     out = Path(out) if out else Path(run)/'samples'/(_folder_name(job, sampler, steps, seed, guidance_scale, judge,
                                                                    guide_scale, measure)
+                                                      + ''.join(f'-{k}{v:g}' for k, v in opts.items())
                                                       + ('' if weights == 'ema' else f'-{weights}'))
     meta = dict(checkpoint=h, seed=seed, sampler='ddim' if job and job['how'] == 'translate' else sampler, steps=steps,
                 mode=cfg.mode, record=dict(_record(guidance_scale, judge, guide_scale, measure), source='',
-                                           source_label='', target_label='', strength='', weights=weights))
+                                           source_label='', target_label='', strength='', weights=weights, **opts))
     with output_folder(out, 'samples', overwrite, reads=[run, *run_inputs(cfg), cond_data, translate, init]) as tmp:
         rows = (_images_to_images(tmp, net, cfg, mode, job, ins, label, classes, guidance, meta, batch_size, progress)
                 if job else _samples(tmp, net, cfg, mode, gen, per_net, n, label, classes, valid, guidance, meta,
