@@ -25,6 +25,27 @@ def phantoms(tmp_path_factory) -> Path:
     write_class_folders(d/'cls', BrainPhantom(16, classes='kinds', k=3, seed=0), 40)
     return d
 
+def latent_testbed(d:Path, k:int, n:int, steps:int, batch_size:int, ae_batch_size:int=8, lr:float|None=None,
+                   perceptual:bool=False) -> Path:
+    """What latent diffusion with encoder features (M2D, REPA, REPA-E) needs, trained a few `steps` in `d`: `cls`, class
+    folders of `k` kinds (`n` images of 32 px), `encoder.pt`, a domain encoder on their labels, and `autoencoder.pt`,
+    a tiny VAE (factor 2; `perceptual`: with a perceptual term on that encoder). Returns `d`."""
+    from medsynth.data.phantoms import BrainPhantom, write_class_folders
+    from medsynth.evaluation.sets import read_set
+    from medsynth.models.domain import train_encoder, save_encoder, load_encoder
+    from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder, encoder_layers
+    write_class_folders(d/'cls', BrainPhantom((32, 32), classes='kinds', k=k, seed=0), n)
+    s = read_set(d/'cls'); assert len(s.classes) == k
+    save_encoder(train_encoder(s.images, s.labels, steps=steps, batch_size=batch_size, widths=(8, 16, 16, 16), seed=0),
+                 d/'encoder.pt')
+    extra = dict(perceptual='encoder', perceptual_weight=0.1) if perceptual else {}
+    ac = AEConfig(channels=(8, 16), latent_channels=2, nonlocal_attn=False, steps=steps, batch_size=ae_batch_size, seed=0,
+                  **({} if lr is None else dict(lr=lr)), **extra)
+    net = encoder_layers(load_encoder(d/'encoder.pt').eval()) if perceptual else None
+    ae, _ = train_autoencoder(s.images * 2 - 1, ac, **({} if net is None else dict(perceptual_net=net)))
+    save_autoencoder(ae, ac, latent_scale_factor(ae, s.images * 2 - 1), d/'autoencoder.pt')
+    return d
+
 def one_line_error(r, *parts):
     "Exit 2, one line on stderr starting `medsynth: error:`, no traceback, holding every part."
     err = r.stderr

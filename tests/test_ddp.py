@@ -4,7 +4,7 @@ on the doubled batch: both ranks end with identical weights, and the first avera
 import json, os, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from conftest import cli, ROOT
+from conftest import cli, ROOT, latent_testbed
 from ddp_cases import main
 from medsynth.data.phantoms import BrainPhantom, write_class_folders, write_subjects
 from medsynth.systems.pds_data import write_phantom_atlas
@@ -52,17 +52,7 @@ def test_balanced_sampler_shares_one_draw_across_processes(tmp_path):
 @pytest.fixture(scope='module')
 def m2d(tmp_path_factory):
     "Class folders (32 px), a domain encoder and a tiny VAE, each trained a few steps (what REPA-E needs, not quality)."
-    from medsynth.evaluation.sets import read_set
-    from medsynth.models.domain import train_encoder, save_encoder
-    from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder
-    d = tmp_path_factory.mktemp('m2d')
-    write_class_folders(d/'cls', BrainPhantom((32, 32), classes='kinds', k=3, seed=0), 24)
-    s = read_set(d/'cls')
-    save_encoder(train_encoder(s.images, s.labels, steps=3, batch_size=8, widths=(8, 16, 16, 16), seed=0), d/'encoder.pt')
-    ac = AEConfig(channels=(8, 16), latent_channels=2, nonlocal_attn=False, steps=3, batch_size=8, seed=0)
-    ae, _ = train_autoencoder(s.images * 2 - 1, ac)
-    save_autoencoder(ae, ac, latent_scale_factor(ae, s.images * 2 - 1), d/'autoencoder.pt')
-    return d
+    return latent_testbed(tmp_path_factory.mktemp('m2d'), k=3, n=24, steps=3, batch_size=8)
 
 def test_repa_e_keeps_the_tuned_autoencoder_identical_on_every_process(m2d, tmp_path):
     cfg = dict(TINY, data=str(m2d/'cls'), mode='class', image='image', size=[32, 32], autoencoder=str(m2d/'autoencoder.pt'),

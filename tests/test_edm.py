@@ -1,8 +1,9 @@
 """EDM preconditioning (`prediction=edm`) end to end: the network sees EDM's $(c_\\text{in} y, c_\\text{noise})$ in
 training as in sampling, so a short run lowers EDM's loss; one epoch then a resume to two equals two uninterrupted epochs
 bit for bit; `medsynth sample` samples the run, with Karras et al.'s churn in heun (`--churn`, `--s-noise`)."""
+import csv
 import torch
-from conftest import cli
+from conftest import cli, one_line_error
 from medsynth.training.config import make_config
 from medsynth.training.learner import train
 from medsynth.training.checkpoint import load_checkpoint
@@ -49,8 +50,6 @@ def test_edm_trains_resumes_exactly_and_samples(phantoms, tmp_path):
 
 def test_cli_churn_reaches_the_heun_sampler(phantoms, tmp_path):
     "`medsynth sample --churn`: Karras et al.'s noise changes heun's samples, reproducibly per seed; other samplers refuse it."
-    from conftest import one_line_error
-    import csv
     train(make_config(dict(TINY, data=str(phantoms/'sub'), epochs=1)), tmp_path/'run', progress=False)
     args = ('sample', tmp_path/'run', '--n', 2, '--steps', 3, '--sampler', 'heun', '--no-progress')
     for extra in ([], ['--churn', 10], ['--churn', 10, '--out', tmp_path/'again'], ['--churn', 10, '--s-noise', 0.5]):

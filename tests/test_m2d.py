@@ -5,11 +5,9 @@ through papermill with tiny parameters."""
 import csv, dataclasses, json
 import pandas as pd, pytest, torch
 from fastai.callback.core import Callback, CancelFitException
-from conftest import cli
-from medsynth.data.phantoms import BrainPhantom, write_class_folders
+from conftest import cli, latent_testbed
 from medsynth.evaluation.sets import read_set
-from medsynth.models.domain import train_encoder, save_encoder
-from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder, load_autoencoder, build_discriminator
+from medsynth.spaces.vae import save_autoencoder, load_autoencoder, build_discriminator
 from medsynth.models.repa import RepaECB
 from medsynth.training.config import make_config
 from medsynth.training.learner import train, build_learner
@@ -23,14 +21,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope='module')
 def m2d(tmp_path_factory):
     "7-class phantom class folders (32 px), a domain encoder trained on their labels and a tiny VAE (factor 2: 16 x 16 latents)."
-    d = tmp_path_factory.mktemp('m2d')
-    write_class_folders(d/'cls', BrainPhantom((32, 32), classes='kinds', k=7, seed=0), 56)
-    s = read_set(d/'cls'); assert len(s.classes) == 7
-    save_encoder(train_encoder(s.images, s.labels, steps=30, batch_size=32, widths=(8, 16, 16, 16), seed=0), d/'encoder.pt')
-    ac = AEConfig(channels=(8, 16), latent_channels=2, nonlocal_attn=False, steps=30, batch_size=16, lr=3e-3, seed=0)
-    ae, _ = train_autoencoder(s.images * 2 - 1, ac)
-    save_autoencoder(ae, ac, latent_scale_factor(ae, s.images * 2 - 1), d/'autoencoder.pt')
-    return d
+    return latent_testbed(tmp_path_factory.mktemp('m2d'), k=7, n=56, steps=30, batch_size=32, ae_batch_size=16, lr=3e-3)
 
 def base(d, **kw):
     return dict(dict(data=str(d/'cls'), mode='class', image='image', size=[32, 32], channels=[8, 16], attention_levels=[False, True], num_head_channels=8,

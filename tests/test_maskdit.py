@@ -3,11 +3,10 @@ validation and sampling none; the loss is the diffusion loss on the kept patches
 hand; mask_ratio=0 is the plain DiT; a masked run resumes bit for bit and samples through the CLI; bad combinations are
 one-line errors. REPA-E on the DiT end to end: the VAE is tuned, a resumed run equals an uninterrupted one, the run
 samples, and the perceptual network of the autoencoder's loss moves with the autoencoder."""
-import math
 import pytest, torch
-from conftest import cli, one_line_error
+from conftest import cli, one_line_error, latent_testbed
 from test_backbones import TINY, _same
-from medsynth.models.dit import DiT, patch_keep, patchify, mae_loss
+from medsynth.models.dit import DiT, patch_keep
 from medsynth.diffusion.param import from_x0_eps, net_inputs
 from medsynth.diffusion.objectives import loss_weight
 from medsynth.training.config import make_config
@@ -117,25 +116,13 @@ def test_repa_with_masking_is_one_line(phantoms, tmp_path):
 @pytest.fixture(scope='module')
 def m2d(tmp_path_factory):
     "Class folders (32 px), a domain encoder and a tiny VAE (factor 2) with a perceptual term on the encoder."
-    from medsynth.data.phantoms import BrainPhantom, write_class_folders
-    from medsynth.evaluation.sets import read_set
-    from medsynth.models.domain import train_encoder, save_encoder
-    from medsynth.spaces.vae import AEConfig, train_autoencoder, latent_scale_factor, save_autoencoder, encoder_layers
-    from medsynth.models.domain import load_encoder
-    d = tmp_path_factory.mktemp('repa_e_dit')
-    write_class_folders(d/'cls', BrainPhantom((32, 32), classes='kinds', k=3, seed=0), 24)
-    s = read_set(d/'cls')
-    save_encoder(train_encoder(s.images, s.labels, steps=10, batch_size=16, widths=(8, 16, 16, 16), seed=0), d/'enc.pt')
-    ac = AEConfig(channels=(8, 16), latent_channels=2, nonlocal_attn=False, steps=10, batch_size=8, lr=3e-3, seed=0,
-                  perceptual='encoder', perceptual_weight=0.1)
-    ae, _ = train_autoencoder(s.images * 2 - 1, ac, perceptual_net=encoder_layers(load_encoder(d/'enc.pt').eval()))
-    save_autoencoder(ae, ac, latent_scale_factor(ae, s.images * 2 - 1), d/'ae.pt')
-    return d
+    return latent_testbed(tmp_path_factory.mktemp('repa_e_dit'), k=3, n=24, steps=10, batch_size=16, lr=3e-3,
+                          perceptual=True)
 
 def repa_e(d, **kw):
     return dict(TINY, data=str(d/'cls'), mode='class', image='image', size=[32, 32], backbone='dit', batch_size=8,
-                autoencoder=str(d/'ae.pt'), encoder='domain', encoder_weights=str(d/'enc.pt'), repa=0.5, repa_e=True,
-                vae_lr=1e-3, vae_perceptual_weights=str(d/'enc.pt'), lr_schedule='constant', sampler='ddim',
+                autoencoder=str(d/'autoencoder.pt'), encoder='domain', encoder_weights=str(d/'encoder.pt'), repa=0.5, repa_e=True,
+                vae_lr=1e-3, vae_perceptual_weights=str(d/'encoder.pt'), lr_schedule='constant', sampler='ddim',
                 sample_steps=3, **kw)
 
 def test_repa_e_on_the_dit_tunes_the_vae_resumes_exactly_and_samples(m2d, tmp_path):
@@ -145,7 +132,7 @@ def test_repa_e_on_the_dit_tunes_the_vae_resumes_exactly_and_samples(m2d, tmp_pa
     a, b = load_checkpoint(tmp_path/'full/checkpoints/last.pt'), load_checkpoint(tmp_path/'cut/checkpoints/last.pt')
     _same(a, b)
     assert all(torch.equal(a['repa_e']['vae'][k], b['repa_e']['vae'][k]) for k in a['repa_e']['vae'])
-    start = torch.load(m2d/'ae.pt', weights_only=False)['state_dict']
+    start = torch.load(m2d/'autoencoder.pt', weights_only=False)['state_dict']
     assert any(not torch.equal(a['repa_e']['vae'][k], v) for k, v in start.items())          # the VAE was tuned
     assert (tmp_path/'cut'/'autoencoder.pt').exists()
     r = cli('sample', tmp_path/'cut', '--n', 2, '--label', 1, '--out', tmp_path/'s', '--no-progress')
