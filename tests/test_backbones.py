@@ -70,12 +70,13 @@ def test_backbone_benchmark_small(tmp_path):
     import json, subprocess, sys
     from conftest import ROOT
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'backbones.py'), '--out', str(tmp_path), '--size', '16', '--subjects', '4',
-                        '--epochs', '1', '--batch', '4', '--n', '4', '--steps', '2', '--seg-steps', '5', '--backbones', 'spade', 'dit'],
+                        '--epochs', '1', '--batch', '4', '--n', '4', '--steps', '2', '--seg-steps', '5', '--encoder-steps', '5', '--backbones', 'spade', 'dit'],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path/'backbones.json').read_text())
     assert [row['backbone'] for row in res['rows']] == ['real (ceiling)', 'spade', 'dit']
     assert all(0 <= row['dice'] <= 1 and row['train_s'] > 0 for row in res['rows'][1:])
+    assert all(row['fid'] >= 0 for row in res['rows']) and 0 < res['chance_dice'] < 1
     assert '| dit |' in (tmp_path/'backbones.md').read_text() and f"table: {tmp_path/'backbones.md'}" in r.stdout
     r = subprocess.run([sys.executable, str(ROOT/'benchmarks'/'backbones.py'), '--size', '18'], capture_output=True, text=True)
     assert r.returncode == 2 and '--size must be a multiple of 4' in r.stderr

@@ -137,3 +137,22 @@ def test_phantom_folders_follow_the_umask(tmp_path):
     modes = {q.is_dir(): set() for q in tmp_path.rglob('*')}
     for q in tmp_path.rglob('*'): modes[q.is_dir()].add(oct(mode(q)))
     assert modes == {True: {'0o755'}, False: {'0o644'}}, modes
+
+def test_lesion_scale_scales_the_lesions_and_bad_values_are_one_line(tmp_path):
+    "Radii exactly x lesion_scale; the measured area about x scale^2, a little less (clipped by brain and ventricles)."
+    import json
+    one, two = BrainPhantom(32, prevalence=1., seed=7), BrainPhantom(32, prevalence=1., seed=7, lesion_scale=2)
+    for i in range(5):
+        a1, a2 = one.anatomy(i), two.anatomy(i)
+        assert a1['label'] == a2['label']
+        assert np.allclose(a2['lesions'][0]['radii'], 2 * a1['lesions'][0]['radii'], rtol=1e-12)
+    ratio = two.stats(40)['area']['mean'] / one.stats(40)['area']['mean']
+    assert 3 < ratio < 4, ratio                    # seeds 0-5 (nbs/30): 3.34-3.70
+    write_subjects(tmp_path/'s', BrainPhantom((16, 16, 16), prevalence=1., seed=0, lesion_scale=1.5), 1,
+                   modalities=('seg',))
+    assert json.loads((tmp_path/'s'/'phantom.json').read_text())['truth']['lesion_scale'] == 1.5
+    same = BrainPhantom(32, seed=7, lesion_scale=1.).render(3)['t1']
+    assert np.array_equal(same, BrainPhantom(32, seed=7).render(3)['t1'])             # the default is the old phantom
+    for bad in (0, -1, float('nan'), float('inf'), '2'):
+        with pytest.raises(ValueError) as e: BrainPhantom(32, lesion_scale=bad)
+        assert 'lesion_scale=' in str(e.value) and 'must be a number > 0' in str(e.value) and '\n' not in str(e.value)

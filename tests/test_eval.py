@@ -71,3 +71,28 @@ def test_size_mismatch_resizes_real_with_warning(data, tmp_path):
     r = run('--real', data/'real', '--synthetic', tmp_path/'small', '--out', tmp_path/'o', '--metrics', 'fid,kid')
     assert r.returncode == 0, r.stderr[-1500:]
     assert 'resized from 32x32 to the synthetic size 24x24' in r.stderr
+
+def test_segmentation_batches_are_lesion_balanced(monkeypatch):
+    "Half of each segmentation batch comes from the lesion images, the rest from all; uniform sets draw as before."
+    import torch
+    import medsynth.evaluation.utility as U
+    fg, n, bs, reps = torch.tensor([3, 7, 11]), 20, 33, 3000
+    b = torch.stack([U.batch_indices(torch.Generator().manual_seed(s), n, bs, fg) for s in range(reps)])
+    assert b.shape == (reps, bs) and torch.isin(b[:, :16], fg).all()               # the first batch_size // 2: lesions
+    rest = b[:, 16:].flatten()                                                       # the other 17: uniform over all n
+    counts = torch.bincount(rest, minlength=n).double()
+    assert (counts - len(rest) / n).abs().max() < 5 * (len(rest) / n * (1 - 1 / n)) ** 0.5, counts
+    lesion = torch.bincount(b[:, :16].flatten(), minlength=n)[fg].double()             # uniform over the lesion images
+    assert (lesion - 16 * reps / 3).abs().max() < 5 * (16 * reps * 2 / 9) ** 0.5, lesion
+    g = lambda: torch.Generator().manual_seed(5)
+    assert torch.equal(U.batch_indices(g(), n, bs, fg), U.batch_indices(g(), n, bs, fg))       # deterministic
+    for same in (None, torch.arange(n), torch.tensor([], dtype=torch.long)):                     # nothing to balance
+        assert torch.equal(U.batch_indices(g(), n, bs, same), torch.randint(0, n, (bs,), generator=g()))
+    seen = []                                              # fit_downstream passes the lesion images, only to segment
+    monkeypatch.setattr(U, 'batch_indices',
+                        lambda g, n, bs, f=None: seen.append(f) or torch.randint(0, n, (bs,), generator=g))
+    x, m = torch.rand(6, 1, 16, 16), torch.zeros(6, 1, 16, 16)
+    m[[1, 4], :, 4:8, 4:8] = 1
+    U.fit_downstream('segment', x, m, 2, seed=0, steps=2, batch_size=4)
+    U.fit_downstream('classify', x, torch.tensor([0, 1, 0, 0, 1, 0]), 2, seed=0, steps=1, batch_size=4)
+    assert [None if f is None else f.tolist() for f in seen] == [[1, 4], [1, 4], None]

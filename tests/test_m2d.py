@@ -243,6 +243,9 @@ def test_m2d_paper_runs_with_tiny_parameters(tmp_path):
     md = (run/'ablation.md').read_text()
     rows = [l.split('|')[1].strip() for l in md.splitlines() if l.startswith('| ') and not l.startswith('| model')]
     assert rows == ['real only', 'none', 'fusion', 'fusion+repa', 'repa-e'], md
+    said = md.split('## Verdict')[1].strip().splitlines()                # per model its ladder, then real only, then each
+    assert len(said) == 4 + 1 + 4 and said[4].startswith(('- the real-only baseline', '- uninformative: the real-only'))
+    assert r.stdout.strip().splitlines()[-9:] == [f"verdict: {t[2:]}" for t in said]      # printed last by the CLI
     m = json.loads((run/'metrics.json').read_text())
     assert all(m['results'][k]['fid'] is not None for k in ('none', 'fusion', 'fusion+repa', 'repa-e'))
     assert m['results']['none']['valid_repa'] is None and m['results']['repa-e']['valid_repa'] < 0

@@ -58,6 +58,10 @@ def test_multiscale_paper_runs_with_tiny_parameters(tmp_path):
     assert [t['method'] for t in m['table']] == ['single', 'pyramid (2 levels)'] and all(t['fid'] is not None for t in m['table'])
     assert m['table'][0]['train_epochs'] == m['table'][1]['train_epochs'] == 2 and set(m['consistency']) == {'back_projection 0', 'back_projection 5'}
     assert (run/'pyramid_levels.png').exists() and (run/'eval-pyramid'/'report.md').exists()
+    # each method's fidelity verdict: the calibration ladder's, in metrics.json and atop its report
+    assert set(m['verdicts']) == {'single', 'pyramid (2 levels)'}
+    assert m['verdicts']['pyramid (2 levels)'] in (run/'eval-pyramid'/'report.md').read_text()
+    assert f"verdict: pyramid (2 levels): {m['verdicts']['pyramid (2 levels)']}" in r.stdout
     bad = cli('paper', 'multiscale', '--runs', tmp_path/'runs', '--no-progress', '-p', 'preset', 'brats240')
     assert bad.returncode == 2 and "preset 'brats240' needs data" in bad.stderr, bad.stderr[-500:]
 

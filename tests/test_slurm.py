@@ -136,9 +136,10 @@ def test_paper_bad_input(tmp_path):
     assert not (tmp_path/'runs').exists()
 
 def test_mri_synth_paper_runs_with_tiny_parameters(tmp_path):
-    r = medsynth('paper', 'mri_synth', '--runs', tmp_path/'runs', '--no-progress', '-p', 'subjects', 4, '-p', 'batch_size', 4, '-p', 'size', 16,
+    r = medsynth('paper', 'mri_synth', '--runs', tmp_path/'runs', '--no-progress', '-p', 'subjects', 8, '-p', 'batch_size', 4, '-p', 'size', 16,
                  '-p', 'epochs_seg', 1, '-p', 'epochs_image', 1, '-p', 'channels', '[8,8,8]', '-p', 'attention', '[false,false,false]',
-                 '-p', 'n_synthetic', 12, '-p', 'steps', 4, '-p', 'encoder_steps', 5, '-p', 'utility_steps', 5, '-p', 'mode', 'dual', '-p', 'strategy', 'rflow')
+                 '-p', 'n_synthetic', 12, '-p', 'steps', 4, '-p', 'encoder_steps', 5, '-p', 'utility_steps', 5, '-p', 'mode', 'dual', '-p', 'strategy', 'rflow',
+                 '-p', 'backbones', '[unet,dit]', '-p', 'backbone_epochs', 1)
     assert r.returncode == 0, r.stderr[-3000:]
     run = next((tmp_path/'runs'/'mri_synth').iterdir())
     m = json.loads((run/'metrics.json').read_text())
@@ -147,9 +148,13 @@ def test_mri_synth_paper_runs_with_tiny_parameters(tmp_path):
     assert man.count('\n') == 1 + 12 * 3 and '_t1.png' in man and '_mask.png' in man     # dual: t1, t1ce and the mask per sample
     assert (run/'eval'/'report.md').exists() and (run/'mri_synth.ipynb').exists()
     assert json.loads((run/'config.json').read_text())['parameters']['mode'] == 'dual'
+    assert [b['backbone'] for b in m['backbones']] == ['real (ceiling)', 'unet', 'dit'] and (run/'backbones.md').exists()
+    said = (run/'verdict.md').read_text().splitlines()[2:]                  # the ladder, real only, synthetic, both
+    assert len(said) == 4 and r.stdout.strip().splitlines()[-4:] == [f"verdict: {t[2:]}" for t in said]
 
 MGDM_TINY = ('-p', 'size', 16, '-p', 'channels', '[8,8,8]', '-p', 'attention', '[false,false,false]', '-p', 'epochs', 1,
-             '-p', 'classifier_epochs', 1, '-p', 'batch_size', 8, '-p', 'n_added', 8, '-p', 'steps', 5, '-p', 'utility_steps', 5)
+             '-p', 'classifier_epochs', 1, '-p', 'batch_size', 8, '-p', 'n_added', 8, '-p', 'steps', 5, '-p', 'utility_steps', 5,
+             '-p', 'encoder_steps', 5)
 MGDM_ROWS = {'real', 'real + stage 1', 'real + stage 2, no guidance', 'real + stage 2, uncertainty', 'real + oversampling',
              'real + augmentation'}
 
@@ -165,6 +170,11 @@ def test_mgdm_paper_runs_with_tiny_parameters(tmp_path):
     assert sum(m['added_per_class'].values()) == 8 and m['added_per_class']['lesion'] == 8 and m['preset'] == 'phantom'
     assert m['stage1'] == 'classifier' and set(m['classifier_entropy']) == {'real', 'stage1', 'stage2_no_guidance', 'stage2'}
     assert (run/'ablation.md').read_text().count('\n') == 8
+    v = m['verdicts']                                                    # printed under the table, stored in metrics.json
+    assert v['baseline']['verdict'] in ('learned', 'uninformative') and v['baseline']['text'] in r.stdout
+    assert set(v['sets']) == {k.replace(' + ', '+') for k in MGDM_ROWS - {'real'}}
+    assert set(m['fidelity']) == {'stage 1', 'stage 2, uncertainty'} and (run/'eval-stage2-uncertainty'/'report.md').exists()
+    assert r.stdout.strip().splitlines()[-8:] == [f"verdict: {t[2:]}" for t in (run/'verdict.md').read_text().splitlines()[2:]]
     bad = medsynth('paper', 'mgdm', '--runs', tmp_path/'runs', '--no-progress', '-p', 'data', tmp_path/'x')
     assert bad.returncode == 2 and 'give test_data too' in bad.stderr, bad.stderr[-500:]
 

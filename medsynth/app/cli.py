@@ -246,15 +246,17 @@ def _eval_parser(sub):
 
 # %% ../../nbs/93_app.cli.ipynb #a892fb35
 def _eval(args):
-    from medsynth.evaluation.evaluate import evaluate   # deferred: torch loads only for the command that needs it
+    from medsynth.evaluation.evaluate import evaluate, verdict_lines   # deferred: torch loads only for this command
     out = args.out or f"{str(args.synthetic).rstrip('/')}-eval"
-    evaluate(args.real, args.synthetic, out, metrics=args.metrics.split(',') if args.metrics else None,
+    res = evaluate(args.real, args.synthetic, out, metrics=args.metrics.split(',') if args.metrics else None,
              train=args.train, features_spec=args.features,
              feature_weights=args.feature_weights, encoder=args.encoder, lpips_weights=args.lpips_weights,
              modality=args.modality, size=args.size,
              channels=args.channels, max_images=args.max_images, seeds=tuple(range(args.seed, args.seed + args.seeds)),
              utility_steps=args.utility_steps, encoder_steps=args.encoder_steps,
              seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
+    for t in verdict_lines(res['verdicts']):     # the answer, last, with or without --no-progress
+        print(f"verdict: {t}")
     return 0
 
 # %% ../../nbs/93_app.cli.ipynb #f7e8b448
@@ -290,7 +292,7 @@ def _paper_parsers(sub):
 # %% ../../nbs/93_app.cli.ipynb #413de607
 def _paper(args):
     from medsynth.app.experiments import (  # deferred: torch loads only for the command that needs it
-        list_papers, paper_path, paper_parameters, parse_value, run_paper, submit_paper, task_params)
+        list_papers, paper_path, paper_parameters, parse_value, run_paper, submit_paper, task_params, read_verdicts)
     if args.list or not args.name:
         for n in list_papers(args.papers):
             print(n, json.dumps(paper_parameters(paper_path(n, args.papers))))
@@ -309,6 +311,8 @@ def _paper(args):
     d = run_paper(args.name, params, args.runs, args.run_dir, args.papers, resume=args.resume,
                   progress=not args.no_progress)
     print(f"{args.name}: {d}")
+    for t in read_verdicts(d):                  # what the run's numbers say, last
+        print(f"verdict: {t}")
     return 0
 
 # %% ../../nbs/93_app.cli.ipynb #b652844f

@@ -19,8 +19,8 @@ REPO = Path(medsynth.__file__).resolve().parent.parent     # a source checkout: 
 
 # %% auto #0
 __all__ = ['REPO', 'SLURM_DIR', 'papers_dir', 'list_papers', 'paper_path', 'paper_parameters', 'parse_value', 'check_parameters',
-           'new_run_dir', 'write_json', 'read_json', 'run_paper', 'read_grid', 'slurm_template', 'sbatch',
-           'submit_paper', 'submit_train', 'task_params']
+           'new_run_dir', 'write_json', 'read_json', 'write_verdicts', 'read_verdicts', 'run_paper', 'read_grid',
+           'slurm_template', 'sbatch', 'submit_paper', 'submit_train', 'task_params']
 
 # %% ../../nbs/90_app.experiments.ipynb #365b2e40
 def papers_dir(papers=None) -> Path:
@@ -132,6 +132,21 @@ def _git_commit(path) -> str|None:
 def _slurm_env() -> dict:
     return {k: os.environ[k] for k in ('SLURM_JOB_ID', 'SLURM_ARRAY_JOB_ID', 'SLURM_ARRAY_TASK_ID',
                                        'SLURM_RESTART_COUNT', 'SLURM_JOB_PARTITION') if k in os.environ}
+
+# %% ../../nbs/90_app.experiments.ipynb #49b992c0
+def write_verdicts(out, lines) -> Path:
+    "Write a paper run's one-line verdicts to `out/verdict.md` atomically."
+    lines = [str(t) for t in lines]
+    if not lines or any('\n' in t for t in lines):
+        raise ValueError(f"verdicts must be one or more one-line sentences, got {lines!r}")
+    with atomic_path(Path(out)/'verdict.md') as p:
+        p.write_text('# Verdict\n\n' + ''.join(f"- {t}\n" for t in lines))
+    return Path(out)/'verdict.md'
+
+def read_verdicts(run_dir) -> list:
+    "The verdict lines of a paper run (none if it wrote no `verdict.md`)."
+    p = Path(run_dir)/'verdict.md'
+    return [l[2:] for l in p.read_text().splitlines() if l.startswith('- ')] if p.exists() else []
 
 # %% ../../nbs/90_app.experiments.ipynb #1f30cc01
 def run_paper(name:str, params:dict|None=None, runs='runs', run_dir=None, papers=None, resume:bool=False,

@@ -39,8 +39,9 @@ def sample_parser(sub):
     s.add_argument('--cond-data', help="take conditioning images (masks, source modality) from this data instead of "
                    "the run's validation split")
     s.add_argument('--weights', choices=('ema', 'last', 'best'), default='ema',
-                   help="the run's EMA weights (default), its network's own at the last epoch, or at the lowest "
-                   "validation loss (checkpoints/best.pt)")
+                   help="the run's EMA weights (default), its network's own at the last epoch, or the best "
+                   "checkpoint (checkpoints/best.pt: the network at the lowest validation loss, or its EMA at the "
+                   "lowest FID with best_by=fid)")
     s.add_argument('--overwrite', action='store_true')
     s.add_argument('--no-progress', action='store_true')
     _m2d_args(s)

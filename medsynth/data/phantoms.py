@@ -74,7 +74,7 @@ def _size(name, size, dims=None):
 class BrainPhantom:
     "Brain-MRI-like phantoms: `t1`, `t1ce`, lesion `mask`, class `label`, and `fa` on `second_size`."
     def __init__(self, size=64, classes:str='binary', k:int=7, prevalence:float=0.5, probs=None,
-                 second_size=None, noise:float=0.02, seed:int=0):
+                 second_size=None, noise:float=0.02, seed:int=0, lesion_scale:float=1.):
         self.size = _size('size', size)
         self.dims = len(self.size)
         self.second_size = (_size('second_size', second_size, self.dims) if second_size is not None
@@ -92,10 +92,14 @@ class BrainPhantom:
             if p.shape != (k,) or (p < 0).any() or p.sum() <= 0:
                 raise ValueError(f"probs={probs!r} is not allowed: give {k} non-negative weights")
             self.probs, self.names = p / p.sum(), tuple(kd.name for kd in self.kinds)
-        self.noise, self.seed = noise, seed
+        if not (isinstance(lesion_scale, (int, float, np.number)) and 0 < lesion_scale < np.inf):
+            raise ValueError(f"lesion_scale={lesion_scale!r} is not allowed: it must be a number > 0 (1: the default "
+                             "lesion sizes, 2: twice the radii)")
+        self.noise, self.seed, self.lesion_scale = noise, seed, float(lesion_scale)
 
     def __repr__(self):
-        return f"BrainPhantom(size={self.size}, classes={self.classes!r}, names={self.names}, seed={self.seed})"
+        scale = f", lesion_scale={self.lesion_scale:g}" if self.lesion_scale != 1 else ''
+        return f"BrainPhantom(size={self.size}, classes={self.classes!r}, names={self.names}, seed={self.seed}{scale})"
 
 # %% ../../nbs/30_data.phantoms.ipynb #f1ec5d3d
 from fastcore.basics import patch
@@ -112,7 +116,7 @@ def anatomy(self:BrainPhantom, i:int) -> dict:
     lesions, vx = [], np.array([0.13 * head[0], 0.02 * head[1]]) + vent['shift'][:2]
     vr = np.array([0.06, 0.28]) * vent['scale']                # ventricle half-extents in x and y
     for _ in range(kind.count if has_lesion else 0):
-        r = rng.uniform(*kind.radius) * 0.65
+        r = rng.uniform(*kind.radius) * 0.65 * self.lesion_scale
         e = rng.uniform(*kind.elongation)
         ang = rng.uniform(0, np.pi)
         reach = r * max(e, 1 / e)
@@ -254,7 +258,7 @@ def truth(self:BrainPhantom) -> dict:
     "Design values: class names and probabilities, lesion prevalence, tissue intensities."
     prev = float(self.probs[1]) if self.classes == 'binary' else 1.
     return dict(classes=list(self.names), probs=self.probs.tolist(), prevalence=prev, tissue_t1=TISSUE_T1,
-                tissue_fa=TISSUE_FA,
+                tissue_fa=TISSUE_FA, lesion_scale=self.lesion_scale,
                 kinds=[asdict(k) for k in self.kinds])
 
 @patch

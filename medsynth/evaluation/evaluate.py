@@ -20,12 +20,13 @@ from .metrics import (fid, kid, precision_recall, density_coverage, ssim, ms_ssi
                                          lpips_model, lpips_distance, diversity, memorization_audit, MIN_IMAGES)
 from .features import get_extractor, encoder_features
 from ..models.domain import train_encoder, save_encoder, load_encoder
-from .utility import downstream_utility
+from .utility import downstream_utility, utility_verdicts
 from .sets import ImageSet, read_set, _resize, _nearest
-from .report import _plots, report
+from .report import _plots, report, verdict_lines
 
 # %% auto #0
-__all__ = ['METRICS', 'as_slices', 'per_image_features', 'features', 'calibration', 'phantom_metrics', 'evaluate']
+__all__ = ['METRICS', 'as_slices', 'per_image_features', 'features', 'calibration', 'fidelity_verdict', 'verdicts',
+           'phantom_metrics', 'evaluate']
 
 # %% ../../nbs/65_evaluation.evaluate.ipynb #f72d44e9
 def as_slices(x:torch.Tensor, min_content:float=0.05) -> torch.Tensor:
@@ -64,12 +65,13 @@ def _blur(x, sigma:float=1.):
     c, nd = x.shape[1], x.ndim - 2
     y = x
     for ax in range(nd):
-        shape = [c, 1] + [1] * nd
+        shape = [1, 1] + [1] * nd
         shape[2 + ax] = 7
         conv = (F.conv2d if nd == 2 else F.conv3d)
         pad = [0, 0] * nd
         pad[2 * (nd - 1 - ax)] = pad[2 * (nd - 1 - ax) + 1] = 3
-        y = conv(F.pad(y, pad, mode='replicate'), k.view(shape), groups=c)
+        # one kernel per channel (groups=c): RGB images are blurred channel by channel
+        y = conv(F.pad(y, pad, mode='replicate'), k.view(shape).repeat(c, *[1] * (nd + 1)), groups=c)
     return y
 
 def _noise_like(x, seed):
@@ -93,6 +95,33 @@ def calibration(ext, real:ImageSet, synth:ImageSet, seed:int=0, progress=False) 
     for k, x in sets.items():
         f = features(ext, ImageSet('', '', x, []), progress)
         out[k] = dict(fid=fid(fa, f), kid=kid(fa, f, seed=seed)['mean'], n=len(x))
+    return out
+
+# %% ../../nbs/65_evaluation.evaluate.ipynb #5c13d90f
+def fidelity_verdict(cal:dict) -> dict:
+    "Where the synthetic set sits on the calibration ladder (0 real, 1 noise) and whether that is informative (< 1/2)."
+    r, s, n, b = (cal[k]['fid'] for k in ('real half B', 'synthetic', 'noise', 'blurred half B'))
+    if not n > r:
+        return dict(verdict='uninformative',
+                    text=f"uninformative: the features do not tell noise from real (FID noise {n:.3f}, real half B "
+                         f"{r:.3f}): train the domain encoder longer (--encoder-steps) or on more images")
+    pos = (s - r) / (n - r)
+    ladder = f"FID {s:.3f} between real half B {r:.3f} and noise {n:.3f}: position {pos:.2f} (0 real, 1 noise)"
+    if pos >= 0.5:
+        return dict(verdict='uninformative', position=pos,
+                    text=f"uninformative: the synthetic set is no closer to real than to noise ({ladder}): its images "
+                         "do not look real to these features yet (train longer, or guide less)")
+    return dict(verdict='closer to real', position=pos,
+                text=f"the synthetic set is closer to real than to noise ({ladder}"
+                     f"{'; closer than blurred real' if s <= b else ''})")
+
+def verdicts(res:dict) -> dict:
+    "The fidelity verdict (with a calibration ladder) and the utility verdicts (with a utility result) of `evaluate`."
+    out = {}
+    if 'calibration' in res:
+        out['fidelity'] = fidelity_verdict(res['calibration'])
+    if 'utility' in res:
+        out['utility'] = utility_verdicts(res['utility'])
     return out
 
 # %% ../../nbs/65_evaluation.evaluate.ipynb #59912d63
@@ -325,6 +354,7 @@ def _evaluate(real, synthetic, out, metrics, train, features_spec, feature_weigh
     _fidelity(res, run, ext, real, synth, fr, fs, lp, seed, progress)
     _paired(res, run, real, synth, lp)
     _audits(res, run, ext, real, synth, trn, seeds, utility_steps, seed, progress, say)
+    res['verdicts'] = verdicts(res)
     res['seconds'] = time.time() - t0
     if out is not None:
         say(f"[6/6] writing {out}")

@@ -11,7 +11,7 @@ import numpy as np
 from ..training.generation import _grid
 
 # %% auto #0
-__all__ = ['report']
+__all__ = ['verdict_lines', 'report']
 
 # %% ../../nbs/64_evaluation.report.ipynb #dc0f56a0
 def _subplots(*grid, figsize=None):
@@ -210,10 +210,21 @@ def _utility(u:dict) -> list:
             + " |" for k in r]
     return L + rows + ["", "![utility](utility.png)"]
 
+# %% ../../nbs/64_evaluation.report.ipynb #9b8885d4
+def verdict_lines(v:dict) -> list:
+    "Each verdict's one-line text: fidelity, the real-only baseline, then each synthetic training set."
+    u = v.get('utility')
+    return ([v['fidelity']['text']] if 'fidelity' in v else []) + (
+        [u['baseline']['text']] + [s['text'] for s in u['sets'].values()] if u else [])
+
+def _verdict(v:dict) -> list:
+    "The 'Verdict' section: each verdict's line (none when nothing was judged)."
+    return ["## Verdict", ""] + [f"- {t}" for t in verdict_lines(v)] + [""] if v else []
+
 # %% ../../nbs/64_evaluation.report.ipynb #69b3f6e0
 def report(res:dict) -> str:
-    "The markdown report of `evaluate`'s result."
-    L = _header(res) + _fidelity(res)
+    "The markdown report of `evaluate`'s result: the verdicts first, then the evidence."
+    L = _header(res) + _verdict(res.get('verdicts', {})) + _fidelity(res)
     if 'calibration' in res:
         L += _calibration(res['calibration'])
     if 'paired' in res:

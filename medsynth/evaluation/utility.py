@@ -16,8 +16,9 @@ from monai.metrics import compute_roc_auc, DiceMetric
 from ..core.basics import check_choice, check_int, track
 
 # %% auto #0
-__all__ = ['MIN_SEEDS', 'SETS', 'classification_metrics', 'segmentation_metrics', 'classifier', 'segmenter', 'check_sets',
-           'fit_downstream', 'evaluate_downstream', 'downstream_utility', 'utility_table']
+__all__ = ['MIN_SEEDS', 'SETS', 'PRIMARY', 'classification_metrics', 'segmentation_metrics', 'classifier', 'segmenter',
+           'check_sets', 'batch_indices', 'fit_downstream', 'evaluate_downstream', 'downstream_utility',
+           'utility_table', 'chance', 'utility_verdicts']
 
 # %% ../../nbs/62_evaluation.utility.ipynb #fab65b93
 def classification_metrics(labels, probs) -> dict:
@@ -152,10 +153,18 @@ def _flips(g, *ts):
     return ts
 
 # %% ../../nbs/62_evaluation.utility.ipynb #febc2259
+def batch_indices(g:torch.Generator, n:int, batch_size:int, foreground=None) -> torch.Tensor:
+    """`batch_size` indices into `n` images, drawn with replacement by `g`: the first `batch_size // 2` from
+    `foreground` (indices of the images with a lesion) when it holds some but not all images, the rest from all `n`."""
+    fg = torch.as_tensor([] if foreground is None else foreground, dtype=torch.long).cpu()
+    k = batch_size // 2 if 0 < len(fg) < n else 0
+    idx = torch.randint(0, n, (batch_size - k,), generator=g)
+    return torch.cat([fg[torch.randint(0, len(fg), (k,), generator=g)], idx]) if k else idx
+
 def fit_downstream(task:str, images, targets, classes:int, seed:int, steps:int=300, batch_size:int=32,
                    lr:float=1e-3) -> nn.Module:
     """Train a fresh classifier/segmenter on (`images`, `targets`) for `steps` AdamW steps on batches drawn with
-    replacement; deterministic for `seed`."""
+    replacement (lesion-balanced for segmentation: `batch_indices`); deterministic for `seed`."""
     dims = images.ndim - 2
     with torch.random.fork_rng(devices=[]):
         # the initial weights; the caller's RNG is left as it was
@@ -168,8 +177,9 @@ def fit_downstream(task:str, images, targets, classes:int, seed:int, steps:int=3
     opt = torch.optim.AdamW(net.parameters(), lr=lr)
     # decay to 0: the final weights are not a noisy snapshot
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    fg = torch.nonzero(targets.flatten(1).any(1)).flatten().cpu() if task == 'segment' else None
     for _ in range(steps):
-        idx = torch.randint(0, len(images), (batch_size,), generator=g).to(images.device)
+        idx = batch_indices(g, len(images), batch_size, fg).to(images.device)
         x, y = images[idx], targets[idx]
         if task == 'segment':
             x, y = _flips(g, x, y)
@@ -278,7 +288,7 @@ def downstream_utility(real_train:dict, real_test:dict, synthetic:dict, task:str
         net = fit_downstream(task, *train[name], k, seed, steps, batch_size, lr)
         for m, v in evaluate_downstream(task, net, xt.to(dev), yt.to(dev)).items():
             vals[name].setdefault(m, []).append(v)
-    return dict(task=task, seeds=list(seeds), steps=steps, classes=classes,
+    return dict(task=task, seeds=list(seeds), steps=steps, classes=classes, chance=chance(task, yt, k),
                 n={**{name: len(x) for name, (x, _) in train.items()}, 'test': len(xt)},
                 results={name: {m: _summary(v) for m, v in ms.items()} for name, ms in vals.items()},
                 seconds=round(time.time() - t0, 2))
@@ -290,3 +300,52 @@ def utility_table(res:dict) -> str:
     rows = [f"| {name} (n={res['n'][name]}) | " + ' | '.join(f"{r[m]['mean']:.3f} ± {r[m]['std']:.3f}" for m in ms)
             + ' |' for name, r in res['results'].items()]
     return '\n'.join([f"| trained on | {' | '.join(ms)} |", '|---|' + '---:|' * len(ms), *rows])
+
+# %% ../../nbs/62_evaluation.utility.ipynb #cea4275a
+PRIMARY = dict(classify='balanced_accuracy', segment='dice')
+
+def chance(task:str, targets, classes:int=2) -> dict:
+    "Each metric of the best constant predictor on `targets` (labels (N,), or masks (N, 1, *spatial))."
+    check_choice('task', task, tuple(PRIMARY))
+    t = torch.as_tensor(targets).cpu()
+    if task == 'classify':
+        counts = torch.bincount(t.long(), minlength=classes)
+        return dict(accuracy=(counts.max() / len(t)).item(), balanced_accuracy=1 / int((counts > 0).sum()), auroc=0.5)
+    m = t.flatten(1).double()
+    a, n = m.sum(1), m.shape[1]
+    a = a[a > 0]                                  # images without a lesion are not scored (segmentation_metrics)
+    return dict(dice=(2 * a / (a + n)).mean().item(), iou=(a / n).mean().item())
+
+# %% ../../nbs/62_evaluation.utility.ipynb #af4687d3
+def _line(name, r:dict, m:str) -> str:
+    return f"{name} {r[m]['mean']:.3f} ± {r[m]['std']:.3f}"
+
+def utility_verdicts(res:dict, k:float=2.) -> dict:
+    """Whether `downstream_utility`'s real-only baseline learned (mean - `k` sd above chance), and for each other
+    training set whether it beats real only by more than the spread over seeds; a one-line `text` each."""
+    m, r = PRIMARY[res['task']], res['results']
+    c, n = res['chance'][m], len(res['seeds'])
+    if 'real' not in r:
+        base = dict(verdict='uninformative', text="uninformative: no real-only baseline was trained (train_on without "
+                    "'real'), so nothing says what real data teaches")
+    else:
+        mu, sd = r['real'][m]['mean'], r['real'][m]['std']
+        ok = mu - k * sd > c
+        base = dict(verdict='learned' if ok else 'uninformative', mean=mu, std=sd, chance=c,
+                    text=(f"the real-only baseline learned: {_line(m, r['real'], m)} over {n} seeds, chance {c:.3f}"
+                          if ok else f"uninformative: the real-only baseline did not learn ({_line(m, r['real'], m)} "
+                          f"over {n} seeds, chance {c:.3f}; mean - {k:g} sd must clear chance): give the downstream "
+                          "models more steps or more real images"))
+    sets = {name: _versus(name, r[name], r['real'], m, base['verdict'] == 'learned') for name in r if name != 'real'}
+    return dict(metric=m, baseline=base, sets=sets)
+
+def _versus(name, s:dict, real:dict, m:str, informative:bool) -> dict:
+    "One training set against real only: better / worse when the means differ by more than the larger sd."
+    if not informative:
+        return dict(verdict='uninformative', text=f"{name}: uninformative: the real-only baseline did not learn")
+    d, spread = s[m]['mean'] - real[m]['mean'], max(s[m]['std'], real[m]['std'])
+    v = 'better' if d > spread else 'worse' if d < -spread else 'no clear difference'
+    say = 'no clear difference from' if v == 'no clear difference' else f"{v} than"
+    return dict(verdict=v, difference=d, spread=spread,
+                text=f"{name}: {say} real only ({_line(m, s, m)} vs {real[m]['mean']:.3f} ± {real[m]['std']:.3f}; "
+                     f"difference {d:+.3f}, spread {spread:.3f})")

@@ -182,5 +182,9 @@ def load_encoder(path) -> DomainEncoder:
 # %% ../../nbs/41_models.domain.ipynb #3362895c
 def frechet_distance(real:torch.Tensor, synthetic:torch.Tensor) -> float:
     "Fréchet distance between Gaussian fits of two feature sets `(N, D)` (torch-fidelity; float64)."
+    n = min(len(real), len(synthetic))
+    if n < 2:
+        raise ValueError(f"frechet_distance: a set holds {n} feature vector(s); a Gaussian fit needs at least 2 per "
+                         "set")
     r, s = (fid_features_to_statistics(torch.as_tensor(f).double().cpu()) for f in (real, synthetic))
     return float(fid_statistics_to_metric(r, s, verbose=False)[KEY_METRIC_FID])

@@ -244,7 +244,8 @@ def _scale_row(name:str, mc, levels:int, shared:bool, tr:dict, secs:float, n:int
                 sample_steps='+'.join(map(str, mc.level_steps or [mc.sample_steps] * mc.levels)),
                 sample_seconds_per_image=secs / n,
                 fid=ev['fid'], kid=ev['kid']['mean'],
-                **{k: ev.get('phantom', {}).get(k) for k in ('intensity_w1', 'contrast_error')})
+                **{k: ev.get('phantom', {}).get(k) for k in ('intensity_w1', 'contrast_error')},
+                verdict=ev.get('verdicts', {}).get('fidelity', {}).get('text'))     # closer to real than noise?
 
 # %% ../../nbs/70_systems.multiscale.ipynb #e2559ee2
 def compare_scales(cfg:TrainConfig, out, levels:int=3, level_steps=None, shared:bool=False, n:int=64,

@@ -141,16 +141,26 @@ def _any_rank(flag:bool) -> bool:
 # %% ../../nbs/53_training.checkpoint.ipynb #77bfc98e
 class CheckpointCB(Callback):
     """Write `checkpoints/last.pt` every `save_every` epochs, at the last epoch, when the time budget runs out and when
-    a stop is requested (then stop); `checkpoints/best.pt` at each new lowest validation loss (`best_by`)."""
+    a stop is requested (then stop); `checkpoints/best.pt` at each new lowest validation loss or FID (`best_by`)."""
     order = 60                                         # after the Recorder and CSV logger have written the epoch
     state_key = 'best'                                 # the best-so-far travels in last.pt: a resumed run keeps it
     def __init__(self, run:Path, cfg:TrainConfig, net, ema_cb, dcb, budget_s=None):
         self.run, self.cfg, self.net, self.ema_cb, self.dcb, self.budget_s = run, cfg, net, ema_cb, dcb, budget_s
-        self.best = dict(valid_loss=float('inf'), epoch=0)
+        self.best = {self.key: float('inf'), 'epoch': 0}
+    @property
+    def key(self) -> str:
+        "The column of the run's history that chooses the best: valid_loss, or fid."
+        return 'fid' if self.cfg.best_by == 'fid' else 'valid_loss'
+    def after_create(self):
+        if self.cfg.best_by == 'fid':                  # the Recorder logs it as a validation metric: history.csv's fid
+            # deferred: quality samples with training.generation, which imports this module
+            from medsynth.training.quality import FID
+            self.learn.metrics = self.learn.metrics + [FID(self.learn, self.run, self.cfg, self.ema_cb, self.dcb)]
     def state_dict(self):
         return dict(self.best)
     def load_state_dict(self, sd):
-        self.best = dict(sd)
+        if self.key in sd:                              # resumed (with force) under another best_by: a fresh best
+            self.best = dict(sd)
     def before_fit(self):
         self.t0 = time.time()
         self.learn.stopped_early = False
@@ -190,19 +200,21 @@ def save(self:CheckpointCB):
 # %% ../../nbs/53_training.checkpoint.ipynb #2fda9ca9
 @patch
 def _improved(self:CheckpointCB) -> bool:
-    "Whether this epoch's validation loss is the lowest so far (then it becomes the best); never with `best_by=none`."
+    """Whether this epoch's validation loss (FID) is the lowest so far (then it becomes the best); never with
+    `best_by=none`, nor at an epoch without a measurement."""
     if self.cfg.best_by == 'none':
         return False
     log = dict(zip(self.recorder.metric_names, self.recorder.log))
-    v = log.get('valid_loss')
-    if v is None or not float(v) < self.best['valid_loss']:       # NaN never improves
+    v = log.get(self.key)
+    if v is None or not float(v) < self.best[self.key]:          # NaN never improves
         return False
-    self.best = dict(valid_loss=float(v), epoch=self.epoch + 1)
+    self.best = {self.key: float(v), 'epoch': self.epoch + 1}
     return True
 
 @patch
 def save_best(self:CheckpointCB):
-    "Write `checkpoints/best.pt` atomically: the network, its EMA and the config at the best epoch, with its loss."
+    """Write `checkpoints/best.pt` atomically: the network, its EMA and the config at the best epoch, with its loss
+    (`valid_loss`) or `fid`."""
     save_checkpoint(self.run/'checkpoints'/'best.pt', model=self.net.state_dict(), ema=self.ema_cb.ema.state_dict(),
-                    epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()), valid_loss=self.best['valid_loss'],
-                    config=asdict(self.cfg))
+                    epoch=self.epoch + 1, step=int(self.ema_cb.ema.step.item()), config=asdict(self.cfg),
+                    **{self.key: self.best[self.key]})

@@ -21,8 +21,8 @@ from ..models.unet import FUSIONS
 from .system import active, config_class, systems
 
 # %% auto #0
-__all__ = ['EMA_SCHEDULES', 'PERCEPTUAL', 'CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'TrainConfig', 'config_help',
-           'make_config', 'run_inputs', 'load_config']
+__all__ = ['EMA_SCHEDULES', 'PERCEPTUAL', 'CHOICES', 'RANGES', 'LIST_OF', 'POSITIVE_LISTS', 'FID_KEYS', 'TrainConfig',
+           'config_help', 'make_config', 'run_inputs', 'load_config']
 
 # %% ../../nbs/50_training.config.ipynb #f676a2a0
 @dataclass
@@ -106,7 +106,11 @@ class TrainConfig:
     cfg_dropout: float = 0.1              # class mode: label dropout to the null class (training only)
     max_minutes: float|None = None        # stop at the first epoch end after this much time
     save_every: int = 1                   # epochs between checkpoints
-    best_by: str = 'valid_loss'           # checkpoints/best.pt at each new lowest valid_loss, or none
+    best_by: str = 'valid_loss'           # checkpoints/best.pt at each new lowest valid_loss or fid, or none
+    best_every: int = 1                   # fid: epochs between measurements
+    best_samples: int = 64                # fid: EMA samples per measurement (fixed noise and conditioning)
+    best_encoder: str|None = None         # fid: its domain encoder.pt (null: trained on the run's real images)
+    best_encoder_steps: int = 300         # fid: training steps of that encoder when best_encoder is null
     sample_every: int = 0                 # epochs between sample grids (0: none)
     n_grid: int = 8                       # images in a sample grid
     sampler: str = 'dpmpp_2m'             # sampler for grids and `medsynth sample`
@@ -132,7 +136,7 @@ CHOICES = dict(image_channels=(1, 3), irregular_spacing=IRREGULAR, mode=MODES, s
                prediction=PREDICTIONS, timestep_sampler=tuple(TIMESTEP_SAMPLERS), weighting=WEIGHTINGS,
                lr_schedule=('one_cycle', 'cosine', 'constant'), precision=('fp32', 'bf16', 'fp16'),
                sampler=tuple(SAMPLERS), dims=(2, 3), loss=LOSSES, ema_schedule=EMA_SCHEDULES,
-               best_by=('valid_loss', 'none'), backbone=('unet', 'spade', 'dit'))
+               best_by=('valid_loss', 'fid', 'none'), backbone=('unet', 'spade', 'dit'))
 
 # %% ../../nbs/50_training.config.ipynb #00e27a79
 def _fields():
@@ -148,7 +152,8 @@ def _merged(name:str) -> dict:
 
 RANGES = dict(
     epochs='[1, inf)', batch_size='[1, inf)', accumulate='[1, inf)', ema_every='[1, inf)', save_every='[1, inf)',
-    n_grid='[1, inf)', sample_steps='[1, inf)', timesteps='[1, inf)', num_res_blocks='[1, inf)',
+    n_grid='[1, inf)', sample_steps='[1, inf)', best_every='[1, inf)', best_samples='[2, inf)',
+    best_encoder_steps='[1, inf)', timesteps='[1, inf)', num_res_blocks='[1, inf)',
     num_head_channels='[1, inf)', fusion_dim='[1, inf)', encoder_size='[1, inf)',
     ema_after='[0, inf)', sample_every='[0, inf)', seed='[0, inf)', folds='[0, inf)', fold='[0, inf)',
     axis='[0, 2]', lr='(0, inf)', gamma='(0, inf)', clip='(0, inf)', max_minutes='[0, inf)',
@@ -291,6 +296,7 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
     _check_features(cfg, where)
     _check_objective(cfg, where)
     _check_folds(cfg, where)
+    _check_best(cfg, where)
     for sys_ in systems():                              # every system checks every config (e.g. its keys set alone)
         sys_.check(cfg, where)
     f = 2 ** (len(cfg.channels) - 1)
@@ -303,7 +309,7 @@ def make_config(d:dict|None=None, overrides=(), where:str='config') -> TrainConf
 # %% ../../nbs/50_training.config.ipynb #e213c001
 def run_inputs(cfg) -> list:
     "What a run of `cfg` reads (its systems' inputs too): `--overwrite` never deletes these."
-    own = [cfg.data, cfg.autoencoder, cfg.encoder_weights, cfg.perceptual_weights, cfg.controlnet]
+    own = [cfg.data, cfg.autoencoder, cfg.encoder_weights, cfg.perceptual_weights, cfg.controlnet, cfg.best_encoder]
     return [p for p in own + [q for sys_ in systems() if sys_.applies(cfg) for q in sys_.reads(cfg)] if p]
 
 # %% ../../nbs/50_training.config.ipynb #aa8a568c
@@ -343,6 +349,20 @@ def _check_objective(cfg, where):
     if cfg.prediction == 'edm' and cfg.schedule == 'rflow':
         raise ValueError(f"{where}: prediction=edm feeds the network ln(sigma/alpha)/4, infinite at pure noise "
                          "(alpha = 0 at rectified flow's last step): use schedule=linear, scaled_linear or cosine")
+
+# %% ../../nbs/50_training.config.ipynb #f4afecfd
+FID_KEYS = ('best_every', 'best_samples', 'best_encoder', 'best_encoder_steps')
+
+def _check_best(cfg, where):
+    "The `best_by=fid` keys set only with it, and only for 2D images."
+    fs = _fields()
+    for k in FID_KEYS:
+        if cfg.best_by != 'fid' and getattr(cfg, k) != fs[k].default:
+            raise ValueError(f"{where}: {k}={getattr(cfg, k)!r} sets the FID measurement of best_by=fid, but "
+                             f"best_by={cfg.best_by}: set best_by=fid or drop {k}")
+    if cfg.best_by == 'fid' and cfg.dims != 2:
+        raise ValueError(f"{where}: best_by=fid measures 2D images and dims={cfg.dims}: set best_by=valid_loss (the "
+                         "FID of volumes is not supported)")
 
 # %% ../../nbs/50_training.config.ipynb #86dd5bc7
 def _check_folds(cfg, where):

@@ -39,7 +39,8 @@ WEIGHTS = ('ema', 'last', 'best', 'model')             # 'model' is 'last', as l
 
 def load_network(run, weights:str='ema', what:str='run folder', fix:str='give the folder that `medsynth train` wrote'):
     """`(cfg, net, checkpoint_hash, classes)` of a single-network run folder; `weights` 'ema' (default), 'model' (or
-    'last': the network's own) or 'best' (the network at the lowest validation loss, `checkpoints/best.pt`)."""
+    'last': the network's own) or 'best' (`checkpoints/best.pt`: the network at the lowest validation loss, or its EMA
+    at the lowest FID with `best_by=fid`, which measures the EMA)."""
     run = Path(run)
     ck = run/'checkpoints'/'last.pt'
     if not run.is_dir():
@@ -58,7 +59,7 @@ def load_network(run, weights:str='ema', what:str='run folder', fix:str='give th
     sd = state['model']
     fd = sd['null_features'].shape[-1] if 'null_features' in sd else first(cfg, 'feature_dim', sd)
     net = build_model(cfg, mode_of(cfg), len(classes) if classes else None, feature_dim=fd)
-    if weights == 'ema':
+    if weights == 'ema' or (weights == 'best' and 'fid' in state):
         load_weights(net,
                      {k.removeprefix('ema_model.'): v for k, v in state['ema'].items()
                       if k.startswith('ema_model.')}, ck)
