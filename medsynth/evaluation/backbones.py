@@ -15,6 +15,7 @@ from ..training.data import build_datasets, mode_of
 from ..training.learner import train_stage
 from ..training.runs import load_network
 from ..training.generation import generate
+from ..training.quality import fid_features
 from ..models.domain import train_encoder, frechet_distance
 from .utility import fit_downstream, evaluate_downstream, chance
 
@@ -66,7 +67,7 @@ def compare_backbones(base:dict, out, backbones=BACKBONES, n:int=64, seg_steps:i
     seg = fit_downstream('segment', xr.to(dev), mr.to(dev), 2, seed=seed, steps=seg_steps)
     dice = lambda x: evaluate_downstream('segment', seg, x.to(dev), mv.to(dev))
     enc = train_encoder((xr + 1) / 2, steps=encoder_steps, seed=seed)
-    feats = lambda x: torch.cat([enc((b + 1) / 2) for b in x.split(256)])
+    feats = lambda x: fid_features(enc, x)
     fv = feats(xv)
     rows = [dict(backbone='real (ceiling)', params=0, train_s=0., base_s=0., mae=0.,
                  fid=frechet_distance(fv, feats(xr)), **dice(xv))]
